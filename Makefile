@@ -1,0 +1,45 @@
+# The two README commands: `make demo` and `make test`. Both set everything up first and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Offline at run time: nothing may reach a model hub from the demo or the tests.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup system-deps venv demo test test-all bench clean
+
+setup: system-deps venv
+
+# Debian packages the product shells out to (ffmpeg/ffprobe, espeak-ng for demo speech, sox).
+system-deps:
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null && command -v sox >/dev/null; then \
+	  echo "system deps present"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng sox >/dev/null; \
+	fi
+
+# The project venv. Re-installs only when a requirements file or pyproject.toml changed.
+venv: $(STAMP)
+
+$(STAMP): requirements/main.txt requirements/constraints.txt pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m pipeline.cli demo
+
+test: setup
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) demo_out

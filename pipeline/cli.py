@@ -1,0 +1,120 @@
+"""``cnas`` command line.
+
+Exit status of ``cnas ingest``: 0 all videos ok; 3 the run finished but some videos failed
+(see failures.jsonl); 1 the run could not run (bad config, unreadable sources file, …); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (defaults: docs/cli.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set clips.window_s=4 (repeatable)")
+    p.add_argument("--address", help="Ray cluster address ('auto', ray://host:10001); default: embedded local Ray")
+    p.add_argument("--work-dir", help="work dir: local path or fsspec URI (default: OUT/work)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+
+
+def _load(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    if args.work_dir:
+        overrides.append(f"work_dir={args.work_dir}")
+    if args.num_cpus:
+        overrides.append(f"ray.num_cpus={args.num_cpus}")
+    return load_config(args.config, overrides)
+
+
+def cmd_ingest(args) -> int:
+    from .runner import run_ingest
+
+    result = run_ingest(args.sources, args.out, _load(args))
+    return EXIT_PARTIAL if result.stats.videos_failed else EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import write_demo_inputs
+    from .runner import run_ingest
+
+    inputs = os.path.join(args.out, "inputs")
+    print(f"generating demo inputs in {inputs} ...", file=sys.stderr)
+    sources = write_demo_inputs(inputs)
+    result = run_ingest(sources, os.path.join(args.out, "run"), _load(args))
+    expected = {"broken_upload"}
+    failed = {f.video_id for f in result.failures}
+    print(f"\nDemo shards are in: {result.shards_dir}")
+    if failed == expected:
+        print("The one deliberately broken input (broken_upload) was rejected as expected; see failures.jsonl.")
+        return EXIT_OK
+    print(f"unexpected failures: {sorted(failed - expected)}; missing expected failure: {sorted(expected - failed)}", file=sys.stderr)
+    return EXIT_PARTIAL
+
+
+def cmd_schema_export(args) -> int:
+    from schemas import export_json_schemas
+
+    for path in export_json_schemas(args.dir):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_sources(args) -> int:
+    from .sources import read_sources
+
+    for item in read_sources(args.sources):
+        print(item.to_json())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnas", description="CNAS toolkit: videos -> WebDataset shards -> models")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="run the ingestion DAG: sources -> shards, manifest, failures, stats")
+    p.add_argument("--sources", required=True, help="txt / csv / jsonl of URLs or local paths")
+    p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("demo", help="generate demo talking-person videos and ingest them")
+    p.add_argument("--out", default="demo_out", help="demo folder (default: demo_out)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("schema", help="record schemas")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    e = schema_sub.add_parser("export", help="write the JSON Schema of every record type into DIR")
+    e.add_argument("dir")
+    e.set_defaults(func=cmd_schema_export)
+
+    p = sub.add_parser("sources", help="show the source items (ids, kinds, metadata) a sources file resolves to")
+    p.add_argument("sources")
+    p.set_defaults(func=cmd_sources)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cnas {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Run configuration: defaults in one place, a YAML file on top, command-line overrides last.
+
+The effective configuration is written next to every run's outputs (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DownloadConfig(_Section):
+    max_height: int = Field(720, ge=144, description="yt-dlp format height cap")
+    retries: int = Field(3, ge=0, description="attempts after the first, with exponential backoff")
+    backoff_s: float = Field(2.0, ge=0, description="first backoff; doubles each retry")
+    rate_limit: str | None = Field(None, description="yt-dlp rate limit, e.g. '2M' (bytes/s)")
+    cookies_file: str | None = None
+    use_download_archive: bool = True
+    socket_timeout_s: float = Field(30.0, gt=0)
+    max_filesize_mb: int | None = Field(4096, ge=1, description="refuse larger downloads")
+    allow_file_urls: bool = True
+
+
+class NormalizeConfig(_Section):
+    fps: int = Field(25, ge=1)
+    max_height: int = Field(720, ge=64)
+    sample_rate_hz: int = Field(16000, ge=8000)
+    min_duration_s: float = Field(2.0, ge=0)
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+    crf: int = Field(20, ge=0, le=51)
+    preset: str = "veryfast"
+    # x264 output depends on its thread count: a fixed count keeps re-runs byte-identical.
+    encode_threads: int = Field(2, ge=1)
+    timeout_s: float = Field(3600.0, gt=0, description="per-video ffmpeg time limit")
+
+
+class ClipConfig(_Section):
+    window_s: float = Field(2.0, gt=0, description="fixed clip length until speech/pose drive clip selection")
+    min_last_clip_s: float = Field(0.0, ge=0, description="keep a shorter tail clip if at least this long (0: drop)")
+    max_clips_per_video: int | None = Field(None, ge=1)
+
+
+class ShardConfig(_Section):
+    max_count: int = Field(1000, ge=1, description="samples per shard")
+    max_size_mb: float = Field(1024.0, gt=0, description="bytes per shard (soft: a shard closes once over)")
+    prefix: str = Field("cnas", pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="existing cluster ('auto' or ray://host:10001); None: embedded local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+    download_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (I/O bound)")
+    normalize_cpus: float = Field(1.0, gt=0)
+    clip_cpus: float = Field(1.0, gt=0)
+    max_blocks: int = Field(1000, ge=1, description="at most this many Ray Data blocks (one video per block below it)")
+
+
+class Config(_Section):
+    """Everything one ingestion run needs to know besides its sources and output folder."""
+
+    work_dir: str | None = Field(None, description="local path or fsspec URI; default <out>/work")
+    retry_failed: bool = Field(True, description="re-try videos that failed in an earlier run")
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _clip_fits_frame_grid(self) -> "Config":
+        frames = self.clips.window_s * self.normalize.fps
+        if abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"clips.window_s={self.clips.window_s} is not a whole number of frames at {self.normalize.fps} fps")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return Config.model_validate(data)
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,172 @@
+"""The ingestion DAG on Ray Data: sources → download → normalize → clips (→ shard sink in the driver).
+
+Each stage is a Ray-free function in ``stages/``; here it is wrapped as a Ray Data ``map`` over one
+row per video. Rows carry small JSON records and paths, never media bytes. A wrapper
+
+* skips the stage when the resume ledger already holds its output (and that output's files exist),
+* turns a ``StageError`` (or any unexpected exception) into a failure record so the run goes on,
+* records the time the stage took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from typing import Any, Callable
+
+from schemas import ClipRecord, DownloadResult, FailureRecord, NormalizedMedia, SourceItem
+from stages.clips import ClipOptions, make_clips
+from stages.download import DownloadOptions, download
+from stages.errors import StageError
+from stages.normalize import NormalizeOptions, normalize
+
+from . import ledger
+from .config import Config
+from .workdir import WorkDir
+
+STAGES: tuple[str, ...] = ("download", "normalize", "clips")
+
+
+def initial_row(item: SourceItem) -> dict[str, Any]:
+    """The row that enters the DAG for one source. Every value is a string (JSON) or a bool."""
+    return {
+        "video_id": item.video_id,
+        "source": item.to_json(),
+        "download": "",
+        "normalize": "",
+        "clips": "",
+        "failure": "",
+        "timings": "{}",
+        "resumed": "[]",
+    }
+
+
+def _run_download(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+    d = cfg.download
+    opts = DownloadOptions(
+        max_height=d.max_height, retries=d.retries, backoff_s=d.backoff_s, rate_limit=d.rate_limit,
+        cookies_file=d.cookies_file, socket_timeout_s=d.socket_timeout_s, max_filesize_mb=d.max_filesize_mb,
+        allow_file_urls=d.allow_file_urls,
+        archive_file=work.path("download_archive.txt") if d.use_download_archive and work.is_local else None,
+    )
+    if item.kind == "file":
+        return download(item, "", opts).model_dump(mode="json")
+    with work.local_dir("downloads", item.video_id) as dest:
+        result = download(item, dest, opts)
+    if not work.is_local:  # point at the uploaded copy
+        result.media_path = work.path("downloads", item.video_id, result.media_path.rsplit("/", 1)[-1])
+    return result.model_dump(mode="json")
+
+
+def _run_normalize(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+    dl = DownloadResult.model_validate_json(row["download"])
+    n = cfg.normalize
+    opts = NormalizeOptions(
+        fps=n.fps, max_height=n.max_height, sample_rate_hz=n.sample_rate_hz, min_duration_s=n.min_duration_s,
+        max_duration_s=n.max_duration_s, crf=n.crf, preset=n.preset, encode_threads=n.encode_threads, timeout_s=n.timeout_s,
+    )
+    with work.fetch(dl.media_path) as src, work.local_dir("media", item.video_id) as out:
+        media = normalize(item.video_id, src, out, opts)
+    media.video_path = work.path("media", item.video_id, "video.mp4")
+    media.audio_path = work.path("media", item.video_id, "audio.wav")
+    return media.model_dump(mode="json")
+
+
+def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+    media = NormalizedMedia.model_validate_json(row["normalize"])
+    c, n = cfg.clips, cfg.normalize
+    opts = ClipOptions(
+        window_s=c.window_s, min_last_clip_s=c.min_last_clip_s, max_clips_per_video=c.max_clips_per_video,
+        crf=n.crf, preset=n.preset, encode_threads=n.encode_threads,
+    )
+    with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, work.local_dir("clips", item.video_id) as out:
+        local = media.model_copy(update={"video_path": v, "audio_path": a})
+        clips = make_clips(local, item.uri, out, opts, item.metadata)
+    return [c.model_dump(mode="json") for c in clips]
+
+
+def _outputs_exist(stage: str, output: Any, item: SourceItem, work: WorkDir) -> bool:
+    """A ledger entry only counts while the files it describes are still there."""
+    if stage == "download":
+        path = output["media_path"]
+        return os.path.exists(path) if item.kind == "file" else work.fs.exists(path)
+    if stage == "normalize":
+        return work.fs.exists(output["video_path"]) and work.fs.exists(output["audio_path"])
+    if stage == "clips":
+        return all(work.exists("clips", item.video_id, f"{c['key']}.{s}") for c in output for s in ("mp4", "wav"))
+    return True
+
+
+_STAGE_FNS: dict[str, Callable[[SourceItem, dict, Config, WorkDir], Any]] = {
+    "download": _run_download,
+    "normalize": _run_normalize,
+    "clips": _run_clips,
+}
+
+
+class StageTask:
+    """Ray Data ``map`` callable for one stage. Picklable: holds only the config and the work-dir URI."""
+
+    def __init__(self, stage: str, config_json: str, work_uri: str):
+        self.stage = stage
+        self.config_json = config_json
+        self.work_uri = work_uri
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["failure"]:
+            return row
+        cfg = Config.model_validate_json(self.config_json)
+        work = WorkDir(self.work_uri)
+        item = SourceItem.model_validate_json(row["source"])
+        timings = json.loads(row["timings"])
+        entry = ledger.read_entry(work, item.video_id, self.stage)
+        if entry is not None and entry.status == "ok" and _outputs_exist(self.stage, entry.output, item, work):
+            row[self.stage] = json.dumps(entry.output)
+            row["resumed"] = json.dumps(json.loads(row["resumed"]) + [self.stage])
+            return row
+        if entry is not None and entry.status == "failed" and not cfg.retry_failed:
+            row["failure"] = entry.failure.model_dump_json()
+            return row
+        ledger.clear_after(work, item.video_id, self.stage, STAGES)
+        t0 = time.perf_counter()
+        try:
+            output = _STAGE_FNS[self.stage](item, row, cfg, work)
+        except StageError as e:
+            failure = FailureRecord(video_id=item.video_id, source_uri=item.uri, stage=self.stage, reason=e.reason, message=e.message)
+        except Exception as e:  # a bug or an environment problem: record it, keep the run going
+            last = traceback.format_exception_only(type(e), e)[-1].strip()
+            failure = FailureRecord(
+                video_id=item.video_id, source_uri=item.uri, stage=self.stage, reason="internal_error", message=last[:500]
+            )
+        else:
+            seconds = time.perf_counter() - t0
+            ledger.write_ok(work, item.video_id, self.stage, output, seconds)
+            row[self.stage] = json.dumps(output)
+            timings[self.stage] = seconds
+            row["timings"] = json.dumps(timings)
+            return row
+        seconds = time.perf_counter() - t0
+        ledger.write_failed(work, failure, seconds)
+        timings[self.stage] = seconds
+        row["timings"] = json.dumps(timings)
+        row["failure"] = failure.model_dump_json()
+        return row
+
+
+def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
+    """The Ray Data dataset of the whole DAG; iterate it to run. One block per video up to ``max_blocks``."""
+    import ray.data
+
+    rows = [initial_row(s) for s in sources]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), cfg.ray.max_blocks)))
+    cpus = {"download": cfg.ray.download_cpus, "normalize": cfg.ray.normalize_cpus, "clips": cfg.ray.clip_cpus}
+    config_json = cfg.model_dump_json()
+    for stage in STAGES:
+        ds = ds.map(StageTask(stage, config_json, work_uri), num_cpus=cpus[stage])
+    return ds
+
+
+def clips_of(row: dict[str, Any]) -> list[ClipRecord]:
+    return [ClipRecord.model_validate(c) for c in json.loads(row["clips"])] if row["clips"] else []

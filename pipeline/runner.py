@@ -1,0 +1,149 @@
+"""Run the ingestion DAG end to end: sources in, shards + manifest + failures + stats out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, TextIO
+
+from schemas import ClipRecord, FailureRecord, ManifestRow, NormalizedMedia, RunStats, StageTiming
+
+from .config import Config, dump_config
+from .dag import STAGES, build_plan, clips_of
+from .sink import MANIFEST, SHARDS_DIR, write_shards
+from .sources import read_sources
+from .workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+FAILURES, STATS, CONFIG, SOURCES = "failures.jsonl", "stats.json", "config.yaml", "sources.jsonl"
+
+
+@dataclass
+class IngestResult:
+    out: str
+    stats: RunStats
+    manifest: list[ManifestRow]
+    failures: list[FailureRecord]
+
+    @property
+    def shards_dir(self) -> str:
+        return WorkDir(self.out).path(SHARDS_DIR)
+
+
+def init_ray(cfg: Config) -> str:
+    """Connect to ``cfg.ray.address`` or start the embedded local Ray; returns a description."""
+    import ray
+
+    if ray.is_initialized():
+        return "existing ray session"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
+        return cfg.ray.address
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    return "local"
+
+
+def run_ingest(
+    sources_path: str,
+    out: str,
+    cfg: Config,
+    echo: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """Run the DAG over the sources in ``sources_path`` and write everything under ``out``.
+
+    Re-running with the same arguments resumes: stages recorded in the ledger are skipped, and
+    the shards are rebuilt only if the set of clips changed.
+    """
+    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    out_dir = WorkDir(out)
+    work_uri = cfg.work_dir or out_dir.path("work")
+    work = WorkDir(work_uri)
+    sources = read_sources(sources_path)
+    if not sources:
+        raise ValueError(f"{sources_path}: no sources")
+    out_dir.write_text(dump_config(cfg), CONFIG)
+    out_dir.write_text("".join(s.to_json() + "\n" for s in sources), SOURCES)
+    where = init_ray(cfg)
+    say(f"cnas ingest: {len(sources)} videos, ray={where}, work dir {work.uri}")
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    ds = build_plan(sources, cfg, work.uri)
+    clips: list[ClipRecord] = []
+    failures: list[FailureRecord] = []
+    stage_seconds: dict[str, float] = defaultdict(float)
+    stage_videos: Counter = Counter()
+    source_s = 0.0
+    resumed = 0
+    for done, row in enumerate(ds.iter_rows(), 1):
+        for stage, seconds in json.loads(row["timings"]).items():
+            stage_seconds[stage] += seconds
+            stage_videos[stage] += 1
+        if row["normalize"]:
+            source_s += NormalizedMedia.model_validate_json(row["normalize"]).duration_s
+        if row["failure"]:
+            f = FailureRecord.model_validate_json(row["failure"])
+            failures.append(f)
+            say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
+            continue
+        got = clips_of(row)
+        clips.extend(got)
+        was_resumed = "clips" in json.loads(row["resumed"])
+        resumed += was_resumed
+        say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips" + (" (from ledger)" if was_resumed else ""))
+
+    say(f"writing shards for {len(clips)} clips ...")
+    t_sink = time.perf_counter()
+    s = cfg.shards
+    manifest, rewritten = write_shards(clips, work, out_dir, s.max_count, s.max_size_mb, s.prefix)
+    stage_seconds["shards"] += time.perf_counter() - t_sink
+    stage_videos["shards"] += len({c.video_id for c in clips}) if rewritten else 0
+    failures.sort(key=lambda f: f.video_id)
+    out_dir.write_text("".join(f.to_json() + "\n" for f in failures), FAILURES)
+
+    stats = RunStats(
+        videos_in=len(sources),
+        videos_ok=len(sources) - len(failures),
+        videos_failed=len(failures),
+        videos_resumed=resumed,
+        source_hours=source_s / 3600,
+        clip_hours=sum(c.end_s - c.start_s for c in clips) / 3600,
+        clips=len(manifest),
+        shards=len({r.shard for r in manifest}),
+        failures_by_reason=dict(sorted(Counter(f"{f.stage}/{f.reason}" for f in failures).items())),
+        stage_timings={k: StageTiming(videos=stage_videos[k], seconds=round(v, 3)) for k, v in stage_seconds.items()},
+        wall_s=round(time.perf_counter() - t0, 3),
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ray_address=where,
+        config=cfg.model_dump(mode="json"),
+    )
+    out_dir.write_text(stats.model_dump_json(indent=2) + "\n", STATS)
+    for line in summary_lines(stats, out_dir):
+        say(line)
+    return IngestResult(out=out_dir.uri, stats=stats, manifest=manifest, failures=failures)
+
+
+def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
+    lines = [
+        f"videos: {stats.videos_in} in, {stats.videos_ok} ok, {stats.videos_failed} failed"
+        f" ({stats.videos_resumed} resumed from the ledger)",
+        f"hours: {stats.source_hours:.4f} normalised in, {stats.clip_hours:.4f} in clips; {stats.clips} clips in {stats.shards} shards",
+    ]
+    if stats.failures_by_reason:
+        lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in stats.failures_by_reason.items()))
+    per_stage = ", ".join(f"{k} {v.seconds:.1f}s/{v.videos}" for k, v in stats.stage_timings.items())
+    lines.append(f"time per stage (seconds/videos): {per_stage}; wall {stats.wall_s:.1f}s")
+    lines.append(f"shards: {out.path(SHARDS_DIR)}  manifest: {out.path(MANIFEST)}  failures: {out.path(FAILURES)}")
+    lines.append(f"SUMMARY ok={stats.videos_ok} failed={stats.videos_failed} clips={stats.clips} shards={stats.shards}")
+    return lines

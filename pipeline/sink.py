@@ -1,0 +1,111 @@
+"""Shard sink: WebDataset tars (``webdataset.ShardWriter``) plus ``manifest.jsonl``.
+
+Samples are written in key order from the clips recorded in the ledger, so the same set of clips
+always gives the same shards and the same manifest, however the run was interrupted. Shards are
+written to a staging folder and swapped in whole; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import webdataset as wds
+
+from schemas import ClipRecord, ManifestRow
+
+from .workdir import WorkDir
+
+SHARDS_DIR, MANIFEST = "shards", "manifest.jsonl"
+
+
+def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
+    """The bytes of every member of a clip's sample."""
+    members = {"json": clip.model_dump_json().encode("utf-8")}
+    for suffix in ("mp4", "wav"):
+        with work.fs.open(work.path("clips", clip.video_id, f"{clip.key}.{suffix}"), "rb") as f:
+            members[suffix] = f.read()
+    return members
+
+
+def read_manifest(out: WorkDir) -> list[ManifestRow]:
+    if not out.exists(MANIFEST):
+        return []
+    return [ManifestRow.model_validate_json(line) for line in out.read_text(MANIFEST).splitlines() if line.strip()]
+
+
+def _up_to_date(clips: list[ClipRecord], out: WorkDir) -> list[ManifestRow] | None:
+    """The existing manifest when it already covers exactly these clips and its shards are all there."""
+    try:
+        rows = read_manifest(out)
+    except (ValueError, OSError):
+        return None
+    if [r.key for r in rows] != [c.key for c in clips]:
+        return None
+    if not all(out.exists(SHARDS_DIR, name) for name in {r.shard for r in rows}):
+        return None
+    return rows
+
+
+def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count: int, max_size_mb: float, prefix: str) -> tuple[list[ManifestRow], bool]:
+    """Write all ``clips`` into shards under ``out/shards`` and the manifest; returns (rows, rewritten).
+
+    Nothing is rewritten when the manifest already lists exactly these keys and its shards exist.
+    """
+    clips = sorted(clips, key=lambda c: c.key)
+    current = _up_to_date(clips, out)
+    if current is not None:
+        return current, False
+    staging = tempfile.mkdtemp(prefix="cnas-shards-")
+    rows: list[ManifestRow] = []
+    try:
+        pattern = os.path.join(staging, f"{prefix}-%06d.tar")
+        # mtime=0 keeps tar headers, and so whole shards, identical across runs.
+        with wds.ShardWriter(pattern, maxcount=max_count, maxsize=int(max_size_mb * 1024 * 1024), verbose=0, mtime=0) as writer:
+            for clip in clips:
+                members = sample_members(clip, work)
+                writer.write({"__key__": clip.key, **members})
+                rows.append(
+                    ManifestRow(
+                        key=clip.key,
+                        shard=os.path.basename(writer.fname),
+                        video_id=clip.video_id,
+                        duration_s=clip.end_s - clip.start_s,
+                        member_bytes={k: len(v) for k, v in members.items()},
+                        member_sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
+                    )
+                )
+        out.remove(MANIFEST)  # a crash during the swap then leaves no stale manifest behind
+        _swap_in(staging, out)
+        out.write_text("".join(r.model_dump_json() + "\n" for r in rows), MANIFEST)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows, True
+
+
+def _swap_in(staging: str, out: WorkDir) -> None:
+    """Replace ``out/shards`` by the staged shards; the old set is removed only once the new one is in place."""
+    if out.is_local:
+        final = out.path(SHARDS_DIR)
+        new, old = final + ".new", final + ".old"
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.copytree(staging, new)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.remove(SHARDS_DIR)
+        out.fs.put(staging.rstrip("/") + "/", out.path(SHARDS_DIR), recursive=True)
+
+
+def manifest_digest(rows: list[ManifestRow]) -> str:
+    """sha256 over the manifest lines: two runs with equal digests wrote identical samples."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r.model_dump(mode="json"), sort_keys=True).encode())
+    return h.hexdigest()

@@ -1,0 +1,58 @@
+"""A clip: the unit that becomes one WebDataset sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from .base import SAFE_ID_PATTERN, Record
+from .speech import Transcript
+
+#: Sample key: ``<video_id>-<index:04d>``; no dots (WebDataset splits key and suffix at the first dot).
+CLIP_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}-[0-9]{4,}$"
+
+
+class ClipRecord(Record):
+    """Metadata of one clip; this is the ``json`` member of a shard sample.
+
+    Times are seconds in the normalised source. ``stages`` says which optional stages contributed
+    (``speech``, ``pose``, ``flame``) and ``skipped_stages`` which were skipped and why.
+    """
+
+    key: str = Field(pattern=CLIP_KEY_PATTERN)
+    clip_uid: str = Field(description="uuid5 of the source URI and the clip's times")
+    video_id: str = Field(pattern=SAFE_ID_PATTERN)
+    index: int = Field(ge=0)
+    source_uri: str
+    source_metadata: dict[str, Any] = Field(default_factory=dict)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    source_duration_s: float = Field(gt=0)
+    fps: float = Field(gt=0)
+    num_frames: int = Field(gt=0)
+    sample_rate_hz: int = Field(gt=0)
+    num_audio_samples: int = Field(gt=0)
+    width: int = Field(ge=2)
+    height: int = Field(ge=2)
+    language: str | None = None
+    licence: str | None = None
+    transcript: Transcript | None = None
+    stages: list[str] = Field(default_factory=list)
+    skipped_stages: dict[str, str] = Field(default_factory=dict)
+    members: list[str] = Field(description="member suffixes of this sample in its shard, e.g. json, mp4, wav")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClipRecord":
+        if self.end_s <= self.start_s:
+            raise ValueError(f"clip ends ({self.end_s}) before it starts ({self.start_s})")
+        if self.end_s > self.source_duration_s + 1e-3:
+            raise ValueError(f"clip end {self.end_s} s is past the source end {self.source_duration_s} s")
+        length_s = self.end_s - self.start_s
+        if abs(self.num_frames / self.fps - length_s) > 1.0 / self.fps + 1e-6:
+            raise ValueError(f"{self.num_frames} frames at {self.fps} fps do not span {length_s:.3f} s")
+        if abs(self.num_audio_samples / self.sample_rate_hz - length_s) > 1.0 / self.sample_rate_hz + 1e-6:
+            raise ValueError(f"{self.num_audio_samples} samples at {self.sample_rate_hz} Hz do not span {length_s:.3f} s")
+        if not self.key.startswith(self.video_id + "-"):
+            raise ValueError(f"key {self.key!r} does not start with the video id {self.video_id!r}")
+        return self

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One install path for a fresh machine of this kind (used by `make demo` and `make test`).
+# Route: whisperX 3.7.4 + pyannote.audio 3.4 on torch 2.8 (see docs/install.md for the measurements).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+C="$HERE/requirements/constraints.txt"
+t0=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
+"${PIP[@]}" --upgrade "pip>=24" wheel
+"${PIP[@]}" -c "$C" -r "$HERE/requirements/main.txt"
+# mediapipe 0.10.21 is the last release that ships its legacy solutions *with* models; it declares
+# numpy<2 but runs on numpy 2.0.2, so it goes in without its dependency pins.
+"${PIP[@]}" -c "$C" --no-deps mediapipe==0.10.21
+"${PIP[@]}" -c "$C" --no-deps -e "$HERE"
+"$VENV/bin/python" - <<'PY'
+import importlib, sys
+mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
+        "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
+        "resemblyzer", "opencc", "cv2", "skimage", "soundfile", "schemas", "pipeline", "stages"]
+bad = []
+for m in mods:
+    try:
+        importlib.import_module(m)
+    except Exception as e:  # report every broken import at once
+        bad.append(f"{m}: {type(e).__name__}: {e}")
+if bad:
+    sys.exit("install check failed:\n  " + "\n  ".join(bad))
+import torch
+print(f"install check ok: torch {torch.__version__}")
+PY
+echo "install took $(( $(date +%s) - t0 )) s; venv size $(du -sh "$VENV" | cut -f1)"

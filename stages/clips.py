@@ -1,0 +1,130 @@
+"""Clip stage (fixed windows): cut the normalised media into equal windows on exact frame and sample
+boundaries. Later stages (speech, shots, pose) replace the fixed windows with selected ones; the
+cutting itself (``cut_clip``) stays.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import soundfile as sf
+
+from schemas import ClipRecord, NormalizedMedia
+
+from .errors import StageError
+
+#: Member suffixes of every sample, in shard order.
+CLIP_MEMBERS = ("json", "mp4", "wav")
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    window_s: float = 2.0
+    min_last_clip_s: float = 0.0
+    max_clips_per_video: int | None = None
+    crf: int = 20
+    preset: str = "veryfast"
+    encode_threads: int = 2
+    timeout_s: float = 600.0
+
+
+def clip_key(video_id: str, index: int) -> str:
+    return f"{video_id}-{index:04d}"
+
+
+def clip_uid(source_uri: str, start_s: float, end_s: float) -> str:
+    """Deterministic id of a clip: the same source and times give the same id in every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_uri}#t={start_s:.3f},{end_s:.3f}"))
+
+
+def fixed_windows(num_frames: int, fps: float, opts: ClipOptions) -> list[tuple[int, int]]:
+    """``[(first_frame, frame_count)]`` of consecutive windows of ``opts.window_s`` over the video."""
+    per = round(opts.window_s * fps)
+    windows = [(i * per, per) for i in range(num_frames // per)]
+    tail = num_frames - len(windows) * per
+    if opts.min_last_clip_s > 0 and tail >= opts.min_last_clip_s * fps:
+        windows.append((len(windows) * per, tail))
+    if opts.max_clips_per_video:
+        windows = windows[: opts.max_clips_per_video]
+    return windows
+
+
+def make_clips(
+    media: NormalizedMedia,
+    source_uri: str,
+    out_dir: str,
+    opts: ClipOptions = ClipOptions(),
+    source_metadata: dict[str, Any] | None = None,
+) -> list[ClipRecord]:
+    """Cut ``media`` into fixed windows; writes ``<key>.mp4`` and ``<key>.wav`` into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = dict(source_metadata or {})
+    audio, sr = sf.read(media.audio_path, dtype="int16", always_2d=False)
+    records = []
+    for index, (first, count) in enumerate(fixed_windows(media.num_frames, media.fps, opts)):
+        start_s, end_s = first / media.fps, (first + count) / media.fps
+        key = clip_key(media.video_id, index)
+        s0, n = round(start_s * sr), round(count / media.fps * sr)
+        if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
+            break
+        cut_video(media.video_path, os.path.join(out_dir, f"{key}.mp4"), start_s, count, media.fps, opts)
+        _write_wav(os.path.join(out_dir, f"{key}.wav"), audio[s0 : s0 + n], sr)
+        records.append(
+            ClipRecord(
+                key=key,
+                clip_uid=clip_uid(source_uri, start_s, end_s),
+                video_id=media.video_id,
+                index=index,
+                source_uri=source_uri,
+                source_metadata=meta,
+                start_s=start_s,
+                end_s=end_s,
+                source_duration_s=media.duration_s,
+                fps=media.fps,
+                num_frames=count,
+                sample_rate_hz=sr,
+                num_audio_samples=n,
+                width=media.width,
+                height=media.height,
+                language=meta.get("language"),
+                licence=meta.get("licence") or meta.get("license"),
+                members=list(CLIP_MEMBERS),
+            )
+        )
+    if not records:
+        raise StageError("no_clips", f"{media.duration_s:.2f} s of media gives no {opts.window_s} s clip")
+    return records
+
+
+def cut_video(src: str, dst: str, start_s: float, num_frames: int, fps: float, opts: ClipOptions) -> None:
+    """Re-encode exactly ``num_frames`` frames starting at ``start_s`` (no keyframe-snapped stream copy).
+
+    Seeking half a frame early makes the frame at ``start_s`` the first one kept, whatever the
+    float rounding of the timestamps.
+    """
+    seek = max(0.0, start_s - 0.5 / fps)
+    tmp = dst + ".part.mp4"
+    cmd = [
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-ss", f"{seek:.6f}", "-i", src,
+        "-frames:v", str(num_frames), "-an", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
+        "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
+        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=opts.timeout_s)
+    except subprocess.TimeoutExpired:
+        raise StageError("timeout", f"cutting {os.path.basename(dst)} ran past {opts.timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        raise StageError("cut_failed", f"ffmpeg exited {proc.returncode}: {msg[0][:300]}")
+    os.replace(tmp, dst)
+
+
+def _write_wav(path: str, samples, sr: int) -> None:
+    tmp = path + ".part.wav"
+    sf.write(tmp, samples, sr, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)

@@ -1,0 +1,52 @@
+"""Shared fixtures: generated talking-person videos, broken inputs, one Ray session per test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.demo import DemoVideo, make_talking_video  # noqa: E402
+
+SHORT_VIDEOS = (
+    DemoVideo("zh_a", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, jin1 tian1 tian1 qi4 hen3 hao3."),
+    DemoVideo("en_b", "camera", "en-us", "Good evening, here is the news."),
+)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Two short real talking videos (H.264 + AAC) plus broken variants, generated once per session."""
+    if shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None:
+        pytest.fail("ffmpeg and espeak-ng are required (make setup installs them)")
+    d = tmp_path_factory.mktemp("media")
+    for v in SHORT_VIDEOS:
+        make_talking_video(str(d / f"{v.name}.mp4"), v)
+    good = d / "zh_a.mp4"
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("not a video\n")
+    data = good.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    _ff(["-i", str(good), "-vn", "-c:a", "copy", str(d / "audio_only.m4a")])
+    _ff(["-i", str(good), "-an", "-c:v", "copy", str(d / "video_only.mp4")])
+    return d
+
+
+def _ff(args: list[str]) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded local Ray for the in-process tests (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
