@@ -120,7 +120,7 @@ def read_sources(
         if is_url(location) and not location.startswith("file://") and (wants_expand or _PLAYLIST_HINTS.search(location)):
             for entry in expand(location):
                 entry_uri = entry["url"]
-                vid = make_video_id(entry_uri, entry.get("id") and f"{slug(str(entry.get('ie_key') or ''))}{entry['id']}")
+                vid = make_video_id(entry_uri, _entry_id(entry))
                 meta = dict(metadata)
                 if entry.get("title"):
                     meta.setdefault("title", entry["title"])
@@ -136,6 +136,14 @@ def read_sources(
     return sorted(items.values(), key=lambda s: s.video_id)
 
 
+def _entry_id(entry: dict[str, Any]) -> str | None:
+    """``<extractor>_<id>`` for a playlist entry (ids are unique per extractor, not across sites)."""
+    if not entry.get("id"):
+        return None
+    prefix = slug(str(entry.get("ie_key") or ""))
+    return f"{prefix}_{entry['id']}" if prefix else str(entry["id"])
+
+
 def _add(items: dict[str, SourceItem], item: SourceItem, where: str) -> None:
     seen = items.get(item.video_id)
     if seen is None:
@@ -149,6 +157,7 @@ def _add(items: dict[str, SourceItem], item: SourceItem, where: str) -> None:
 def expand_playlist_with_ytdlp(url: str) -> list[dict[str, Any]]:
     """Entries of a playlist/channel/feed URL via yt-dlp flat extraction (no media is downloaded)."""
     import yt_dlp
+    from yt_dlp.utils import unsmuggle_url
 
     opts = {"extract_flat": "in_playlist", "quiet": True, "no_warnings": True, "skip_download": True}
     with yt_dlp.YoutubeDL(opts) as ydl:
@@ -163,5 +172,7 @@ def expand_playlist_with_ytdlp(url: str) -> list[dict[str, Any]]:
             continue
         entry_url = e.get("url") or e.get("webpage_url")
         if entry_url:
+            # The generic extractor smuggles hints into the URL fragment; the record keeps the clean URL.
+            entry_url, _ = unsmuggle_url(entry_url)
             entries.append({"url": entry_url, "id": e.get("id"), "title": e.get("title"), "ie_key": e.get("ie_key")})
     return entries

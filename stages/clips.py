@@ -15,7 +15,7 @@ import soundfile as sf
 
 from schemas import ClipRecord, NormalizedMedia
 
-from .errors import StageError
+from .errors import StageError, temp_name
 
 #: Member suffixes of every sample, in shard order.
 CLIP_MEMBERS = ("json", "mp4", "wav")
@@ -28,7 +28,7 @@ class ClipOptions:
     max_clips_per_video: int | None = None
     crf: int = 20
     preset: str = "veryfast"
-    encode_threads: int = 2
+    encode_threads: int = 1
     timeout_s: float = 600.0
 
 
@@ -104,12 +104,13 @@ def cut_video(src: str, dst: str, start_s: float, num_frames: int, fps: float, o
     """Re-encode exactly ``num_frames`` frames starting at ``start_s`` (no keyframe-snapped stream copy).
 
     Seeking half a frame early makes the frame at ``start_s`` the first one kept, whatever the
-    float rounding of the timestamps.
+    float rounding of the timestamps. The decoder runs single-threaded: with frame threads, the
+    frames near the end of the stream were seen to differ between identical runs.
     """
     seek = max(0.0, start_s - 0.5 / fps)
-    tmp = dst + ".part.mp4"
+    tmp = temp_name(dst, ".mp4")
     cmd = [
-        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-ss", f"{seek:.6f}", "-i", src,
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-ss", f"{seek:.6f}", "-i", src,
         "-frames:v", str(num_frames), "-an", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
         "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp,
@@ -125,6 +126,6 @@ def cut_video(src: str, dst: str, start_s: float, num_frames: int, fps: float, o
 
 
 def _write_wav(path: str, samples, sr: int) -> None:
-    tmp = path + ".part.wav"
+    tmp = temp_name(path, ".wav")
     sf.write(tmp, samples, sr, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)

@@ -13,3 +13,12 @@ class StageError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+def temp_name(path: str, suffix: str) -> str:
+    """A per-process temporary name next to ``path``: two writers of the same output (a re-run racing
+    a straggler of a killed run) never interleave bytes in one file; ``os.replace`` picks a whole one."""
+    import os
+    import uuid
+
+    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part{suffix}"

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from schemas import NormalizedMedia, ProbeInfo
 
-from .errors import StageError
+from .errors import StageError, temp_name
 
 VIDEO_NAME, AUDIO_NAME = "video.mp4", "audio.wav"
 
@@ -92,9 +92,9 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     check_usable(p, opts)
     os.makedirs(out_dir, exist_ok=True)
     video_out, audio_out = os.path.join(out_dir, VIDEO_NAME), os.path.join(out_dir, AUDIO_NAME)
-    video_tmp, audio_tmp = video_out + ".part.mp4", audio_out + ".part.wav"
+    video_tmp, audio_tmp = temp_name(video_out, ".mp4"), temp_name(audio_out, ".wav")
     out_w, out_h = target_size(p.width or 2, p.height or 2, opts.max_height)
-    src = ffmpeg.input(src_path)
+    src = ffmpeg.input(src_path, threads=1)  # single-threaded decode: identical bytes on every run
     video = src["v:0"].filter("fps", fps=opts.fps, round="near").filter("scale", out_w, out_h).filter("setsar", "1")
     v_out = ffmpeg.output(
         video, video_tmp, vcodec="libx264", preset=opts.preset, crf=opts.crf, pix_fmt="yuv420p",

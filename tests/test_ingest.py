@@ -1,0 +1,187 @@
+"""End to end: the real DAG (Ray Data on an embedded local Ray, ffmpeg, yt-dlp, WebDataset)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from pipeline.config import load_config
+from pipeline.runner import run_ingest
+from schemas import ClipRecord, FailureRecord, ManifestRow, RunStats
+
+FAST = ["clips.window_s=1", "normalize.max_height=240", "download.retries=0", "download.socket_timeout_s=5"]
+EXPECTED_FAILURES = {
+    "empty": ("normalize", "empty_file"),
+    "truncated": ("normalize", "unreadable"),
+    "text": ("normalize", "unreadable"),
+    "audio_only": ("normalize", "no_video"),
+    "video_only": ("normalize", "no_audio"),
+    "http_404": ("download", "not_found"),
+    "missing_path": ("download", "not_found"),
+}
+
+
+def _write_sources(path: Path, media: Path, http: str) -> Path:
+    rows = [
+        {"path": str(media / "zh_a.mp4"), "id": "local_zh", "language": "zh", "licence": "CC-BY-4.0"},
+        {"url": f"{http}/en_b.mp4", "id": "http_en", "language": "en"},
+        {"url": (media / "zh_a.mp4").as_uri(), "id": "fileurl_zh"},
+        {"path": str(media / "en_b.mp4"), "id": "../../escape.attempt"},
+        {"path": str(media / "empty.mp4"), "id": "empty"},
+        {"path": str(media / "truncated.mp4"), "id": "truncated"},
+        {"path": str(media / "text.mp4"), "id": "text"},
+        {"path": str(media / "audio_only.m4a"), "id": "audio_only"},
+        {"path": str(media / "video_only.mp4"), "id": "video_only"},
+        {"url": f"{http}/does-not-exist.mp4", "id": "http_404"},
+        {"path": str(media / "nowhere.mp4"), "id": "missing_path"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray_session):
+    sources = _write_sources(tmp_path / "sources.jsonl", media_dir, http_server)
+    media_before = _tree(media_dir)
+    out = tmp_path / "run"
+    result = run_ingest(str(sources), str(out), load_config(None, FAST), echo=lambda m: None)
+
+    # Every bad input is a failure record with its stage and reason; the good ones went through.
+    failures = [FailureRecord.model_validate_json(l) for l in (out / "failures.jsonl").read_text().splitlines()]
+    assert {f.video_id: (f.stage, f.reason) for f in failures} == EXPECTED_FAILURES
+    assert all(f.message for f in failures)
+    stats = RunStats.model_validate_json((out / "stats.json").read_text())
+    assert (stats.videos_in, stats.videos_ok, stats.videos_failed) == (11, 4, 7)
+    assert stats.failures_by_reason["normalize/unreadable"] == 2
+    assert {"download", "normalize", "clips", "shards"} <= set(stats.stage_timings)
+
+    # Nothing was written outside the output folder; the unsafe id became a safe one inside it.
+    assert _tree(media_dir) == media_before
+    assert set(os.listdir(tmp_path)) == {"sources.jsonl", "run"}
+    assert not any(".." in p or "escape.attempt" in p for p in _tree(out))
+    escaped = [r for r in result.manifest if r.video_id.startswith("escape_attempt")]
+    assert escaped, "the video with an unsafe id should still be processed under a safe id"
+
+    # Manifest: one row per sample, sha256 and sizes match the tar members.
+    rows = [ManifestRow.model_validate_json(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows == result.manifest and len(rows) == stats.clips > 0
+    assert [r.key for r in rows] == sorted(r.key for r in rows)
+    by_key = {r.key: r for r in rows}
+    members: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, _, suffix = m.name.partition(".")
+                members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+                assert by_key[key].shard == shard.name
+    assert set(members) == set(by_key)
+    for key, files in members.items():
+        assert set(files) == {"json", "mp4", "wav"}
+        assert {s: hashlib.sha256(b).hexdigest() for s, b in files.items()} == by_key[key].member_sha256
+        assert {s: len(b) for s, b in files.items()} == by_key[key].member_bytes
+
+    # Readable by webdataset, and each json is a valid clip record matching its media.
+    import soundfile as sf
+
+    seen = 0
+    for sample in wds.WebDataset([str(p) for p in sorted((out / "shards").glob("*.tar"))], shardshuffle=False):
+        clip = ClipRecord.model_validate_json(sample["json"])
+        assert clip.key == sample["__key__"] and clip.members == ["json", "mp4", "wav"]
+        audio, sr = sf.read(io.BytesIO(sample["wav"]))
+        assert sr == 16000 and len(audio) == clip.num_audio_samples == 16000
+        seen += 1
+    assert seen == len(rows)
+    local = [r for r in rows if r.video_id == "local_zh"]
+    assert local and ClipRecord.model_validate_json(members[local[0].key]["json"]).licence == "CC-BY-4.0"
+
+    # Re-running resumes from the ledger and changes nothing.
+    manifest_before = (out / "manifest.jsonl").read_bytes()
+    shard_mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    again = run_ingest(str(sources), str(out), load_config(None, FAST), echo=lambda m: None)
+    assert again.stats.videos_resumed == 4
+    assert (out / "manifest.jsonl").read_bytes() == manifest_before
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == shard_mtimes
+
+
+def test_shard_limits_split_samples(tmp_path, media_dir, ray_session):
+    (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n{media_dir / 'en_b.mp4'}\n")
+    cfg = load_config(None, FAST + ["shards.max_count=2", "shards.prefix=test"])
+    result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), cfg, echo=lambda m: None)
+    shards = sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.tar"))
+    assert len(shards) == (len(result.manifest) + 1) // 2 and shards[0] == "test-000000.tar"
+    assert all(sum(r.shard == s for r in result.manifest) <= 2 for s in shards)
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_resume_after_sigkill_gives_the_manifest_of_a_clean_run(tmp_path, media_dir):
+    # Eight videos (the two real ones under several ids) so the kill lands mid-run.
+    lines = ["path,id"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},vid{i}" for i in range(8)]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    args = ["ingest", "--sources", str(tmp_path / "s.csv"), "--num-cpus", "2", *sum((["--set", s] for s in FAST), [])]
+    args += ["--set", "clips.window_s=0.4"]
+
+    killed = _cli([*args, "--out", str(tmp_path / "killed")])
+    ledger = tmp_path / "killed" / "work" / "ledger"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ledger.glob("*/clips.json")):
+        assert killed.poll() is None, killed.stdout.read()
+        time.sleep(0.05)
+    done_before_kill = len(list(ledger.glob("*/clips.json")))
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert 1 <= done_before_kill < 8, done_before_kill
+    assert not (tmp_path / "killed" / "manifest.jsonl").exists()
+
+    resumed = _cli([*args, "--out", str(tmp_path / "killed")])
+    out_resumed, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out_resumed
+    assert "SUMMARY ok=8 failed=0" in out_resumed
+    stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
+    assert stats["videos_resumed"] >= done_before_kill
+
+    clean = _cli([*args, "--out", str(tmp_path / "clean")])
+    out_clean, _ = clean.communicate(timeout=400)
+    assert clean.returncode == 0, out_clean
+    resumed_manifest = (tmp_path / "killed" / "manifest.jsonl").read_text()
+    assert resumed_manifest == (tmp_path / "clean" / "manifest.jsonl").read_text()
+    keys = [json.loads(l)["key"] for l in resumed_manifest.splitlines()]
+    assert len(keys) == len(set(keys))  # no duplicate
+    per_video: dict[str, list[int]] = {}
+    for k in keys:
+        vid, _, idx = k.rpartition("-")
+        per_video.setdefault(vid, []).append(int(idx))
+    assert sorted(per_video) == [f"vid{i}" for i in range(8)]  # none missing
+    assert all(idx == list(range(len(idx))) for idx in per_video.values())
+
+
+def test_cli_exit_status_and_errors(tmp_path, media_dir):
+    (tmp_path / "s.txt").write_text(f"{media_dir / 'text.mp4'}\n")
+    p = _cli(["ingest", "--sources", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o"), "--num-cpus", "1"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 3, out
+    assert "SUMMARY ok=0 failed=1" in out and "FAILED at normalize (unreadable" in out
+    p = _cli(["ingest", "--sources", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o2")])
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1 and "sources file not found" in out
+    p = _cli(["ingest", "--sources", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o3"), "--set", "clips.window_s=0.01"])
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1 and "not a whole number of frames" in out
