@@ -119,8 +119,10 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
 
 def test_shard_limits_split_samples(tmp_path, media_dir, ray_session):
     (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n{media_dir / 'en_b.mp4'}\n")
-    cfg = load_config(None, FAST + ["shards.max_count=2", "shards.prefix=test"])
-    result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), cfg, echo=lambda m: None)
+    # Output and work dir given as fsspec URIs (file://), the work dir outside the output folder.
+    cfg = load_config(None, FAST + ["shards.max_count=2", "shards.prefix=test", f"work_dir={(tmp_path / 'w').as_uri()}"])
+    result = run_ingest(str(tmp_path / "s.txt"), (tmp_path / "run").as_uri(), cfg, echo=lambda m: None)
+    assert (tmp_path / "w" / "ledger").is_dir() and not (tmp_path / "run" / "work").exists()
     shards = sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.tar"))
     assert len(shards) == (len(result.manifest) + 1) // 2 and shards[0] == "test-000000.tar"
     assert all(sum(r.shard == s for r in result.manifest) <= 2 for s in shards)
