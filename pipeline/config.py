@@ -36,8 +36,9 @@ class NormalizeConfig(_Section):
     max_duration_s: float = Field(4 * 3600.0, gt=0)
     crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
-    # x264 output depends on its thread count: a fixed count keeps re-runs byte-identical.
-    encode_threads: int = Field(2, ge=1)
+    # x264 with frame threads was seen to encode the last frames differently between identical runs;
+    # one thread per encode keeps re-runs byte-identical (parallelism comes from Ray, across videos).
+    encode_threads: int = Field(1, ge=1)
     timeout_s: float = Field(3600.0, gt=0, description="per-video ffmpeg time limit")
 
 

@@ -29,7 +29,7 @@ class NormalizeOptions:
     max_duration_s: float = 4 * 3600.0
     crf: int = 20
     preset: str = "veryfast"
-    encode_threads: int = 2
+    encode_threads: int = 1
     timeout_s: float = 3600.0
 
 
