@@ -48,6 +48,25 @@ class ClipConfig(_Section):
     max_clips_per_video: int | None = Field(None, ge=1)
 
 
+class SpeechConfig(_Section):
+    enabled: bool = True
+    model: str = Field("base", description="'base' (offline Whisper base from PyPI), a local CTranslate2 dir, or a cached hub name")
+    language: str | None = Field("zh", description="default language; a source's 'language' column wins; null: detect")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU")
+    batch_size: int = Field(8, ge=1)
+    beam_size: int = Field(5, ge=1)
+    cpu_threads: int = Field(1, ge=1, description="CTranslate2 threads per actor")
+    align_model: str | None = Field(None, description="local Wav2Vec2ForCTC dir for whisperX forced alignment")
+    diarization: str = Field("auto", pattern=r"^(auto|pyannote|embeddings|none)$")
+    pyannote_model: str | None = Field(None, description="local path or cached hub id of a pyannote diarization pipeline")
+    hf_token: str | None = None
+    min_speakers: int | None = Field(None, ge=1)
+    max_speakers: int | None = Field(None, ge=1)
+    speaker_distance_threshold: float = Field(0.35, gt=0, lt=2)
+    cache_dir: str | None = Field(None, description="where the offline Whisper base is assembled (default ~/.cache/cnas)")
+
+
 class ShardConfig(_Section):
     max_count: int = Field(1000, ge=1, description="samples per shard")
     max_size_mb: float = Field(1024.0, gt=0, description="bytes per shard (soft: a shard closes once over)")
@@ -60,6 +79,9 @@ class RayConfig(_Section):
     download_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (I/O bound)")
     normalize_cpus: float = Field(1.0, gt=0)
     clip_cpus: float = Field(1.0, gt=0)
+    speech_actors: int = Field(1, ge=1, description="max actors in the speech pool (each loads the models once)")
+    speech_cpus: float = Field(1.0, gt=0)
+    speech_gpus: float = Field(0.0, ge=0, description="GPUs per speech actor; 0 with speech.device=cuda means 1")
     max_blocks: int = Field(1000, ge=1, description="at most this many Ray Data blocks (one video per block below it)")
 
 
@@ -70,6 +92,7 @@ class Config(_Section):
     retry_failed: bool = Field(True, description="re-try videos that failed in an earlier run")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,7 +1,9 @@
-"""The ingestion DAG on Ray Data: sources → download → normalize → clips (→ shard sink in the driver).
+"""The ingestion DAG on Ray Data: sources → download → normalize → speech → clips (→ shard sink in the driver).
 
-Each stage is a Ray-free function in ``stages/``; here it is wrapped as a Ray Data ``map`` over one
-row per video. Rows carry small JSON records and paths, never media bytes. A wrapper
+Each stage is a Ray-free function in ``stages/``; here it is wrapped as a Ray Data operator over
+one row per video: ``map`` tasks for the file stages, ``map_batches`` over an actor pool for model
+stages (speech), so each actor loads its models once (lazily, on the first video that needs
+them). Rows carry small JSON records and paths, never media bytes. A wrapper
 
 * skips the stage when the resume ledger already holds its output (and that output's files exist),
 * turns a ``StageError`` (or any unexpected exception) into a failure record so the run goes on,
@@ -10,23 +12,29 @@ row per video. Rows carry small JSON records and paths, never media bytes. A wra
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
 import traceback
 from typing import Any, Callable
 
-from schemas import ClipRecord, DownloadResult, FailureRecord, NormalizedMedia, SourceItem
+from schemas import ClipRecord, DownloadResult, FailureRecord, NormalizedMedia, SourceItem, Transcript
 from stages.clips import ClipOptions, make_clips
 from stages.download import DownloadOptions, download
 from stages.errors import StageError
 from stages.normalize import NormalizeOptions, normalize
+from stages.speech import SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
 
 from . import ledger
 from .config import Config
 from .workdir import WorkDir
 
-STAGES: tuple[str, ...] = ("download", "normalize", "clips")
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("download", "normalize", "speech", "clips")
+MODEL_STAGES = {"speech"}
 
 
 def initial_row(item: SourceItem) -> dict[str, Any]:
@@ -36,6 +44,7 @@ def initial_row(item: SourceItem) -> dict[str, Any]:
         "source": item.to_json(),
         "download": "",
         "normalize": "",
+        "speech": "",
         "clips": "",
         "failure": "",
         "timings": "{}",
@@ -43,7 +52,17 @@ def initial_row(item: SourceItem) -> dict[str, Any]:
     }
 
 
-def _run_download(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+def speech_options(cfg: Config) -> SpeechOptions:
+    sp = cfg.speech
+    return SpeechOptions(
+        model=sp.model, language=sp.language, device=sp.device, compute_type=sp.compute_type, batch_size=sp.batch_size,
+        beam_size=sp.beam_size, cpu_threads=sp.cpu_threads, align_model=sp.align_model, diarization=sp.diarization,
+        pyannote_model=sp.pyannote_model, hf_token=sp.hf_token, min_speakers=sp.min_speakers, max_speakers=sp.max_speakers,
+        speaker_distance_threshold=sp.speaker_distance_threshold, cache_dir=sp.cache_dir,
+    )
+
+
+def _run_download(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
     d = cfg.download
     opts = DownloadOptions(
         max_height=d.max_height, retries=d.retries, backoff_s=d.backoff_s, rate_limit=d.rate_limit,
@@ -60,7 +79,7 @@ def _run_download(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> An
     return result.model_dump(mode="json")
 
 
-def _run_normalize(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+def _run_normalize(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
     dl = DownloadResult.model_validate_json(row["download"])
     n = cfg.normalize
     opts = NormalizeOptions(
@@ -74,7 +93,14 @@ def _run_normalize(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> A
     return media.model_dump(mode="json")
 
 
-def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
+def _run_speech(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
+    media = NormalizedMedia.model_validate_json(row["normalize"])
+    with work.fetch(media.audio_path) as wav:
+        audio = load_audio(wav)
+    return transcribe(models, audio, item.video_id, language=item.metadata.get("language")).model_dump(mode="json")
+
+
+def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
     media = NormalizedMedia.model_validate_json(row["normalize"])
     c, n = cfg.clips, cfg.normalize
     opts = ClipOptions(
@@ -84,6 +110,14 @@ def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir) -> Any:
     with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, work.local_dir("clips", item.video_id) as out:
         local = media.model_copy(update={"video_path": v, "audio_path": a})
         clips = make_clips(local, item.uri, out, opts, item.metadata)
+    transcript = Transcript.model_validate_json(row["speech"]) if row.get("speech") else None
+    for clip in clips:
+        if transcript is not None:
+            clip.transcript = slice_transcript(transcript, clip.start_s, clip.end_s)
+            clip.stages.append("speech")
+            clip.language = clip.language or transcript.language
+        else:
+            clip.skipped_stages["speech"] = "disabled in config (speech.enabled=false)"
     return [c.model_dump(mode="json") for c in clips]
 
 
@@ -99,11 +133,19 @@ def _outputs_exist(stage: str, output: Any, item: SourceItem, work: WorkDir) -> 
     return True
 
 
-_STAGE_FNS: dict[str, Callable[[SourceItem, dict, Config, WorkDir], Any]] = {
+_STAGE_FNS: dict[str, Callable[..., Any]] = {
     "download": _run_download,
     "normalize": _run_normalize,
+    "speech": _run_speech,
     "clips": _run_clips,
 }
+
+
+def load_stage_models(stage: str, cfg: Config) -> Any:
+    """Models a stage needs, loaded once per worker; None for the file stages."""
+    if stage == "speech":
+        return load_speech_models(speech_options(cfg))
+    return None
 
 
 class StageTask:
@@ -113,6 +155,14 @@ class StageTask:
         self.stage = stage
         self.config_json = config_json
         self.work_uri = work_uri
+        self._models: Any = None
+
+    def models(self, cfg: Config) -> Any:
+        # Loaded on the first video that needs them: a resumed run whose videos are all in the
+        # ledger never pays for model loading.
+        if self._models is None and self.stage in MODEL_STAGES:
+            self._models = load_stage_models(self.stage, cfg)
+        return self._models
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["failure"]:
@@ -132,7 +182,7 @@ class StageTask:
         ledger.clear_after(work, item.video_id, self.stage, STAGES)
         t0 = time.perf_counter()
         try:
-            output = _STAGE_FNS[self.stage](item, row, cfg, work)
+            output = _STAGE_FNS[self.stage](item, row, cfg, work, self.models(cfg))
         except StageError as e:
             failure = FailureRecord(video_id=item.video_id, source_uri=item.uri, stage=self.stage, reason=e.reason, message=e.message)
         except Exception as e:  # a bug or an environment problem: record it, keep the run going
@@ -155,17 +205,55 @@ class StageTask:
         return row
 
 
+class ModelStageActor:
+    """``map_batches`` actor for a model stage: one ``StageTask`` (and so one set of models) per actor."""
+
+    def __init__(self, stage: str, config_json: str, work_uri: str):
+        self.task = StageTask(stage, config_json, work_uri)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        return pd.DataFrame([self.task(row) for row in batch.to_dict("records")])
+
+
+def active_stages(cfg: Config) -> tuple[str, ...]:
+    return tuple(s for s in STAGES if s != "speech" or cfg.speech.enabled)
+
+
 def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
     """The Ray Data dataset of the whole DAG; iterate it to run. One block per video up to ``max_blocks``."""
     import ray.data
 
     rows = [initial_row(s) for s in sources]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), cfg.ray.max_blocks)))
-    cpus = {"download": cfg.ray.download_cpus, "normalize": cfg.ray.normalize_cpus, "clips": cfg.ray.clip_cpus}
+    r = cfg.ray
+    cpus = {"download": r.download_cpus, "normalize": r.normalize_cpus, "clips": r.clip_cpus}
+    speech_cpus = r.speech_cpus
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if cfg.speech.enabled and total and speech_cpus + max(cpus.values()) > total:
+        # The speech actor holds its CPUs for the whole run; on a small cluster the file stages
+        # would then never be scheduled. Share the CPUs instead of deadlocking.
+        speech_cpus = total / 2
+        cpus = {k: min(v, total / 2) for k, v in cpus.items()}
+        log.warning("only %.1f CPUs: speech actor gets %.2f, file stages at most %.2f each", total, speech_cpus, total / 2)
     config_json = cfg.model_dump_json()
-    for stage in STAGES:
-        ds = ds.map(StageTask(stage, config_json, work_uri), num_cpus=cpus[stage])
+    for stage in active_stages(cfg):
+        if stage in MODEL_STAGES:
+            gpus = r.speech_gpus or (1.0 if cfg.speech.device == "cuda" else 0.0)
+            ds = ds.map_batches(
+                ModelStageActor, fn_constructor_args=(stage, config_json, work_uri), batch_size=1, batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=r.speech_actors), num_cpus=speech_cpus, num_gpus=gpus,
+            )
+        else:
+            # ray_remote_args_fn keeps Ray Data from fusing this stage into the next operator;
+            # fused into the speech actor, normalize would run one video at a time in that actor.
+            ds = ds.map(StageTask(stage, config_json, work_uri), ray_remote_args_fn=functools.partial(_cpus, cpus[stage]))
     return ds
+
+
+def _cpus(n: float) -> dict[str, float]:
+    return {"num_cpus": n}
 
 
 def clips_of(row: dict[str, Any]) -> list[ClipRecord]:

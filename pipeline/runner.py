@@ -51,6 +51,20 @@ def init_ray(cfg: Config) -> str:
     return "local"
 
 
+def preflight(cfg: Config) -> None:
+    """Fail before any work when a configured model is missing (a clear error, not N failed videos)."""
+    if cfg.speech.enabled:
+        from stages.errors import StageError
+        from stages.speech import check_speech_assets
+
+        from .dag import speech_options
+
+        try:
+            check_speech_assets(speech_options(cfg))
+        except StageError as e:
+            raise ValueError(f"speech stage: {e.message} (or disable it: --set speech.enabled=false)") from None
+
+
 def run_ingest(
     sources_path: str,
     out: str,
@@ -70,6 +84,7 @@ def run_ingest(
     sources = read_sources(sources_path)
     if not sources:
         raise ValueError(f"{sources_path}: no sources")
+    preflight(cfg)
     out_dir.write_text(dump_config(cfg), CONFIG)
     out_dir.write_text("".join(s.to_json() + "\n" for s in sources), SOURCES)
     where = init_ray(cfg)

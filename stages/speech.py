@@ -126,6 +126,53 @@ def ensure_offline_whisper_base(cache_dir: str | None = None) -> str:
     return target
 
 
+def ensure_sentence_splitter(cache_dir: str) -> str:
+    """whisperX's aligner splits segments into sentences with NLTK Punkt (``punkt_tab``), which
+    NLTK would download. Use an installed ``punkt_tab`` when there is one; otherwise provide
+    untrained Punkt parameters (empty tables: split after . ! ? before whitespace) in the cache."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return "nltk punkt_tab (installed)"
+    except LookupError:
+        pass
+    root = os.path.join(cache_dir, "nltk_data")
+    lang_dir = os.path.join(root, "tokenizers", "punkt_tab", "english")
+    os.makedirs(lang_dir, exist_ok=True)
+    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
+        path = os.path.join(lang_dir, name)
+        if not os.path.exists(path):
+            open(path, "w").close()
+    if root not in nltk.data.path:
+        nltk.data.path.append(root)
+    return f"untrained punkt parameters in {root}"
+
+
+def check_speech_assets(opts: SpeechOptions) -> list[str]:
+    """Check, before a run starts, that every model the options name is on disk; return what was found.
+
+    Assembles the offline Whisper base once. Raises ``StageError('missing_model', …)`` saying what
+    is missing and how to supply it.
+    """
+    found = []
+    if opts.model == OFFLINE_BASE:
+        found.append(f"whisper: {ensure_offline_whisper_base(cache_root(opts))}")
+    elif os.path.isdir(opts.model):
+        if not os.path.exists(os.path.join(opts.model, "model.bin")):
+            raise StageError("missing_model", f"speech.model {opts.model!r} has no model.bin (expected a CTranslate2 Whisper dir)")
+        found.append(f"whisper: {opts.model}")
+    else:
+        found.append(f"whisper: {opts.model} (hub name; must already be in the Hugging Face cache)")
+    if opts.align_model:
+        if not os.path.isdir(opts.align_model):
+            raise StageError("missing_model", f"speech.align_model {opts.align_model!r} is not a local directory")
+        found.append(f"aligner: {opts.align_model}")
+    if opts.diarization == "pyannote" and not opts.pyannote_model:
+        raise StageError("missing_model", "speech.diarization=pyannote needs speech.pyannote_model (path or cached hub id)")
+    return found
+
+
 def resolve_device(opts: SpeechOptions) -> tuple[str, str]:
     import torch
 
@@ -170,6 +217,7 @@ def load_speech_models(opts: SpeechOptions) -> SpeechModels:
     if opts.align_model:
         if not os.path.isdir(opts.align_model):
             raise StageError("missing_model", f"align_model {opts.align_model!r} is not a local directory")
+        ensure_sentence_splitter(cache_root(opts))
         model, meta = whisperx.load_align_model(language_code=opts.language or "en", device=device, model_name=opts.align_model)
         models.aligner = (model, meta)
         models.align_backend = f"wav2vec2:{os.path.basename(opts.align_model.rstrip('/'))}"
@@ -207,16 +255,30 @@ def load_audio(path: str) -> np.ndarray:
     return audio.mean(axis=1)
 
 
-def transcribe(models: SpeechModels, audio: np.ndarray, video_id: str) -> Transcript:
-    """Transcript of 16 kHz mono ``audio``: segments with words, speakers, confidences, backends."""
+def transcribe(
+    models: SpeechModels, audio: np.ndarray, video_id: str, language: str | None = None, timings: dict[str, float] | None = None
+) -> Transcript:
+    """Transcript of 16 kHz mono ``audio``: segments with words, speakers, confidences, backends.
+
+    ``language`` (e.g. from the source's metadata) overrides the configured default. ``timings``,
+    when given, receives the seconds spent in ``asr``, ``align`` and ``diarize``.
+    """
+    import time
+
+    clock = time.perf_counter
+    t0 = clock()
     opts = models.options
     duration = len(audio) / SAMPLE_RATE
     if duration <= 0:
         raise StageError("empty_audio", "no audio samples")
-    result = models.asr.transcribe(audio, batch_size=opts.batch_size, language=opts.language)
-    language = result.get("language") or opts.language or "en"
+    # task given explicitly: whisperX 3.7 otherwise reuses the tokenizer's task *token id* as a task
+    # name when the language changes between calls, and fails.
+    result = models.asr.transcribe(audio, batch_size=opts.batch_size, language=language or opts.language, task="transcribe")
+    language = result.get("language") or language or opts.language or "en"
     raw_segments = [s for s in result.get("segments", []) if s.get("text", "").strip()]
-    if models.aligner is not None and raw_segments:
+    t1 = clock()
+    use_aligner = models.aligner is not None and models.aligner[1].get("language") == language
+    if use_aligner and raw_segments:
         import whisperx
 
         model, meta = models.aligner
@@ -233,8 +295,11 @@ def transcribe(models: SpeechModels, audio: np.ndarray, video_id: str) -> Transc
         segments.append(Segment(start_s=start, end_s=max(start, end), text=seg["text"].strip(), words=word_objs))
     segments.sort(key=lambda s: s.start_s)
 
+    t2 = clock()
     turns = diarize(models, audio, segments)
     main = assign_speakers(segments, turns)
+    if timings is not None:
+        timings.update(asr=t1 - t0, align=t2 - t1, diarize=clock() - t2)
     raw_text = " ".join(s.text for s in segments).strip()
     for s in segments:
         s.text = normalize_text(s.text, language)
@@ -250,7 +315,7 @@ def transcribe(models: SpeechModels, audio: np.ndarray, video_id: str) -> Transc
         segments=segments,
         main_speaker=main,
         asr_backend=models.asr_backend,
-        align_backend=models.align_backend if segments else None,
+        align_backend=(models.align_backend if use_aligner else "whisper-cross-attention") if segments else None,
         diarization_backend=models.diarization_backend if segments else None,
     )
 
@@ -485,3 +550,34 @@ def _speaker_at(turns: list[Turn], start: float, end: float) -> tuple[str, list[
     mid = (start + end) / 2
     nearest = min(turns, key=lambda t: min(abs(mid - t.start_s), abs(mid - t.end_s)))
     return nearest.speaker, []
+
+
+def slice_transcript(t: Transcript, start_s: float, end_s: float, video_id: str | None = None) -> Transcript:
+    """The part of ``t`` inside ``[start_s, end_s)``, with times relative to ``start_s``.
+
+    A word belongs to the window holding its midpoint; its times are clipped to the window.
+    """
+    length = end_s - start_s
+    sep = "" if t.language in ("zh", "ja", "yue") else " "
+    segments = []
+    for seg in t.segments:
+        words = [
+            w.model_copy(update={"start_s": min(max(w.start_s - start_s, 0.0), length), "end_s": min(max(w.end_s - start_s, 0.0), length)})
+            for w in seg.words
+            if start_s <= (w.start_s + w.end_s) / 2 < end_s
+        ]
+        if not words:
+            continue
+        segments.append(seg.model_copy(update={
+            "start_s": words[0].start_s, "end_s": max(w.end_s for w in words), "text": sep.join(w.text for w in words), "words": words,
+        }))
+    talk: dict[str, float] = {}
+    for seg in segments:
+        for w in seg.words:
+            talk[w.speaker or ""] = talk.get(w.speaker or "", 0.0) + (w.end_s - w.start_s)
+    return Transcript(
+        video_id=video_id or t.video_id, duration_s=length, language=t.language, text=sep.join(s.text for s in segments),
+        raw_text=sep.join(s.text for s in segments), segments=segments,
+        main_speaker=(max(talk, key=talk.get) or None) if talk else None, asr_backend=t.asr_backend,
+        align_backend=t.align_backend, diarization_backend=t.diarization_backend,
+    )

@@ -106,7 +106,15 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
         seen += 1
     assert seen == len(rows)
     local = [r for r in rows if r.video_id == "local_zh"]
-    assert local and ClipRecord.model_validate_json(members[local[0].key]["json"]).licence == "CC-BY-4.0"
+    first = ClipRecord.model_validate_json(members[local[0].key]["json"])
+    assert first.licence == "CC-BY-4.0" and first.language == "zh"
+    # the speech stage ran (source language from metadata) and each clip carries its slice
+    assert "speech" in first.stages and first.transcript is not None and first.transcript.language == "zh"
+    assert first.transcript.duration_s == pytest.approx(first.end_s - first.start_s)
+    http_clips = [ClipRecord.model_validate_json(members[r.key]["json"]) for r in rows if r.video_id == "http_en"]
+    words = [w for c in http_clips for s in c.transcript.segments for w in s.words]
+    assert http_clips[0].transcript.language == "en" and len(words) >= 3
+    assert all(0 <= w.start_s <= w.end_s <= 1.0 for w in words)
 
     # Re-running resumes from the ledger and changes nothing.
     manifest_before = (out / "manifest.jsonl").read_bytes()

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stages.speech import SAMPLE_RATE, SpeechOptions, assign_speakers, load_speech_models, transcribe, Turn, _words
+from stages.speech import (
+    SAMPLE_RATE, SpeechOptions, Turn, _words, assign_speakers, check_speech_assets, load_speech_models, slice_transcript, transcribe,
+)
+from stages.errors import StageError
 from stages.text import error_rate, normalize_text
-from schemas import Segment, Word
+from schemas import Segment, Transcript, Word
 
 EN = [
     "Good evening and welcome to the news.",
@@ -137,3 +140,44 @@ def test_text_normalisation_and_error_rates():
     assert normalize_text("  Hello   world  ", "en") == "Hello world"
     assert error_rate("a b c d", "a x c", "word") == pytest.approx(0.5)
     assert error_rate("今天很好", "今天不好", "char") == pytest.approx(0.25)
+
+
+def test_slice_transcript_retimes_words_into_the_clip():
+    words = [Word(text=t, start_s=a, end_s=b, speaker=sp) for t, a, b, sp in (("a", 0.2, 0.6, "S0"), ("b", 1.9, 2.3, "S1"), ("c", 2.5, 2.9, "S1"))]
+    t = Transcript(video_id="v", duration_s=4, language="en", text="a b c", raw_text="a b c",
+                   segments=[Segment(start_s=0.2, end_s=2.9, text="a b c", words=words)], asr_backend="x")
+    first, second = slice_transcript(t, 0.0, 2.0), slice_transcript(t, 2.0, 4.0)
+    assert first.text == "a" and [w.text for w in second.segments[0].words] == ["b", "c"]  # b's midpoint is 2.1
+    assert second.segments[0].words[0].start_s == 0.0 and second.segments[0].words[1].start_s == pytest.approx(0.5)
+    assert second.main_speaker == "S1" and second.duration_s == 2.0
+
+
+def test_missing_models_are_clear_errors(tmp_path):
+    with pytest.raises(StageError, match="no model.bin"):
+        check_speech_assets(SpeechOptions(model=str(tmp_path)))
+    with pytest.raises(StageError, match="not a local directory"):
+        check_speech_assets(SpeechOptions(align_model=str(tmp_path / "nope")))
+    with pytest.raises(StageError, match="needs speech.pyannote_model"):
+        check_speech_assets(SpeechOptions(diarization="pyannote"))
+
+
+def test_wav2vec2_alignment_path_with_a_production_format_model(tmp_path):
+    """whisperX's forced aligner on a random tiny Wav2Vec2ForCTC saved like a hub checkpoint:
+    proves the loading and alignment code; times must be valid whatever the random emissions."""
+    from model_builders import build_tiny_wav2vec2_ctc
+
+    align_dir = build_tiny_wav2vec2_ctc(str(tmp_path / "w2v"))
+    models = load_speech_models(SpeechOptions(language="en", align_model=align_dir, diarization="none"))
+    audio, _ = compose([speak("Call me at 2026, thank you.", "en-us")], gap_s=0.5)
+    t = transcribe(models, audio, "aligned")
+    assert t.align_backend == "wav2vec2:w2v"
+    words = [w for s in t.segments for w in s.words]
+    assert words and all(0 <= w.start_s <= w.end_s <= t.duration_s for w in words)
+    assert [w.start_s for w in words] == sorted(w.start_s for w in words)
+    # no word is dropped, numerals included (whisperX aligns characters outside the vocabulary
+    # as wildcards; words it still cannot place are interpolated, see test_unplaced_words_...)
+    assert [w.text for w in words] == " ".join(s.text for s in t.segments).split()
+    assert any(any(ch.isdigit() for ch in w.text) for w in words)
+    # a language the aligner was not built for falls back to Whisper's cross-attention timing
+    zh = transcribe(models, audio, "aligned_zh", language="zh")
+    assert zh.segments == [] or zh.align_backend == "whisper-cross-attention"
