@@ -141,6 +141,32 @@ _STAGE_FNS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: Config sections each stage's output depends on (besides those of the stages before it).
+_STAGE_SECTIONS = {"download": ("download",), "normalize": ("normalize",), "speech": ("speech",), "clips": ("clips",)}
+
+
+#: Settings that change how a stage runs but not what it writes.
+_NOT_IN_OUTPUT = {
+    "download": {"retries", "backoff_s", "rate_limit", "cookies_file", "use_download_archive", "socket_timeout_s", "allow_file_urls"},
+    "normalize": {"timeout_s"},
+    "speech": {"cache_dir", "hf_token", "cpu_threads", "enabled"},
+}
+
+
+def stage_fingerprint(cfg: Config, stage: str) -> str:
+    """Hash of the config sections of ``stage`` and every stage before it: a ledger entry made
+    under another configuration (say, a different clip window) is redone, not reused."""
+    import hashlib
+
+    upto = STAGES[: STAGES.index(stage) + 1]
+    parts = {
+        sec: getattr(cfg, sec).model_dump(mode="json", exclude=_NOT_IN_OUTPUT.get(sec, set()))
+        for st in upto
+        for sec in _STAGE_SECTIONS[st]
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_stage_models(stage: str, cfg: Config) -> Any:
     """Models a stage needs, loaded once per worker; None for the file stages."""
     if stage == "speech":
@@ -172,7 +198,13 @@ class StageTask:
         item = SourceItem.model_validate_json(row["source"])
         timings = json.loads(row["timings"])
         entry = ledger.read_entry(work, item.video_id, self.stage)
-        if entry is not None and entry.status == "ok" and _outputs_exist(self.stage, entry.output, item, work):
+        fingerprint = stage_fingerprint(cfg, self.stage)
+        if (
+            entry is not None
+            and entry.status == "ok"
+            and entry.fingerprint == fingerprint
+            and _outputs_exist(self.stage, entry.output, item, work)
+        ):
             row[self.stage] = json.dumps(entry.output)
             row["resumed"] = json.dumps(json.loads(row["resumed"]) + [self.stage])
             return row
@@ -192,7 +224,7 @@ class StageTask:
             )
         else:
             seconds = time.perf_counter() - t0
-            ledger.write_ok(work, item.video_id, self.stage, output, seconds)
+            ledger.write_ok(work, item.video_id, self.stage, output, seconds, fingerprint)
             row[self.stage] = json.dumps(output)
             timings[self.stage] = seconds
             row["timings"] = json.dumps(timings)

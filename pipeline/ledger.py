@@ -32,8 +32,10 @@ def read_entry(work: WorkDir, video_id: str, stage: str) -> LedgerEntry | None:
         return None
 
 
-def write_ok(work: WorkDir, video_id: str, stage: str, output, seconds: float) -> None:
-    entry = LedgerEntry(video_id=video_id, stage=stage, status="ok", output=output, seconds=seconds, finished_at=now_iso())
+def write_ok(work: WorkDir, video_id: str, stage: str, output, seconds: float, fingerprint: str | None = None) -> None:
+    entry = LedgerEntry(
+        video_id=video_id, stage=stage, status="ok", output=output, seconds=seconds, finished_at=now_iso(), fingerprint=fingerprint
+    )
     work.write_text(entry.model_dump_json(), LEDGER_DIR, video_id, f"{stage}.json")
 
 

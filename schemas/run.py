@@ -87,3 +87,4 @@ class LedgerEntry(Record):
     failure: FailureRecord | None = None
     seconds: float = Field(ge=0)
     finished_at: str
+    fingerprint: str | None = Field(default=None, description="hash of the config this stage and the ones before it ran with")

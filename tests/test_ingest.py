@@ -134,6 +134,13 @@ def test_shard_limits_split_samples(tmp_path, media_dir, ray_session):
     shards = sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.tar"))
     assert len(shards) == (len(result.manifest) + 1) // 2 and shards[0] == "test-000000.tar"
     assert all(sum(r.shard == s for r in result.manifest) <= 2 for s in shards)
+    # Another clip window: the ledger entries of the clips stage no longer match and are redone,
+    # the stages before it are reused, and the shards are rebuilt with the new clips.
+    longer = cfg.model_copy(update={"clips": cfg.clips.model_copy(update={"window_s": 2.0})})
+    again = run_ingest(str(tmp_path / "s.txt"), (tmp_path / "run").as_uri(), longer, echo=lambda m: None)
+    assert again.stats.videos_resumed == 0 and "normalize" not in again.stats.stage_timings
+    assert 0 < len(again.manifest) < len(result.manifest)
+    assert all(r.duration_s == 2.0 for r in again.manifest)
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
