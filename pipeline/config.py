@@ -42,10 +42,37 @@ class NormalizeConfig(_Section):
     timeout_s: float = Field(3600.0, gt=0, description="per-video ffmpeg time limit")
 
 
+class ShotConfig(_Section):
+    enabled: bool = True
+    detector: str = Field("content", pattern=r"^(content|adaptive)$")
+    threshold: float = Field(27.0, gt=0, description="PySceneDetect ContentDetector threshold")
+    min_shot_s: float = Field(0.6, gt=0)
+
+
+class PoseConfig(_Section):
+    enabled: bool = True
+    stride: int = Field(1, ge=1, description="analyse every n-th frame, interpolate the rest (flagged)")
+    min_detection_confidence: float = Field(0.5, ge=0, le=1)
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1)
+    track_iou: float = Field(0.3, ge=0, le=1)
+
+
 class ClipConfig(_Section):
-    window_s: float = Field(2.0, gt=0, description="fixed clip length until speech/pose drive clip selection")
-    min_last_clip_s: float = Field(0.0, ge=0, description="keep a shorter tail clip if at least this long (0: drop)")
+    mode: str = Field("selected", pattern=r"^(selected|fixed)$", description="selected: shots x speech turns x visibility; fixed: equal windows")
+    window_s: float = Field(2.0, gt=0, description="clip length in fixed mode")
+    min_last_clip_s: float = Field(0.0, ge=0, description="fixed mode: keep a shorter tail clip if at least this long (0: drop)")
     max_clips_per_video: int | None = Field(None, ge=1)
+    min_clip_s: float = Field(2.0, gt=0)
+    max_clip_s: float = Field(10.0, gt=0)
+    turn_gap_s: float = Field(0.6, ge=0)
+    turn_pad_s: float = Field(0.2, ge=0)
+    min_face_height_frac: float = Field(0.08, ge=0, le=1)
+    min_face_confidence: float = Field(0.6, ge=0, le=1)
+    min_torso_confidence: float = Field(0.3, ge=0, le=1)
+    min_speech_ratio: float = Field(0.3, ge=0, le=1)
+    min_face_sharpness: float = Field(15.0, ge=0, description="variance of the Laplacian of the face crop")
+    crop: str = Field("full", pattern=r"^(full|upper_body|face)$", description="shard video: full frame, upper-body square (PAHA), face (FLAME)")
+    crop_size: int | None = Field(None, ge=16, description="side of a cropped clip in pixels (default: the crop's own size)")
 
 
 class SpeechConfig(_Section):
@@ -82,6 +109,9 @@ class RayConfig(_Section):
     speech_actors: int = Field(1, ge=1, description="max actors in the speech pool (each loads the models once)")
     speech_cpus: float = Field(1.0, gt=0)
     speech_gpus: float = Field(0.0, ge=0, description="GPUs per speech actor; 0 with speech.device=cuda means 1")
+    shots_cpus: float = Field(1.0, gt=0)
+    pose_actors: int = Field(1, ge=1, description="max actors in the pose pool (MediaPipe graphs load once each)")
+    pose_cpus: float = Field(1.0, gt=0)
     max_blocks: int = Field(1000, ge=1, description="at most this many Ray Data blocks (one video per block below it)")
 
 
@@ -92,6 +122,8 @@ class Config(_Section):
     retry_failed: bool = Field(True, description="re-try videos that failed in an earlier run")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    shots: ShotConfig = Field(default_factory=ShotConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
@@ -99,6 +131,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _clip_fits_frame_grid(self) -> "Config":
+        if self.clips.min_clip_s > self.clips.max_clip_s:
+            raise ValueError(f"clips.min_clip_s={self.clips.min_clip_s} > clips.max_clip_s={self.clips.max_clip_s}")
         frames = self.clips.window_s * self.normalize.fps
         if abs(frames - round(frames)) > 1e-6:
             raise ValueError(f"clips.window_s={self.clips.window_s} is not a whole number of frames at {self.normalize.fps} fps")

@@ -1,8 +1,9 @@
-"""The ingestion DAG on Ray Data: sources → download → normalize → speech → clips (→ shard sink in the driver).
+"""The ingestion DAG on Ray Data:
+sources → download → normalize → shots → pose → speech → clips (→ shard sink in the driver).
 
 Each stage is a Ray-free function in ``stages/``; here it is wrapped as a Ray Data operator over
 one row per video: ``map`` tasks for the file stages, ``map_batches`` over an actor pool for model
-stages (speech), so each actor loads its models once (lazily, on the first video that needs
+stages (pose, speech), so each actor loads its models once (lazily, on the first video that needs
 them). Rows carry small JSON records and paths, never media bytes. A wrapper
 
 * skips the stage when the resume ledger already holds its output (and that output's files exist),
@@ -25,7 +26,11 @@ from stages.clips import ClipOptions, make_clips
 from stages.download import DownloadOptions, download
 from stages.errors import StageError
 from stages.normalize import NormalizeOptions, normalize
+from stages.pose import PoseModels, PoseOptions, extract_pose, pose_track, slice_pose
+from stages.select import SelectOptions, select_clips
+from stages.shots import ShotOptions, detect_shots
 from stages.speech import SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
+from schemas import ShotList
 
 from . import ledger
 from .config import Config
@@ -33,8 +38,9 @@ from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("download", "normalize", "speech", "clips")
-MODEL_STAGES = {"speech"}
+STAGES: tuple[str, ...] = ("download", "normalize", "shots", "pose", "speech", "clips")
+MODEL_STAGES = {"pose", "speech"}
+OPTIONAL_STAGES = {"shots", "pose", "speech"}
 
 
 def initial_row(item: SourceItem) -> dict[str, Any]:
@@ -44,6 +50,8 @@ def initial_row(item: SourceItem) -> dict[str, Any]:
         "source": item.to_json(),
         "download": "",
         "normalize": "",
+        "shots": "",
+        "pose": "",
         "speech": "",
         "clips": "",
         "failure": "",
@@ -100,6 +108,56 @@ def _run_speech(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models:
     return transcribe(models, audio, item.video_id, language=item.metadata.get("language")).model_dump(mode="json")
 
 
+def _run_shots(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
+    media = NormalizedMedia.model_validate_json(row["normalize"])
+    sc = cfg.shots
+    with work.fetch(media.video_path) as v:
+        shots = detect_shots(media.model_copy(update={"video_path": v}), ShotOptions(sc.detector, sc.threshold, sc.min_shot_s))
+    return shots.model_dump(mode="json")
+
+
+def _run_pose(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
+    import numpy as np
+
+    media = NormalizedMedia.model_validate_json(row["normalize"])
+    with work.fetch(media.video_path) as v:
+        arrays = extract_pose(models, v, media.width, media.height, media.fps, media.num_frames)
+    pose_track(arrays)  # validate ranges and lengths before anything is written
+    with work.local_dir("media", item.video_id) as out:
+        _save_npz(os.path.join(out, "pose.npz"), arrays)
+    conf = arrays["part_confidences"]
+    return {"path": work.path("media", item.video_id, "pose.npz"), "num_frames": int(len(conf)),
+            "mean_part_confidence": [round(float(x), 4) for x in np.mean(conf, axis=0)]}
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    import numpy as np
+
+    from stages.errors import temp_name
+
+    tmp = temp_name(path, ".npz")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_npz(work: WorkDir, path: str) -> dict:
+    import numpy as np
+
+    with work.fetch(path) as local, np.load(local, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def select_options(cfg: Config) -> SelectOptions:
+    c = cfg.clips
+    return SelectOptions(
+        min_clip_s=c.min_clip_s, max_clip_s=c.max_clip_s, turn_gap_s=c.turn_gap_s, turn_pad_s=c.turn_pad_s,
+        min_face_height_frac=c.min_face_height_frac, min_face_confidence=c.min_face_confidence,
+        min_torso_confidence=c.min_torso_confidence, min_speech_ratio=c.min_speech_ratio,
+        min_face_sharpness=c.min_face_sharpness, crop=c.crop,
+    )
+
+
 def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
     media = NormalizedMedia.model_validate_json(row["normalize"])
     c, n = cfg.clips, cfg.normalize
@@ -107,18 +165,55 @@ def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
         window_s=c.window_s, min_last_clip_s=c.min_last_clip_s, max_clips_per_video=c.max_clips_per_video,
         crf=n.crf, preset=n.preset, encode_threads=n.encode_threads,
     )
+    transcript = Transcript.model_validate_json(row["speech"]) if row.get("speech") else None
+    shots = ShotList.model_validate_json(row["shots"]) if row.get("shots") else None
+    pose = _load_npz(work, json.loads(row["pose"])["path"]) if row.get("pose") else None
+    windows = crops = None
+    rejects: dict[str, int] = {}
+    rejected_s: dict[str, float] = {}
+    if c.mode == "selected":
+        sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, select_options(cfg))
+        windows, crops = sel.windows[: c.max_clips_per_video], sel.crops[: c.max_clips_per_video]
+        rejects, rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
     with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, work.local_dir("clips", item.video_id) as out:
         local = media.model_copy(update={"video_path": v, "audio_path": a})
-        clips = make_clips(local, item.uri, out, opts, item.metadata)
-    transcript = Transcript.model_validate_json(row["speech"]) if row.get("speech") else None
-    for clip in clips:
-        if transcript is not None:
-            clip.transcript = slice_transcript(transcript, clip.start_s, clip.end_s)
-            clip.stages.append("speech")
-            clip.language = clip.language or transcript.language
-        else:
-            clip.skipped_stages["speech"] = "disabled in config (speech.enabled=false)"
-    return [c.model_dump(mode="json") for c in clips]
+        clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, c.crop_size)
+        for clip in clips:
+            f0 = round(clip.start_s * media.fps)
+            f1 = f0 + clip.num_frames
+            if pose is not None:
+                _save_npz(os.path.join(out, f"{clip.key}.pose.npz"), slice_pose(pose, f0, f1))
+                clip.members.append("pose.npz")
+                clip.stages.append("pose")
+                clip.quality.update(_pose_quality(pose, f0, f1, media.height))
+            else:
+                clip.skipped_stages["pose"] = "disabled in config (pose.enabled=false)"
+            if shots is not None:
+                clip.stages.append("shots")
+            if transcript is not None:
+                clip.transcript = slice_transcript(transcript, clip.start_s, clip.end_s)
+                clip.stages.append("speech")
+                clip.language = clip.language or transcript.language
+                spoken = sum(w.end_s - w.start_s for s in clip.transcript.segments for w in s.words)
+                clip.quality["speech_ratio"] = round(spoken / (clip.end_s - clip.start_s), 4)
+            else:
+                clip.skipped_stages["speech"] = "disabled in config (speech.enabled=false)"
+    return {"clips": [c.model_dump(mode="json") for c in clips], "rejects": rejects, "rejected_s": rejected_s}
+
+
+def _pose_quality(pose: dict, f0: int, f1: int, height: int) -> dict[str, float]:
+    import numpy as np
+
+    conf = pose["part_confidences"][f0:f1]
+    face = pose["part_boxes"][f0:f1, 0]
+    q = {f"mean_{name}_confidence": round(float(conf[:, i].mean()), 4) for i, name in enumerate(pose["part_names"])}
+    if not np.isnan(face[:, 0]).all():
+        q["face_height_frac"] = round(float(np.nanmedian(face[:, 3] - face[:, 1]) / height), 4)
+    sharp = pose["face_sharpness"][f0:f1]
+    if not np.isnan(sharp).all():
+        q["face_sharpness"] = round(float(np.nanmedian(sharp)), 2)
+    q["max_people"] = float(pose["num_people"][f0:f1].max())
+    return q
 
 
 def _outputs_exist(stage: str, output: Any, item: SourceItem, work: WorkDir) -> bool:
@@ -128,28 +223,37 @@ def _outputs_exist(stage: str, output: Any, item: SourceItem, work: WorkDir) -> 
         return os.path.exists(path) if item.kind == "file" else work.fs.exists(path)
     if stage == "normalize":
         return work.fs.exists(output["video_path"]) and work.fs.exists(output["audio_path"])
+    if stage == "pose":
+        return work.fs.exists(output["path"])
     if stage == "clips":
-        return all(work.exists("clips", item.video_id, f"{c['key']}.{s}") for c in output for s in ("mp4", "wav"))
+        return all(
+            work.exists("clips", item.video_id, f"{c['key']}.{s}") for c in output["clips"] for s in c["members"] if s != "json"
+        )
     return True
 
 
 _STAGE_FNS: dict[str, Callable[..., Any]] = {
     "download": _run_download,
     "normalize": _run_normalize,
+    "shots": _run_shots,
+    "pose": _run_pose,
     "speech": _run_speech,
     "clips": _run_clips,
 }
 
 
 #: Config sections each stage's output depends on (besides those of the stages before it).
-_STAGE_SECTIONS = {"download": ("download",), "normalize": ("normalize",), "speech": ("speech",), "clips": ("clips",)}
+_STAGE_SECTIONS = {
+    "download": ("download",), "normalize": ("normalize",), "shots": ("shots",), "pose": ("pose",), "speech": ("speech",),
+    "clips": ("clips",),
+}
 
 
 #: Settings that change how a stage runs but not what it writes.
 _NOT_IN_OUTPUT = {
     "download": {"retries", "backoff_s", "rate_limit", "cookies_file", "use_download_archive", "socket_timeout_s", "allow_file_urls"},
     "normalize": {"timeout_s"},
-    "speech": {"cache_dir", "hf_token", "cpu_threads", "enabled"},
+    "speech": {"cache_dir", "hf_token", "cpu_threads"},
 }
 
 
@@ -171,6 +275,9 @@ def load_stage_models(stage: str, cfg: Config) -> Any:
     """Models a stage needs, loaded once per worker; None for the file stages."""
     if stage == "speech":
         return load_speech_models(speech_options(cfg))
+    if stage == "pose":
+        p = cfg.pose
+        return PoseModels(PoseOptions(p.stride, p.min_detection_confidence, p.min_tracking_confidence, p.track_iou))
     return None
 
 
@@ -250,7 +357,7 @@ class ModelStageActor:
 
 
 def active_stages(cfg: Config) -> tuple[str, ...]:
-    return tuple(s for s in STAGES if s != "speech" or cfg.speech.enabled)
+    return tuple(s for s in STAGES if s not in OPTIONAL_STAGES or getattr(cfg, s).enabled)
 
 
 def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
@@ -260,26 +367,29 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
     rows = [initial_row(s) for s in sources]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), cfg.ray.max_blocks)))
     r = cfg.ray
-    cpus = {"download": r.download_cpus, "normalize": r.normalize_cpus, "clips": r.clip_cpus}
-    speech_cpus = r.speech_cpus
+    cpus = {"download": r.download_cpus, "normalize": r.normalize_cpus, "shots": r.shots_cpus, "clips": r.clip_cpus}
+    actors = {"pose": (r.pose_cpus, r.pose_actors, 0.0), "speech": (r.speech_cpus, r.speech_actors, r.speech_gpus or (1.0 if cfg.speech.device == "cuda" else 0.0))}
+    stages = active_stages(cfg)
+    actor_cpus = {k: v[0] for k, v in actors.items() if k in stages}
     total = ray.cluster_resources().get("CPU", 0.0)
-    if cfg.speech.enabled and total and speech_cpus + max(cpus.values()) > total:
-        # The speech actor holds its CPUs for the whole run; on a small cluster the file stages
-        # would then never be scheduled. Share the CPUs instead of deadlocking.
-        speech_cpus = total / 2
-        cpus = {k: min(v, total / 2) for k, v in cpus.items()}
-        log.warning("only %.1f CPUs: speech actor gets %.2f, file stages at most %.2f each", total, speech_cpus, total / 2)
+    if total and sum(actor_cpus.values()) + max(cpus.values()) > total:
+        # Each actor holds its CPUs for the whole run; on a small cluster the file stages would
+        # then never be scheduled. Share the CPUs instead of deadlocking.
+        share = total / (len(actor_cpus) + 1)
+        actor_cpus = {k: min(v, share) for k, v in actor_cpus.items()}
+        cpus = {k: min(v, share) for k, v in cpus.items()}
+        log.warning("only %.1f CPUs: model actors get %s, file stages at most %.2f each", total, actor_cpus, share)
     config_json = cfg.model_dump_json()
-    for stage in active_stages(cfg):
+    for stage in stages:
         if stage in MODEL_STAGES:
-            gpus = r.speech_gpus or (1.0 if cfg.speech.device == "cuda" else 0.0)
+            _, pool, gpus = actors[stage]
             ds = ds.map_batches(
                 ModelStageActor, fn_constructor_args=(stage, config_json, work_uri), batch_size=1, batch_format="pandas",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=r.speech_actors), num_cpus=speech_cpus, num_gpus=gpus,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool), num_cpus=actor_cpus[stage], num_gpus=gpus,
             )
         else:
             # ray_remote_args_fn keeps Ray Data from fusing this stage into the next operator;
-            # fused into the speech actor, normalize would run one video at a time in that actor.
+            # fused into a model actor, normalize would run one video at a time inside it.
             ds = ds.map(StageTask(stage, config_json, work_uri), ray_remote_args_fn=functools.partial(_cpus, cpus[stage]))
     return ds
 
@@ -288,5 +398,9 @@ def _cpus(n: float) -> dict[str, float]:
     return {"num_cpus": n}
 
 
-def clips_of(row: dict[str, Any]) -> list[ClipRecord]:
-    return [ClipRecord.model_validate(c) for c in json.loads(row["clips"])] if row["clips"] else []
+def clips_of(row: dict[str, Any]) -> tuple[list[ClipRecord], dict[str, int], dict[str, float]]:
+    """Clips of a finished row, and the clip-level rejects (count and seconds by reason)."""
+    if not row["clips"]:
+        return [], {}, {}
+    out = json.loads(row["clips"])
+    return [ClipRecord.model_validate(c) for c in out["clips"]], out.get("rejects", {}), out.get("rejected_s", {})

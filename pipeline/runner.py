@@ -100,6 +100,8 @@ def run_ingest(
     stage_videos: Counter = Counter()
     source_s = 0.0
     resumed = 0
+    reject_counts: Counter = Counter()
+    reject_seconds: dict[str, float] = defaultdict(float)
     for done, row in enumerate(ds.iter_rows(), 1):
         for stage, seconds in json.loads(row["timings"]).items():
             stage_seconds[stage] += seconds
@@ -111,8 +113,11 @@ def run_ingest(
             failures.append(f)
             say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
             continue
-        got = clips_of(row)
+        got, rejects, rejected_s = clips_of(row)
         clips.extend(got)
+        reject_counts.update(rejects)
+        for k, v in rejected_s.items():
+            reject_seconds[k] += v
         was_resumed = "clips" in json.loads(row["resumed"])
         resumed += was_resumed
         say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips" + (" (from ledger)" if was_resumed else ""))
@@ -136,6 +141,8 @@ def run_ingest(
         clips=len(manifest),
         shards=len({r.shard for r in manifest}),
         failures_by_reason=dict(sorted(Counter(f"{f.stage}/{f.reason}" for f in failures).items())),
+        rejects_by_reason=dict(sorted(reject_counts.items())),
+        rejected_seconds_by_reason={k: round(v, 3) for k, v in sorted(reject_seconds.items())},
         stage_timings={k: StageTiming(videos=stage_videos[k], seconds=round(v, 3)) for k, v in stage_seconds.items()},
         wall_s=round(time.perf_counter() - t0, 3),
         started_at=started.isoformat(timespec="seconds"),
@@ -157,6 +164,9 @@ def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
     ]
     if stats.failures_by_reason:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in stats.failures_by_reason.items()))
+    if stats.rejects_by_reason:
+        lines.append("clip rejects: " + ", ".join(
+            f"{k} x{v} ({stats.rejected_seconds_by_reason.get(k, 0):.1f}s)" for k, v in stats.rejects_by_reason.items()))
     per_stage = ", ".join(f"{k} {v.seconds:.1f}s/{v.videos}" for k, v in stats.stage_timings.items())
     lines.append(f"time per stage (seconds/videos): {per_stage}; wall {stats.wall_s:.1f}s")
     lines.append(f"shards: {out.path(SHARDS_DIR)}  manifest: {out.path(MANIFEST)}  failures: {out.path(FAILURES)}")

@@ -25,7 +25,9 @@ SHARDS_DIR, MANIFEST = "shards", "manifest.jsonl"
 def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
     """The bytes of every member of a clip's sample."""
     members = {"json": clip.model_dump_json().encode("utf-8")}
-    for suffix in ("mp4", "wav"):
+    for suffix in clip.members:
+        if suffix == "json":
+            continue
         with work.fs.open(work.path("clips", clip.video_id, f"{clip.key}.{suffix}"), "rb") as f:
             members[suffix] = f.read()
     return members

@@ -3,7 +3,7 @@
 from .base import SAFE_ID_PATTERN, SCHEMA_VERSION, Record
 from .clip import CLIP_KEY_PATTERN, ClipRecord
 from .flame import FlameFit
-from .media import NormalizedMedia, ProbeInfo
+from .media import NormalizedMedia, ProbeInfo, Shot, ShotList
 from .pose import PART_NAMES, PoseTrack
 from .run import FailureRecord, LedgerEntry, ManifestRow, RunStats, StageTiming
 from .source import DownloadResult, SourceItem
@@ -15,6 +15,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "download_result": DownloadResult,
     "probe_info": ProbeInfo,
     "normalized_media": NormalizedMedia,
+    "shot_list": ShotList,
     "transcript": Transcript,
     "pose_track": PoseTrack,
     "flame_fit": FlameFit,
@@ -28,7 +29,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
     "ClipRecord", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
-    "PoseTrack", "ProbeInfo", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
+    "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas",
 ]
 

@@ -37,6 +37,8 @@ class ClipRecord(Record):
     height: int = Field(ge=2)
     language: str | None = None
     licence: str | None = None
+    crop_box: list[int] | None = Field(default=None, description="[x, y, side] of the square crop in the normalised video; null = full frame")
+    quality: dict[str, float] = Field(default_factory=dict, description="clip quality figures (face size, confidences, sharpness, speech ratio)")
     transcript: Transcript | None = None
     stages: list[str] = Field(default_factory=list)
     skipped_stages: dict[str, str] = Field(default_factory=dict)

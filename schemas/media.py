@@ -47,3 +47,37 @@ class NormalizedMedia(Record):
         if abs(audio_s - video_s) > 1.0:
             raise ValueError(f"audio ({audio_s:.2f} s) and video ({video_s:.2f} s) lengths disagree")
         return self
+
+
+class Shot(Record):
+    """A shot: frames ``[start_frame, end_frame)`` of the normalised video between two cuts."""
+
+    start_frame: int = Field(ge=0)
+    end_frame: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Shot":
+        if self.end_frame <= self.start_frame:
+            raise ValueError(f"shot ends (frame {self.end_frame}) before it starts (frame {self.start_frame})")
+        return self
+
+
+class ShotList(Record):
+    """The shots of one normalised video, in order, covering every frame exactly once."""
+
+    video_id: str = Field(pattern=SAFE_ID_PATTERN)
+    num_frames: int = Field(gt=0)
+    fps: float = Field(gt=0)
+    shots: list[Shot]
+    backend: str
+
+    @model_validator(mode="after")
+    def _covers(self) -> "ShotList":
+        expected = 0
+        for s in self.shots:
+            if s.start_frame != expected:
+                raise ValueError(f"shots leave a gap or overlap at frame {expected}")
+            expected = s.end_frame
+        if expected != self.num_frames:
+            raise ValueError(f"shots end at frame {expected}, the video has {self.num_frames}")
+        return self

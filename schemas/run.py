@@ -60,7 +60,8 @@ class RunStats(Record):
     clips: int = Field(ge=0)
     shards: int = Field(ge=0)
     failures_by_reason: dict[str, int] = Field(default_factory=dict, description="'stage/reason' -> count")
-    rejects_by_reason: dict[str, int] = Field(default_factory=dict, description="clip-level rejects")
+    rejects_by_reason: dict[str, int] = Field(default_factory=dict, description="clip-level rejects (candidate clips or stretches)")
+    rejected_seconds_by_reason: dict[str, float] = Field(default_factory=dict, description="seconds of speech lost per reject reason")
     stage_timings: dict[str, StageTiming] = Field(default_factory=dict)
     wall_s: float = Field(ge=0)
     started_at: str

@@ -59,19 +59,27 @@ def make_clips(
     out_dir: str,
     opts: ClipOptions = ClipOptions(),
     source_metadata: dict[str, Any] | None = None,
+    windows: list[tuple[int, int]] | None = None,
+    crops: list[tuple[int, int, int] | None] | None = None,
+    crop_size: int | None = None,
 ) -> list[ClipRecord]:
-    """Cut ``media`` into fixed windows; writes ``<key>.mp4`` and ``<key>.wav`` into ``out_dir``."""
+    """Cut ``media`` into ``windows`` ``[(first_frame, frame_count)]`` (default: fixed windows);
+    writes ``<key>.mp4`` and ``<key>.wav`` into ``out_dir``. A crop ``(x, y, side)`` cuts a square
+    from the frame, scaled to ``crop_size`` pixels."""
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(source_metadata or {})
     audio, sr = sf.read(media.audio_path, dtype="int16", always_2d=False)
     records = []
-    for index, (first, count) in enumerate(fixed_windows(media.num_frames, media.fps, opts)):
+    windows = fixed_windows(media.num_frames, media.fps, opts) if windows is None else windows
+    crops = crops or [None] * len(windows)
+    for index, ((first, count), crop) in enumerate(zip(windows, crops)):
         start_s, end_s = first / media.fps, (first + count) / media.fps
         key = clip_key(media.video_id, index)
         s0, n = round(start_s * sr), round(count / media.fps * sr)
         if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
             break
-        cut_video(media.video_path, os.path.join(out_dir, f"{key}.mp4"), start_s, count, media.fps, opts)
+        size = (crop_size or crop[2]) if crop else None
+        cut_video(media.video_path, os.path.join(out_dir, f"{key}.mp4"), start_s, count, media.fps, opts, crop, size)
         _write_wav(os.path.join(out_dir, f"{key}.wav"), audio[s0 : s0 + n], sr)
         records.append(
             ClipRecord(
@@ -88,19 +96,21 @@ def make_clips(
                 num_frames=count,
                 sample_rate_hz=sr,
                 num_audio_samples=n,
-                width=media.width,
-                height=media.height,
+                width=size or media.width,
+                height=size or media.height,
+                crop_box=list(crop) if crop else None,
                 language=meta.get("language"),
                 licence=meta.get("licence") or meta.get("license"),
                 members=list(CLIP_MEMBERS),
             )
         )
-    if not records:
-        raise StageError("no_clips", f"{media.duration_s:.2f} s of media gives no {opts.window_s} s clip")
     return records
 
 
-def cut_video(src: str, dst: str, start_s: float, num_frames: int, fps: float, opts: ClipOptions) -> None:
+def cut_video(
+    src: str, dst: str, start_s: float, num_frames: int, fps: float, opts: ClipOptions,
+    crop: tuple[int, int, int] | None = None, size: int | None = None,
+) -> None:
     """Re-encode exactly ``num_frames`` frames starting at ``start_s`` (no keyframe-snapped stream copy).
 
     Seeking half a frame early makes the frame at ``start_s`` the first one kept, whatever the
@@ -111,7 +121,9 @@ def cut_video(src: str, dst: str, start_s: float, num_frames: int, fps: float, o
     tmp = temp_name(dst, ".mp4")
     cmd = [
         "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-ss", f"{seek:.6f}", "-i", src,
-        "-frames:v", str(num_frames), "-an", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
+        "-frames:v", str(num_frames), "-an",
+        *(["-vf", f"crop={crop[2]}:{crop[2]}:{crop[0]}:{crop[1]},scale={size}:{size}:flags=lanczos"] if crop else []),
+        "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
         "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp,
     ]
