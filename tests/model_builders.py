@@ -31,3 +31,74 @@ def build_tiny_wav2vec2_ctc(out_dir: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     Wav2Vec2ForCTC(cfg).save_pretrained(out_dir)
     return out_dir
+
+
+def build_flame_files(out_dir: str, n_vertices: int = 160, seed: int = 0) -> dict[str, str]:
+    """A small FLAME model in the official ``generic_model.pkl`` layout (chumpy objects inside,
+    J_regressor as a scipy sparse matrix, 300+100 shape/expression components, 36 pose
+    correctives, 5 joints), a DECA-style ``landmark_embedding.npy`` (torch tensors inside) and a
+    random DECA ``deca_model.tar``. Returns their paths. The jaw region is the lower third of the
+    mesh: only it is skinned to the jaw joint and has jaw pose correctives."""
+    import pickle
+    import sys
+    import types
+
+    import numpy as np
+    import scipy.sparse
+    import torch
+
+    from stages.flame_model import build_deca_encoder
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    V = n_vertices
+    theta, phi = rng.uniform(0, 2 * np.pi, V), rng.uniform(0.2, np.pi - 0.2, V)
+    v = np.stack([0.08 * np.sin(phi) * np.cos(theta), -0.1 * np.cos(phi), 0.08 * np.sin(phi) * np.sin(theta)], 1)
+    faces = np.array([rng.choice(V, 3, replace=False) for _ in range(2 * V)], np.uint32)
+    jaw = v[:, 1] < -0.035
+    eyes_l = (v[:, 1] > 0.03) & (v[:, 0] > 0.03)
+    eyes_r = (v[:, 1] > 0.03) & (v[:, 0] < -0.03)
+    w = np.zeros((V, 5))
+    w[:, 0] = 0.3
+    w[:, 1] = 0.7
+    w[jaw] = [0.1, 0.2, 0.7, 0, 0]
+    w[eyes_l] = [0.2, 0.3, 0, 0.5, 0]
+    w[eyes_r] = [0.2, 0.3, 0, 0, 0.5]
+    J = np.zeros((5, V))
+    for j, mask in enumerate([np.ones(V, bool), v[:, 1] < 0.0, jaw, eyes_l, eyes_r]):
+        J[j, mask] = 1.0 / mask.sum()
+    posedirs = np.zeros((V, 3, 36))
+    posedirs[:, :, :9] = 1e-3 * rng.standard_normal((V, 3, 9))  # neck correctives: everywhere
+    posedirs[jaw, :, 9:18] = 1e-3 * rng.standard_normal((jaw.sum(), 3, 9))  # jaw correctives: jaw only
+    shapedirs = 1e-3 * rng.standard_normal((V, 3, 400))
+
+    mod, sub = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
+
+    class Ch:  # pickled as chumpy.ch.Ch, like the official file; chumpy itself is not installed
+        def __init__(self, x):
+            self.x = x
+
+    Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+    sub.Ch, mod.ch = Ch, sub
+    sys.modules["chumpy"], sys.modules["chumpy.ch"] = mod, sub
+    try:
+        model = {
+            "v_template": Ch(v), "shapedirs": Ch(shapedirs), "posedirs": posedirs, "J_regressor": scipy.sparse.csc_matrix(J),
+            "weights": Ch(w), "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64), "f": faces,
+            "bs_style": "lbs", "bs_type": "lrotmin",
+        }
+        with open(os.path.join(out_dir, "generic_model.pkl"), "wb") as f:
+            pickle.dump(model, f, protocol=2)
+    finally:
+        del sys.modules["chumpy"], sys.modules["chumpy.ch"]
+    bary = rng.dirichlet(np.ones(3), size=68).astype(np.float32)
+    lmk = {
+        "static_lmk_faces_idx": rng.choice(len(faces), 51).astype(np.int64), "static_lmk_bary_coords": bary[17:],
+        "dynamic_lmk_faces_idx": torch.from_numpy(rng.choice(len(faces), (79, 17)).astype(np.int64)),
+        "dynamic_lmk_bary_coords": torch.from_numpy(rng.dirichlet(np.ones(3), size=(79, 17)).astype(np.float32)),
+        "full_lmk_faces_idx": rng.choice(len(faces), (1, 68)).astype(np.int64), "full_lmk_bary_coords": bary[None],
+    }
+    np.save(os.path.join(out_dir, "landmark_embedding.npy"), lmk, allow_pickle=True)
+    torch.manual_seed(seed)
+    torch.save({"E_flame": build_deca_encoder().state_dict(), "E_detail": {}, "D_detail": {}}, os.path.join(out_dir, "deca_model.tar"))
+    return {k: os.path.join(out_dir, f) for k, f in (("flame_model", "generic_model.pkl"), ("landmark_embedding", "landmark_embedding.npy"), ("deca_checkpoint", "deca_model.tar"))}

@@ -1,0 +1,137 @@
+"""FLAME layer and DECA encoder on files the tests build in the official layouts."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from model_builders import build_flame_files
+from stages.errors import StageError
+from stages.flame import fit_clip, load_flame_models, load_flame_pickle, load_landmark_embedding, smooth, split_codes
+from stages.flame_model import FlameLayer, build_deca_encoder, load_deca_encoder, project_orthographic, refine_with_landmarks
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return build_flame_files(str(tmp_path_factory.mktemp("flame")))
+
+
+@pytest.fixture(scope="module")
+def flame(assets):
+    return FlameLayer(load_flame_pickle(assets["flame_model"]), load_landmark_embedding(assets["landmark_embedding"])).double()
+
+
+def numpy_lbs(m: dict, shape, exp, pose) -> np.ndarray:
+    """Reference FLAME in plain numpy/scipy (one sample)."""
+    sd = m["shapedirs"]
+    v = m["v_template"] + sd[:, :, :100] @ shape + sd[:, :, 300:350] @ exp
+    J = m["J_regressor"] @ v
+    full = np.concatenate([pose[:3], np.zeros(3), pose[3:], np.zeros(6)]).reshape(5, 3)
+    R = Rotation.from_rotvec(full).as_matrix()
+    v = v + (m["posedirs"].reshape(-1, 36) @ (R[1:] - np.eye(3)).reshape(-1)).reshape(-1, 3)
+    parents = [-1, 0, 1, 1, 1]
+    G = []
+    for j in range(5):
+        local = np.eye(4)
+        local[:3, :3] = R[j]
+        local[:3, 3] = J[j] - (J[parents[j]] if j else 0)
+        G.append(local if j == 0 else G[parents[j]] @ local)
+    G = np.stack(G)
+    for j in range(5):
+        G[j, :3, 3] -= G[j, :3, :3] @ J[j]
+    T = np.einsum("vj,jab->vab", m["weights"], G)
+    return np.einsum("vab,vb->va", T, np.c_[v, np.ones(len(v))])[:, :3]
+
+
+def test_loads_official_layout_without_chumpy(assets):
+    assert "chumpy" not in sys.modules
+    m = load_flame_pickle(assets["flame_model"])
+    assert m["shapedirs"].shape[1:] == (3, 400) and m["posedirs"].shape[1:] == (3, 36) and m["J_regressor"].shape[0] == 5
+    lmk = load_landmark_embedding(assets["landmark_embedding"])
+    assert lmk["full_lmk_faces_idx"].shape == (1, 68) and lmk["dynamic_lmk_faces_idx"].shape == (79, 17)
+    with pytest.raises(StageError, match="FLAME model not found"):
+        load_flame_pickle(assets["flame_model"] + ".missing")
+
+
+def test_lbs_matches_numpy_reference_and_zero_is_template(assets, flame):
+    m = load_flame_pickle(assets["flame_model"])
+    rng = np.random.default_rng(1)
+    shape, exp, pose = rng.normal(0, 1, 100), rng.normal(0, 1, 50), rng.normal(0, 0.3, 6)
+    verts, lmk = flame(*(torch.tensor(x)[None] for x in (shape, exp, pose)))
+    np.testing.assert_allclose(verts[0].numpy(), numpy_lbs(m, shape, exp, pose), atol=1e-7, rtol=1e-6)
+    zero, _ = flame(torch.zeros(1, 100, dtype=torch.float64), torch.zeros(1, 50, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64))
+    np.testing.assert_allclose(zero[0].numpy(), m["v_template"], atol=1e-9)
+    assert lmk.shape == (1, 68, 3)
+
+
+def test_jaw_rotation_moves_only_the_jaw(assets, flame):
+    m = load_flame_pickle(assets["flame_model"])
+    z = lambda n: torch.zeros(1, n, dtype=torch.float64)  # noqa: E731
+    jaw_open = z(6)
+    jaw_open[0, 3] = 0.3
+    rest, _ = flame(z(100), z(50), z(6))
+    opened, _ = flame(z(100), z(50), jaw_open)
+    moved = (opened - rest)[0].norm(dim=-1).numpy() > 1e-9
+    jaw = m["weights"][:, 2] > 0
+    assert moved[jaw].all() and not moved[~jaw].any()
+
+
+def test_gradients_flow_and_refinement_recovers_landmarks(flame):
+    torch.manual_seed(0)
+    shape = torch.zeros(1, 100, dtype=torch.float64)
+    true_exp = 0.5 * torch.randn(1, 50, dtype=torch.float64)
+    true_pose = torch.tensor([[0.05, -0.1, 0.02, 0.25, 0.0, 0.0]], dtype=torch.float64)
+    true_cam = torch.tensor([[8.0, 0.01, -0.02]], dtype=torch.float64)
+    _, lmk = flame(shape, true_exp, true_pose)
+    target = project_orthographic(lmk, true_cam).detach()
+    exp = torch.zeros(1, 50, dtype=torch.float64, requires_grad=True)
+    pose = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
+    _, lmk0 = flame(shape, exp, pose)
+    (project_orthographic(lmk0, true_cam) - target).norm(dim=-1).mean().backward()
+    assert exp.grad.abs().sum() > 0 and pose.grad.abs().sum() > 0  # gradients reach every parameter
+    start_cam = torch.tensor([[7.0, 0.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        _, l0 = flame(shape, exp, pose)
+        start_err = (project_orthographic(l0, start_cam) - target).norm(dim=-1).mean().item()
+    e, p, c, err = refine_with_landmarks(flame, shape, exp.detach(), pose.detach(), start_cam, target, steps=400, lr=0.02, reg=0.0)
+    assert err < 0.05 * start_err, (err, start_err)
+    assert abs(p[0, 3].item() - 0.25) < 0.1  # the jaw opening is found again
+    assert abs(c[0, 0].item() - 8.0) < 0.5
+
+
+def test_deca_checkpoint_loads_strictly_and_encodes(assets, tmp_path):
+    enc = load_deca_encoder(assets["deca_checkpoint"])
+    codes = enc(torch.rand(2, 3, 224, 224))
+    parts = split_codes(codes)
+    assert {k: tuple(v.shape) for k, v in parts.items()} == {
+        "shape": (2, 100), "tex": (2, 50), "exp": (2, 50), "pose": (2, 6), "cam": (2, 3), "light": (2, 27)}
+    bad = build_deca_encoder().state_dict()
+    bad["layers.2.weight"] = torch.zeros(200, 1024)
+    torch.save({"E_flame": bad}, tmp_path / "bad.tar")
+    with pytest.raises(StageError, match="does not match DECA's encoder"):
+        load_deca_encoder(str(tmp_path / "bad.tar"))
+
+
+def test_fit_clip_shapes_validity_and_zero_lag_smoothing(assets):
+    models = load_flame_models(assets["flame_model"], assets["deca_checkpoint"], assets["landmark_embedding"], batch_size=4)
+    import skimage.data
+
+    img = skimage.data.astronaut()
+    box = np.array([150.0, 60.0, 150.0], np.float32)
+    frames = [img, img, None, img, img, img]
+    boxes = [box, box, None, box, box, box]
+    fit = fit_clip(models, frames, boxes)
+    assert fit["shape"].shape == (100,) and fit["exp"].shape == (6, 50) and fit["pose"].shape == (6, 6) and fit["cam"].shape == (6, 3)
+    assert fit["valid"].tolist() == [True, True, False, True, True, True]
+    assert np.all(fit["exp"][2] == 0)  # nothing is invented for the frame without a face
+    # smoothing is zero-phase: a step keeps its position (no lag), noise is reduced
+    t = np.arange(60, dtype=np.float64)
+    step = (t >= 30).astype(float)[:, None]
+    noisy = step + 0.05 * np.random.default_rng(0).standard_normal(step.shape)
+    sm = smooth(noisy, np.ones(60, bool), window=5)
+    assert np.argmax(np.diff(sm[:, 0])) in (28, 29, 30)
+    assert np.std(sm[:25] - 0) < np.std(noisy[:25])
