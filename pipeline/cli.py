@@ -69,6 +69,33 @@ def cmd_schema_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_assets_check(args) -> int:
+    """What model assets are present, and where to obtain the rest."""
+    from stages.errors import StageError
+    from stages.flame import check_flame_assets
+    from stages.speech import check_speech_assets
+
+    from .dag import speech_options
+
+    cfg = _load(args)
+    ok = True
+    print("speech:")
+    try:
+        for line in check_speech_assets(speech_options(cfg)):
+            print(f"  ok: {line}")
+    except StageError as e:
+        ok = False
+        print(f"  missing: {e.message}")
+    print("flame (FLAME + DECA; licences need registration):")
+    f = cfg.flame
+    for name, status in check_flame_assets(f.flame_model, f.deca_checkpoint, f.landmark_embedding).items():
+        print(f"  {name}: {status}")
+        ok &= status.startswith("ok") or name == "landmark_embedding"
+    if not ok:
+        print("Set the paths with --set flame.flame_model=... (or in --config); see docs/flame.md.")
+    return EXIT_OK if ok else EXIT_ERROR
+
+
 def cmd_sources(args) -> int:
     from .sources import read_sources
 
@@ -98,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = schema_sub.add_parser("export", help="write the JSON Schema of every record type into DIR")
     e.add_argument("dir")
     e.set_defaults(func=cmd_schema_export)
+
+    p = sub.add_parser("assets", help="model assets (FLAME/DECA weights, speech models)")
+    assets_sub = p.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
+    a = assets_sub.add_parser("check", help="say which model files are present and where to obtain the rest")
+    _add_config_args(a)
+    a.set_defaults(func=cmd_assets_check)
 
     p = sub.add_parser("sources", help="show the source items (ids, kinds, metadata) a sources file resolves to")
     p.add_argument("sources")

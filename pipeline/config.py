@@ -94,6 +94,15 @@ class SpeechConfig(_Section):
     cache_dir: str | None = Field(None, description="where the offline Whisper base is assembled (default ~/.cache/cnas)")
 
 
+class FlameConfig(_Section):
+    enabled: bool = Field(True, description="runs when the assets below exist; otherwise reported as skipped")
+    flame_model: str | None = Field(None, description="FLAME 2020/2023 generic_model.pkl")
+    deca_checkpoint: str | None = Field(None, description="DECA deca_model.tar")
+    landmark_embedding: str | None = Field(None, description="DECA landmark_embedding.npy (optional: only for refinement/landmarks)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    batch_size: int = Field(32, ge=1)
+
+
 class ShardConfig(_Section):
     max_count: int = Field(1000, ge=1, description="samples per shard")
     max_size_mb: float = Field(1024.0, gt=0, description="bytes per shard (soft: a shard closes once over)")
@@ -112,6 +121,9 @@ class RayConfig(_Section):
     shots_cpus: float = Field(1.0, gt=0)
     pose_actors: int = Field(1, ge=1, description="max actors in the pose pool (MediaPipe graphs load once each)")
     pose_cpus: float = Field(1.0, gt=0)
+    flame_actors: int = Field(1, ge=1)
+    flame_cpus: float = Field(1.0, gt=0)
+    flame_gpus: float = Field(0.0, ge=0, description="GPUs per FLAME actor; 0 with flame.device=cuda means 1")
     max_blocks: int = Field(1000, ge=1, description="at most this many Ray Data blocks (one video per block below it)")
 
 
@@ -126,6 +138,7 @@ class Config(_Section):
     pose: PoseConfig = Field(default_factory=PoseConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
+    flame: FlameConfig = Field(default_factory=FlameConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

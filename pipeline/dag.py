@@ -27,6 +27,7 @@ from stages.download import DownloadOptions, download
 from stages.errors import StageError
 from stages.normalize import NormalizeOptions, normalize
 from stages.pose import PoseModels, PoseOptions, extract_pose, pose_track, slice_pose
+from stages.flame import fit_clip, load_flame_models, missing_flame_assets
 from stages.select import SelectOptions, select_clips
 from stages.shots import ShotOptions, detect_shots
 from stages.speech import SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
@@ -38,9 +39,9 @@ from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("download", "normalize", "shots", "pose", "speech", "clips")
-MODEL_STAGES = {"pose", "speech"}
-OPTIONAL_STAGES = {"shots", "pose", "speech"}
+STAGES: tuple[str, ...] = ("download", "normalize", "shots", "pose", "speech", "clips", "flame")
+MODEL_STAGES = {"pose", "speech", "flame"}
+OPTIONAL_STAGES = {"shots", "pose", "speech", "flame"}
 
 
 def initial_row(item: SourceItem) -> dict[str, Any]:
@@ -54,6 +55,7 @@ def initial_row(item: SourceItem) -> dict[str, Any]:
         "pose": "",
         "speech": "",
         "clips": "",
+        "flame": "",
         "failure": "",
         "timings": "{}",
         "resumed": "[]",
@@ -190,6 +192,8 @@ def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
                 clip.skipped_stages["pose"] = "disabled in config (pose.enabled=false)"
             if shots is not None:
                 clip.stages.append("shots")
+            if "flame" not in active_stages(cfg):
+                clip.skipped_stages["flame"] = flame_skip_reason(cfg)
             if transcript is not None:
                 clip.transcript = slice_transcript(transcript, clip.start_s, clip.end_s)
                 clip.stages.append("speech")
@@ -199,6 +203,50 @@ def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
             else:
                 clip.skipped_stages["speech"] = "disabled in config (speech.enabled=false)"
     return {"clips": [c.model_dump(mode="json") for c in clips], "rejects": rejects, "rejected_s": rejected_s}
+
+
+def flame_skip_reason(cfg: Config) -> str:
+    if not cfg.flame.enabled:
+        return "disabled in config (flame.enabled=false)"
+    if not cfg.pose.enabled:
+        return "needs the pose stage (face landmarks for the crops)"
+    missing = missing_flame_assets(cfg.flame.flame_model, cfg.flame.deca_checkpoint)
+    return f"missing assets: {', '.join(missing)} (see `cnas assets check`)"
+
+
+def _run_flame(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
+    """DECA → FLAME for every clip of the video, from the normalised frames and the pose stage's
+    face mesh (crops), decoding the video once."""
+    import numpy as np
+
+    from stages.flame import face_crop_box
+    from stages.pose import read_frames
+
+    media = NormalizedMedia.model_validate_json(row["normalize"])
+    out = json.loads(row["clips"])
+    clips = [ClipRecord.model_validate(c) for c in out["clips"]]
+    if not clips:
+        return out
+    pose = _load_npz(work, json.loads(row["pose"])["path"])
+    mesh = pose["face"][..., :2] * np.array([media.width, media.height], np.float32)
+    ranges = [(round(c.start_s * media.fps), round(c.start_s * media.fps) + c.num_frames) for c in clips]
+    wanted = {t for a, b in ranges for t in range(a, b)}
+    frames: dict[int, np.ndarray] = {}
+    with work.fetch(media.video_path) as v:
+        for t, rgb in enumerate(read_frames(v, media.width, media.height)):
+            if t in wanted:
+                frames[t] = rgb.copy()
+    with work.local_dir("clips", item.video_id) as clip_dir:
+        for clip, (a, b) in zip(clips, ranges):
+            boxes = [face_crop_box(mesh[t], media.width, media.height) for t in range(a, b)]
+            fit = fit_clip(models, [frames.get(t) if boxes[t - a] is not None else None for t in range(a, b)], boxes)
+            _save_npz(os.path.join(clip_dir, f"{clip.key}.flame.npz"), fit)
+            clip.members.append("flame.npz")
+            clip.stages.append("flame")
+            clip.skipped_stages.pop("flame", None)
+            clip.quality["flame_valid_ratio"] = round(float(fit["valid"].mean()), 4)
+    out["clips"] = [c.model_dump(mode="json") for c in clips]
+    return out
 
 
 def _pose_quality(pose: dict, f0: int, f1: int, height: int) -> dict[str, float]:
@@ -225,7 +273,7 @@ def _outputs_exist(stage: str, output: Any, item: SourceItem, work: WorkDir) -> 
         return work.fs.exists(output["video_path"]) and work.fs.exists(output["audio_path"])
     if stage == "pose":
         return work.fs.exists(output["path"])
-    if stage == "clips":
+    if stage in ("clips", "flame"):
         return all(
             work.exists("clips", item.video_id, f"{c['key']}.{s}") for c in output["clips"] for s in c["members"] if s != "json"
         )
@@ -239,13 +287,14 @@ _STAGE_FNS: dict[str, Callable[..., Any]] = {
     "pose": _run_pose,
     "speech": _run_speech,
     "clips": _run_clips,
+    "flame": _run_flame,
 }
 
 
 #: Config sections each stage's output depends on (besides those of the stages before it).
 _STAGE_SECTIONS = {
     "download": ("download",), "normalize": ("normalize",), "shots": ("shots",), "pose": ("pose",), "speech": ("speech",),
-    "clips": ("clips",),
+    "clips": ("clips",), "flame": ("flame",),
 }
 
 
@@ -254,6 +303,7 @@ _NOT_IN_OUTPUT = {
     "download": {"retries", "backoff_s", "rate_limit", "cookies_file", "use_download_archive", "socket_timeout_s", "allow_file_urls"},
     "normalize": {"timeout_s"},
     "speech": {"cache_dir", "hf_token", "cpu_threads"},
+    "flame": {"batch_size"},
 }
 
 
@@ -275,6 +325,12 @@ def load_stage_models(stage: str, cfg: Config) -> Any:
     """Models a stage needs, loaded once per worker; None for the file stages."""
     if stage == "speech":
         return load_speech_models(speech_options(cfg))
+    if stage == "flame":
+        import torch
+
+        f = cfg.flame
+        device = f.device if f.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return load_flame_models(f.flame_model, f.deca_checkpoint, f.landmark_embedding, device, f.batch_size)
     if stage == "pose":
         p = cfg.pose
         return PoseModels(PoseOptions(p.stride, p.min_detection_confidence, p.min_tracking_confidence, p.track_iou))
@@ -357,7 +413,16 @@ class ModelStageActor:
 
 
 def active_stages(cfg: Config) -> tuple[str, ...]:
-    return tuple(s for s in STAGES if s not in OPTIONAL_STAGES or getattr(cfg, s).enabled)
+    """The stages this config runs: optional ones when enabled; FLAME only with its assets and the pose stage."""
+    def runs(stage: str) -> bool:
+        if stage not in OPTIONAL_STAGES:
+            return True
+        if stage == "flame":
+            f = cfg.flame
+            return f.enabled and cfg.pose.enabled and not missing_flame_assets(f.flame_model, f.deca_checkpoint)
+        return getattr(cfg, stage).enabled
+
+    return tuple(s for s in STAGES if runs(s))
 
 
 def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
@@ -368,7 +433,11 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str):
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), cfg.ray.max_blocks)))
     r = cfg.ray
     cpus = {"download": r.download_cpus, "normalize": r.normalize_cpus, "shots": r.shots_cpus, "clips": r.clip_cpus}
-    actors = {"pose": (r.pose_cpus, r.pose_actors, 0.0), "speech": (r.speech_cpus, r.speech_actors, r.speech_gpus or (1.0 if cfg.speech.device == "cuda" else 0.0))}
+    actors = {
+        "pose": (r.pose_cpus, r.pose_actors, 0.0),
+        "speech": (r.speech_cpus, r.speech_actors, r.speech_gpus or (1.0 if cfg.speech.device == "cuda" else 0.0)),
+        "flame": (r.flame_cpus, r.flame_actors, r.flame_gpus or (1.0 if cfg.flame.device == "cuda" else 0.0)),
+    }
     stages = active_stages(cfg)
     actor_cpus = {k: v[0] for k, v in actors.items() if k in stages}
     total = ray.cluster_resources().get("CPU", 0.0)
@@ -400,7 +469,8 @@ def _cpus(n: float) -> dict[str, float]:
 
 def clips_of(row: dict[str, Any]) -> tuple[list[ClipRecord], dict[str, int], dict[str, float]]:
     """Clips of a finished row, and the clip-level rejects (count and seconds by reason)."""
-    if not row["clips"]:
+    last = row.get("flame") or row["clips"]  # the FLAME stage re-emits the clips with flame.npz added
+    if not last:
         return [], {}, {}
-    out = json.loads(row["clips"])
+    out = json.loads(last)
     return [ClipRecord.model_validate(c) for c in out["clips"]], out.get("rejects", {}), out.get("rejected_s", {})

@@ -148,12 +148,23 @@ def run_ingest(
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         ray_address=where,
+        skipped_stages=skipped_stages(cfg),
         config=cfg.model_dump(mode="json"),
     )
     out_dir.write_text(stats.model_dump_json(indent=2) + "\n", STATS)
     for line in summary_lines(stats, out_dir):
         say(line)
     return IngestResult(out=out_dir.uri, stats=stats, manifest=manifest, failures=failures)
+
+
+def skipped_stages(cfg: Config) -> dict[str, str]:
+    from .dag import OPTIONAL_STAGES, active_stages, flame_skip_reason
+
+    active = active_stages(cfg)
+    out = {}
+    for stage in sorted(OPTIONAL_STAGES - set(active)):
+        out[stage] = flame_skip_reason(cfg) if stage == "flame" else f"disabled in config ({stage}.enabled=false)"
+    return out
 
 
 def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
@@ -167,6 +178,8 @@ def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
     if stats.rejects_by_reason:
         lines.append("clip rejects: " + ", ".join(
             f"{k} x{v} ({stats.rejected_seconds_by_reason.get(k, 0):.1f}s)" for k, v in stats.rejects_by_reason.items()))
+    if stats.skipped_stages:
+        lines.append("skipped stages: " + "; ".join(f"{k}: {v}" for k, v in stats.skipped_stages.items()))
     per_stage = ", ".join(f"{k} {v.seconds:.1f}s/{v.videos}" for k, v in stats.stage_timings.items())
     lines.append(f"time per stage (seconds/videos): {per_stage}; wall {stats.wall_s:.1f}s")
     lines.append(f"shards: {out.path(SHARDS_DIR)}  manifest: {out.path(MANIFEST)}  failures: {out.path(FAILURES)}")

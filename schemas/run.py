@@ -63,6 +63,7 @@ class RunStats(Record):
     rejects_by_reason: dict[str, int] = Field(default_factory=dict, description="clip-level rejects (candidate clips or stretches)")
     rejected_seconds_by_reason: dict[str, float] = Field(default_factory=dict, description="seconds of speech lost per reject reason")
     stage_timings: dict[str, StageTiming] = Field(default_factory=dict)
+    skipped_stages: dict[str, str] = Field(default_factory=dict, description="stage -> why it did not run")
     wall_s: float = Field(ge=0)
     started_at: str
     finished_at: str

@@ -179,6 +179,11 @@ def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[n
     return out
 
 
+def missing_flame_assets(flame_model: str | None, deca_checkpoint: str | None) -> list[str]:
+    """Names of the assets the stage cannot run without."""
+    return [n for n, p in (("flame_model", flame_model), ("deca_checkpoint", deca_checkpoint)) if not (p and os.path.isfile(p))]
+
+
 def check_flame_assets(flame_model: str | None, deca_checkpoint: str | None, landmark_embedding: str | None) -> dict[str, str]:
     """``{asset: 'ok: <path>' | 'missing: <where to get it>'}`` for ``cnas assets check``."""
     report = {}

@@ -135,3 +135,43 @@ def test_fit_clip_shapes_validity_and_zero_lag_smoothing(assets):
     sm = smooth(noisy, np.ones(60, bool), window=5)
     assert np.argmax(np.diff(sm[:, 0])) in (28, 29, 30)
     assert np.std(sm[:25] - 0) < np.std(noisy[:25])
+
+
+def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, assets, ray_session):
+    from pipeline.config import load_config
+    from pipeline.runner import run_ingest
+
+    (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240"]
+    result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
+    assert result.stats.clips >= 1 and "flame" not in result.stats.skipped_stages
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(next((tmp_path / "run" / "shards").glob("*.tar"))) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    key = result.manifest[0].key
+    clip = json.loads(files[f"{key}.json"])
+    fit = np.load(io.BytesIO(files[f"{key}.flame.npz"]))
+    T = clip["num_frames"]
+    assert fit["shape"].shape == (100,) and fit["exp"].shape == (T, 50) and fit["pose"].shape == (T, 6) and fit["cam"].shape == (T, 3)
+    assert fit["valid"].shape == (T,) and fit["valid"].mean() > 0.8 and "flame" in clip["stages"] and "flame" not in clip["skipped_stages"]
+    assert clip["members"] == ["json", "mp4", "wav", "pose.npz", "flame.npz"]
+
+
+def test_missing_assets_are_reported_as_skipped(tmp_path, media_dir, ray_session):
+    from pipeline.config import load_config
+    from pipeline.runner import run_ingest
+
+    (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
+    sets = ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", f"flame.flame_model={tmp_path / 'nope.pkl'}"]
+    result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
+    reason = result.stats.skipped_stages["flame"]
+    assert "missing assets: flame_model, deca_checkpoint" in reason
+    import json
+    import tarfile
+
+    with tarfile.open(next((tmp_path / "run" / "shards").glob("*.tar"))) as tar:
+        clip = json.loads(tar.extractfile(f"{result.manifest[0].key}.json").read())
+    assert clip["skipped_stages"]["flame"] == reason and "flame.npz" not in clip["members"]
