@@ -61,6 +61,25 @@ def cmd_demo(args) -> int:
     return EXIT_PARTIAL
 
 
+def cmd_release(args) -> int:
+    from .release import package_release
+
+    stats = package_release(args.run_dir, args.version, args.out, _load(args).release)
+    splits = ", ".join(f"{n}: {v['clips']} clips / {len(v['speakers'])} speakers" for n, v in stats["splits"].items())
+    print(f"release {stats['name']} {args.version} in {args.out}: {stats['clips']} clips, {stats['hours']:.3f} h ({splits})")
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from .release import validate_release
+
+    rep = validate_release(args.dir, check_media=not args.quick)
+    for e in rep.errors:
+        print(f"ERROR {e}")
+    print(f"{'OK' if rep.ok else 'INVALID'}: {rep.shards} shards, {rep.samples} samples checked, {len(rep.errors)} problems")
+    return EXIT_OK if rep.ok else EXIT_ERROR
+
+
 def cmd_schema_export(args) -> int:
     from schemas import export_json_schemas
 
@@ -119,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="demo folder (default: demo_out)")
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("release", help="package an ingest run as a CNAS release (splits, shards, checksums, card)")
+    p.add_argument("run_dir", help="output folder of `cnas ingest`")
+    p.add_argument("--version", required=True)
+    p.add_argument("--out", required=True, help="release folder (must be new or empty)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("validate", help="check a release: checksums, shards, members, schemas, lengths")
+    p.add_argument("dir")
+    p.add_argument("--quick", action="store_true", help="skip decoding mp4 frame counts")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="record schemas")
     schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="ACTION")

@@ -103,6 +103,23 @@ class FlameConfig(_Section):
     batch_size: int = Field(32, ge=1)
 
 
+class ReleaseConfig(_Section):
+    name: str = "CNAS"
+    split_ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05})
+    seed: int = 0
+    target_shard_mb: float = Field(512.0, gt=0)
+    max_shard_count: int = Field(10000, ge=1)
+    speaker_keys: list[str] = Field(default_factory=lambda: ["speaker", "anchor"], description="source metadata keys naming the speaker; else the video id")
+    licence: str = Field("research-only; see the terms below", description="licence/terms field of the dataset card")
+    terms: str = "Clips come from third-party broadcasts; use for non-commercial research; respect the rights of the depicted persons."
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "ReleaseConfig":
+        if abs(sum(self.split_ratios.values()) - 1.0) > 1e-6 or any(v < 0 for v in self.split_ratios.values()):
+            raise ValueError(f"release.split_ratios must be non-negative and sum to 1, got {self.split_ratios}")
+        return self
+
+
 class ShardConfig(_Section):
     max_count: int = Field(1000, ge=1, description="samples per shard")
     max_size_mb: float = Field(1024.0, gt=0, description="bytes per shard (soft: a shard closes once over)")
@@ -140,6 +157,7 @@ class Config(_Section):
     clips: ClipConfig = Field(default_factory=ClipConfig)
     flame: FlameConfig = Field(default_factory=FlameConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

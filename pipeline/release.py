@@ -1,0 +1,369 @@
+"""Release packaging: speaker-disjoint splits, resharding, checksums, wids indices, stats, plots and
+a dataset card — and validation of a packaged release.
+
+    cnas release RUN_DIR --version 1.0 --out RELEASE_DIR
+    cnas validate RELEASE_DIR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import webdataset as wds
+
+from schemas import SCHEMA_VERSION, ClipRecord, ManifestRow, export_json_schemas
+
+from .config import ReleaseConfig
+
+SUMS = "SHA256SUMS"
+
+
+def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of a WebDataset tar in file order; raises on a truncated/corrupt tar."""
+    current, members = None, {}
+    with tarfile.open(path, mode="r|") as tar:  # stream mode: reads every block, so truncation surfaces
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, suffix = m.name.partition(".")
+            data = tar.extractfile(m).read()
+            if len(data) != m.size:
+                raise tarfile.ReadError(f"{m.name}: {len(data)} of {m.size} bytes")
+            if key != current and current is not None:
+                yield current, members
+                members = {}
+            current = key
+            members[suffix] = data
+    if current is not None:
+        yield current, members
+
+
+def speaker_of(clip: ClipRecord, keys: list[str]) -> str:
+    for k in keys:
+        if clip.source_metadata.get(k):
+            return str(clip.source_metadata[k])
+    return clip.video_id
+
+
+def assign_splits(speaker_seconds: dict[str, float], ratios: dict[str, float], seed: int) -> dict[str, str]:
+    """Speaker → split, deterministic: speakers in a seeded hash order go, whole, to the split
+    furthest below its target share of the hours. No speaker is in two splits."""
+    order = sorted(speaker_seconds, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    total = sum(speaker_seconds.values()) or 1.0
+    got = {name: 0.0 for name in ratios}
+    out = {}
+    for spk in order:
+        # the split with the largest deficit (target minus current share); ties in ratio order
+        name = max(ratios, key=lambda n: (ratios[n] - got[n] / total, ratios[n]))
+        if ratios[name] <= 0:
+            continue
+        out[spk] = name
+        got[name] += speaker_seconds[spk]
+    return out
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig) -> dict:
+    """Build the release in ``out_dir`` from an ingest run's shards and manifest; returns the stats."""
+    run, out = Path(run_dir), Path(out_dir)
+    manifest = [ManifestRow.model_validate_json(l) for l in (run / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    if not manifest:
+        raise ValueError(f"{run_dir}: the manifest lists no samples")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out_dir} exists and is not empty; releases are written once")
+    staging = Path(tempfile.mkdtemp(prefix="cnas-release-", dir=str(out.parent) if out.parent.exists() else None))
+    try:
+        # pass 1: clip records (json members) -> speakers and their hours
+        clips: dict[str, ClipRecord] = {}
+        for shard in sorted({r.shard for r in manifest}):
+            for key, members in iter_tar_samples(str(run / "shards" / shard)):
+                clips[key] = ClipRecord.model_validate_json(members["json"])
+        seconds: dict[str, float] = defaultdict(float)
+        for c in clips.values():
+            seconds[speaker_of(c, cfg.speaker_keys)] += c.end_s - c.start_s
+        split_of_speaker = assign_splits(seconds, cfg.split_ratios, cfg.seed)
+        # pass 2: reshard per split, in key order
+        writers, rows = {}, defaultdict(list)
+        for name in cfg.split_ratios:
+            (staging / name).mkdir(parents=True)
+            writers[name] = wds.ShardWriter(str(staging / name / f"cnas-{name}-%06d.tar"), maxcount=cfg.max_shard_count,
+                                            maxsize=int(cfg.target_shard_mb * 2**20), verbose=0, mtime=0)
+        try:
+            for shard in sorted({r.shard for r in manifest}):
+                for key, members in iter_tar_samples(str(run / "shards" / shard)):
+                    c = clips[key]
+                    name = split_of_speaker[speaker_of(c, cfg.speaker_keys)]
+                    writers[name].write({"__key__": key, **members})
+                    rows[name].append(ManifestRow(
+                        key=key, shard=os.path.basename(writers[name].fname), video_id=c.video_id, duration_s=c.end_s - c.start_s,
+                        member_bytes={k: len(v) for k, v in members.items()},
+                        member_sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
+                    ))
+        finally:
+            for w in writers.values():
+                w.close()
+        # indices, manifests, checksums
+        for name in cfg.split_ratios:
+            (staging / name / "manifest.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows[name]))
+            counts = Counter(r.shard for r in rows[name])
+            shardlist = [
+                {"url": f"{name}/{s}", "nsamples": counts[s], "filesize": (staging / name / s).stat().st_size,
+                 "sha256": _sha256(str(staging / name / s))}
+                for s in sorted(counts)
+            ]
+            index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": f"{cfg.name}-{version}-{name}", "shardlist": shardlist}
+            (staging / f"{name}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        export_json_schemas(str(staging / "schemas"))
+        ingest_stats = json.loads((run / "stats.json").read_text()) if (run / "stats.json").exists() else {}
+        stats = release_stats(clips, split_of_speaker, rows, cfg, ingest_stats, version)
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        make_plots(clips, split_of_speaker, cfg, staging / "plots")
+        (staging / "README.md").write_text(dataset_card(stats, cfg, version))
+        files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
+        (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
+        out.mkdir(parents=True, exist_ok=True)
+        for p in staging.iterdir():
+            shutil.move(str(p), str(out / p.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stats: dict, version: str) -> dict:
+    per_speaker = defaultdict(float)
+    for c in clips.values():
+        per_speaker[speaker_of(c, cfg.speaker_keys)] += (c.end_s - c.start_s) / 3600
+    durations = np.array([c.end_s - c.start_s for c in clips.values()])
+    hist, edges = np.histogram(durations, bins=np.arange(0, max(12.0, durations.max() + 2), 2.0))
+    parts: dict[str, list[float]] = defaultdict(list)
+    for c in clips.values():
+        for k, v in c.quality.items():
+            if k.startswith("mean_") and k.endswith("_confidence"):
+                parts[k[5:-11]].append(v)
+    return {
+        "name": cfg.name, "version": version, "schema_version": SCHEMA_VERSION, "licence": cfg.licence,
+        "clips": len(clips), "hours": round(float(durations.sum()) / 3600, 4), "speakers": len(per_speaker),
+        "splits": {n: {"clips": len(rows[n]), "hours": round(sum(r.duration_s for r in rows[n]) / 3600, 4),
+                       "speakers": sorted({s for s, v in split_of_speaker.items() if v == n}),
+                       "shards": len({r.shard for r in rows[n]})} for n in cfg.split_ratios},
+        "per_speaker_hours": {k: round(v, 4) for k, v in sorted(per_speaker.items())},
+        "duration_histogram": {"bin_edges_s": edges.tolist(), "counts": hist.tolist()},
+        "part_confidence": {k: {"mean": round(float(np.mean(v)), 4), "p10": round(float(np.percentile(v, 10)), 4),
+                                "p50": round(float(np.percentile(v, 50)), 4), "p90": round(float(np.percentile(v, 90)), 4)}
+                            for k, v in sorted(parts.items())},
+        "rejection_reasons": ingest_stats.get("rejects_by_reason", {}),
+        "failure_reasons": ingest_stats.get("failures_by_reason", {}),
+        "skipped_stages": ingest_stats.get("skipped_stages", {}),
+    }
+
+
+def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    durations = [c.end_s - c.start_s for c in clips.values()]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(durations, bins=20, color="#4477aa")
+    ax.set(xlabel="clip duration (s)", ylabel="clips", title="Clip durations")
+    fig.tight_layout(), fig.savefig(folder / "durations.png", dpi=100), plt.close(fig)
+    per = defaultdict(float)
+    for c in clips.values():
+        per[speaker_of(c, cfg.speaker_keys)] += (c.end_s - c.start_s) / 60
+    fig, ax = plt.subplots(figsize=(5, 3))
+    names = sorted(per, key=per.get, reverse=True)[:30]
+    ax.bar(range(len(names)), [per[n] for n in names], color=["#228833" if split_of_speaker.get(n) == "train" else "#ee6677" for n in names])
+    ax.set(xlabel="speaker (green: train)", ylabel="minutes", title="Minutes per speaker (top 30)")
+    fig.tight_layout(), fig.savefig(folder / "speakers.png", dpi=100), plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for part in ("face", "mouth", "left_hand", "right_hand", "torso"):
+        vals = [c.quality[f"mean_{part}_confidence"] for c in clips.values() if f"mean_{part}_confidence" in c.quality]
+        if vals:
+            ax.hist(vals, bins=20, range=(0, 1), histtype="step", label=part)
+    ax.set(xlabel="mean part confidence per clip", ylabel="clips", title="Part confidences")
+    ax.legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(folder / "part_confidence.png", dpi=100), plt.close(fig)
+
+
+def dataset_card(stats: dict, cfg: ReleaseConfig, version: str) -> str:
+    split_rows = "\n".join(f"| {n} | {s['clips']} | {s['hours']:.3f} | {len(s['speakers'])} | {s['shards']} |" for n, s in stats["splits"].items())
+    rejects = "\n".join(f"| {k} | {v} |" for k, v in {**stats["failure_reasons"], **stats["rejection_reasons"]}.items()) or "| (none) | |"
+    return f"""# {cfg.name} {version} — Chinese News Anchor Speech dataset
+
+- **Licence / terms:** {cfg.licence}. {cfg.terms}
+- **Schema version:** {stats['schema_version']} (JSON Schemas in `schemas/`)
+- **Size:** {stats['clips']} clips, {stats['hours']:.3f} hours, {stats['speakers']} speakers
+
+| split | clips | hours | speakers | shards |
+|---|---|---|---|---|
+{split_rows}
+
+Splits are speaker-disjoint (speaker = source metadata `{'`/`'.join(cfg.speaker_keys)}`, else the video id), assigned
+deterministically (seed {cfg.seed}) towards the ratios {cfg.split_ratios}.
+
+## Format
+WebDataset shards `<split>/cnas-<split>-NNNNNN.tar`; a sample per clip, key `<video_id>-<index>`:
+`json` (clip record: times, transcript with word timings and speakers, quality figures), `mp4`
+(H.264, 25 fps), `wav` (16 kHz mono PCM){', `pose.npz` (MediaPipe landmarks, part confidences)' if stats['part_confidence'] else ''}
+and, when FLAME was fitted, `flame.npz`. Per split: `<split>.index.json` (wids shard index with
+sample counts, sizes, sha256), `<split>/manifest.jsonl` (per-member sizes and sha256). `SHA256SUMS`
+covers every file. Check a copy with `cnas validate <dir>`.
+
+```python
+import webdataset as wds
+ds = wds.WebDataset("train/cnas-train-{{000000..000009}}.tar").decode()
+from datasets import load_dataset
+hf = load_dataset("webdataset", data_files={{"train": "train/*.tar"}}, split="train")
+```
+
+## Statistics
+![durations](plots/durations.png) ![speakers](plots/speakers.png) ![parts](plots/part_confidence.png)
+
+Part confidences (mean per clip): {json.dumps(stats['part_confidence'])}
+
+## What was left out, and why
+
+| reason | count |
+|---|---|
+{rejects}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass
+class ValidationReport:
+    errors: list[str] = field(default_factory=list)
+    samples: int = 0
+    shards: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _mp4_frames(data: bytes) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        f.write(data)
+        f.flush()
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+                              "stream=nb_read_packets", "-of", "csv=p=0", f.name], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def validate_release(folder: str, check_media: bool = True) -> ValidationReport:
+    """Check a release: checksums, every shard readable, same members per sample, json valid,
+    arrays and media lengths equal the frame/sample counts, member hashes, disjoint speakers."""
+    import soundfile as sf
+    from pydantic import ValidationError
+
+    root, rep = Path(folder), ValidationReport()
+    sums = root / SUMS
+    if not sums.exists():
+        rep.errors.append(f"{SUMS} is missing")
+    else:
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            p = root / name
+            if not p.exists():
+                rep.errors.append(f"{name}: listed in {SUMS} but missing")
+            elif _sha256(str(p)) != digest:
+                rep.errors.append(f"{name}: sha256 differs from {SUMS} (corrupted or modified)")
+    stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").exists() else {}
+    seen_speakers: dict[str, str] = {}
+    for split, info in stats.get("splits", {}).items():
+        for spk in info["speakers"]:
+            if spk in seen_speakers:
+                rep.errors.append(f"speaker {spk!r} is in both {seen_speakers[spk]} and {split}")
+            seen_speakers[spk] = split
+    for index_path in sorted(root.glob("*.index.json")):
+        split = index_path.name.split(".")[0]
+        index = json.loads(index_path.read_text())
+        manifest = {}
+        if (root / split / "manifest.jsonl").exists():
+            manifest = {r.key: r for r in (ManifestRow.model_validate_json(l) for l in (root / split / "manifest.jsonl").read_text().splitlines() if l)}
+        member_set = None
+        for entry in index["shardlist"]:
+            rep.shards += 1
+            path = root / entry["url"]
+            if not path.exists():
+                rep.errors.append(f"{entry['url']}: missing")
+                continue
+            if path.stat().st_size != entry["filesize"]:
+                rep.errors.append(f"{entry['url']}: {path.stat().st_size} bytes, index says {entry['filesize']}")
+            n = 0
+            try:
+                for key, members in iter_tar_samples(str(path)):
+                    n += 1
+                    rep.samples += 1
+                    where = f"{entry['url']}:{key}"
+                    if member_set is None:
+                        member_set = set(members)
+                    elif set(members) != member_set:
+                        rep.errors.append(f"{where}: members {sorted(members)} differ from {sorted(member_set)}")
+                    row = manifest.get(key)
+                    if row is not None:
+                        for suffix, data in members.items():
+                            if hashlib.sha256(data).hexdigest() != row.member_sha256.get(suffix):
+                                rep.errors.append(f"{where}.{suffix}: sha256 differs from {split}/manifest.jsonl (tampered)")
+                    try:
+                        clip = ClipRecord.model_validate_json(members.get("json", b"{}"))
+                    except ValidationError as e:
+                        first = e.errors()[0]
+                        loc = ".".join(map(str, first["loc"])) or "record"
+                        rep.errors.append(f"{where}.json: does not validate ({loc}): {first['msg']}")
+                        continue
+                    rep.errors += [f"{where}: {m}" for m in _check_sample(clip, members, check_media, sf)]
+            except (tarfile.TarError, OSError, EOFError) as e:
+                rep.errors.append(f"{entry['url']}: unreadable or truncated tar ({type(e).__name__}: {e})")
+                continue
+            if n != entry["nsamples"]:
+                rep.errors.append(f"{entry['url']}: {n} samples, index says {entry['nsamples']}")
+    if rep.shards == 0:
+        rep.errors.append("no shard index (*.index.json) found")
+    return rep
+
+
+def _check_sample(clip: ClipRecord, members: dict[str, bytes], check_media: bool, sf) -> list[str]:
+    errs = []
+    if set(clip.members) != set(members):
+        errs.append(f"json lists members {clip.members}, the sample has {sorted(members)}")
+    if "wav" in members:
+        info = sf.info(io.BytesIO(members["wav"]))
+        if info.frames != clip.num_audio_samples or info.samplerate != clip.sample_rate_hz:
+            errs.append(f"wav has {info.frames} samples at {info.samplerate} Hz, json says {clip.num_audio_samples} at {clip.sample_rate_hz}")
+    if abs(clip.num_frames / clip.fps - clip.num_audio_samples / clip.sample_rate_hz) > 1 / clip.fps + 1e-6:
+        errs.append("audio and video durations disagree")
+    if check_media and "mp4" in members:
+        frames = _mp4_frames(members["mp4"])
+        if frames != clip.num_frames:
+            errs.append(f"mp4 has {frames} frames, json says {clip.num_frames}")
+    for member, key in (("pose.npz", "part_confidences"), ("flame.npz", "exp")):
+        if member in members:
+            with np.load(io.BytesIO(members[member])) as z:
+                if z[key].shape[0] != clip.num_frames:
+                    errs.append(f"{member}:{key} has {z[key].shape[0]} frames, json says {clip.num_frames}")
+    return errs

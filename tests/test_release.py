@@ -1,0 +1,115 @@
+"""Release packaging and validation on a real (small) ingest run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.release import package_release, validate_release
+from pipeline.runner import run_ingest
+
+FILES_ONLY = ["clips.mode=fixed", "clips.window_s=0.4", "normalize.max_height=120", "shots.enabled=false",
+              "pose.enabled=false", "speech.enabled=false", "shards.max_count=5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, media_dir, ray_session):
+    d = tmp_path_factory.mktemp("rel")
+    lines = ["path,id,speaker,language"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},v{i},anchor{i % 4},zh" for i in range(6)]
+    (d / "s.csv").write_text("\n".join(lines) + "\n")
+    run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, FILES_ONLY), echo=lambda m: None)
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def release(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("release") / "cnas-1.0"
+    cfg = load_config(None, ["release.split_ratios={train: 0.5, val: 0.25, test: 0.25}", "release.max_shard_count=4"]).release
+    stats = package_release(str(run_dir), "1.0", str(out), cfg)
+    return out, stats
+
+
+def test_release_layout_and_disjoint_speakers(release, run_dir):
+    out, stats = release
+    manifest = [json.loads(l) for l in (run_dir / "manifest.jsonl").read_text().splitlines()]
+    assert stats["clips"] == len(manifest) and stats["speakers"] == 4
+    speakers = [set(s["speakers"]) for s in stats["splits"].values()]
+    assert all(speakers) and set.union(*speakers) == {f"anchor{i}" for i in range(4)}
+    assert sum(len(s) for s in speakers) == 4  # no speaker in two splits
+    assert sum(s["clips"] for s in stats["splits"].values()) == len(manifest)
+    for name in ("train", "val", "test"):
+        index = json.loads((out / f"{name}.index.json").read_text())
+        assert index["__kind__"] == "wids-shard-index-v1"
+        assert sum(e["nsamples"] for e in index["shardlist"]) == stats["splits"][name]["clips"]
+        assert all(e["url"].startswith(f"{name}/") for e in index["shardlist"])
+    for f in ("README.md", "stats.json", "SHA256SUMS", "plots/durations.png", "plots/speakers.png", "schemas/clip.schema.json"):
+        assert (out / f).exists(), f
+    card = (out / "README.md").read_text()
+    assert "Licence / terms" in card and "Schema version" in card
+    with pytest.raises(ValueError, match="not empty"):
+        package_release(str(run_dir), "1.0", str(out), load_config(None, []).release)
+
+
+def test_validate_passes_and_catches_each_corruption(release, tmp_path):
+    out, _ = release
+    rep = validate_release(str(out))
+    assert rep.ok, rep.errors
+    assert rep.samples > 0 and rep.shards >= 3
+    # a truncated tar
+    bad = tmp_path / "truncated"
+    shutil.copytree(out, bad)
+    shard = sorted((bad / "train").glob("*.tar"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    errors = validate_release(str(bad), check_media=False).errors
+    assert any("unreadable or truncated" in e for e in errors) and any("sha256 differs" in e for e in errors)
+    # a tampered member: same size, one byte changed inside the wav data
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    shard = sorted((bad / "train").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        wav = next(m for m in tar.getmembers() if m.name.endswith(".wav"))
+        offset = wav.offset_data + wav.size - 10
+    raw = bytearray(shard.read_bytes())
+    raw[offset] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    errors = validate_release(str(bad), check_media=False).errors
+    assert any(f"{wav.name}: sha256 differs" in e and "tampered" in e for e in errors), errors
+    # a sample whose json no longer matches its media
+    bad = tmp_path / "lengths"
+    shutil.copytree(out, bad)
+    shard = sorted((bad / "val").glob("*.tar"))[0]
+    samples = []
+    from pipeline.release import iter_tar_samples
+
+    for key, members in iter_tar_samples(str(shard)):
+        clip = json.loads(members["json"])
+        clip["num_audio_samples"] += 160
+        members["json"] = json.dumps(clip).encode()
+        samples.append((key, members))
+    import webdataset as wds
+
+    with wds.TarWriter(str(shard)) as w:
+        for key, members in samples:
+            w.write({"__key__": key, **members})
+    errors = validate_release(str(bad), check_media=False).errors
+    assert any("wav has" in e or "do not span" in e for e in errors), errors
+
+
+def test_cli_release_and_validate(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "rel"
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "release", str(run_dir), "--version", "0.1", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1].startswith("OK"), p.stdout
+    (out / "stats.json").write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(out), "--quick"], capture_output=True, text=True)
+    assert p.returncode == 1 and "INVALID" in p.stdout and "stats.json: sha256 differs" in p.stdout
