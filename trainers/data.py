@@ -1,0 +1,247 @@
+"""The shard loader both trainers use: a WebDataset pipeline from CNAS shards to tensors.
+
+    loader = make_loader(LoaderConfig(urls="release/train.index.json", view="paha"), epoch=0)
+
+* Shards are split across nodes (``RANK``/``WORLD_SIZE`` or ``torch.distributed``) and across
+  DataLoader workers; every shard goes to exactly one (node, worker), so without
+  ``epoch_samples`` every sample is seen exactly once per epoch (give at least nodes × workers
+  shards). ``epoch_samples`` fixes the epoch length per worker instead (shards repeat as needed).
+* Shuffling is deterministic: shard order from (seed, epoch), a sample buffer seeded by
+  (seed, epoch, rank).
+* Resuming mid-epoch: ``make_loader(cfg, epoch, skip=n)`` drops the first ``n`` samples the
+  DataLoader would have yielded in that epoch (same seed → same order), see ``LoaderState``.
+
+Views: ``facial`` — FLAME expression + jaw sequence (T,53), audio window, emotion label/intensity/
+text; ``paha`` — video frames (T,3,S,S) in [0,1], audio window, part confidences/masks (T,5) and
+part box masks (T,5,S,S), a reference frame from the same clip; ``raw`` — decoded members as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt")
+_INTENSITY_WORDS = {1: "slightly", 2: "clearly", 3: "very"}
+
+
+@dataclass
+class LoaderConfig:
+    urls: str | list[str]  # shard paths/URLs, a brace pattern, or a wids index json
+    view: str = "raw"  # raw | facial | paha
+    window_frames: int = 50
+    fps: float = 25.0
+    sample_rate_hz: int = 16000
+    image_size: int = 256
+    shuffle_buffer: int = 0  # 0: no sample shuffling
+    shuffle_shards: bool = False
+    seed: int = 0
+    epoch_samples: int | None = None  # per worker; None: one pass over the worker's shards
+    random_window: bool = True
+    default_emotion: str = "neutral"
+    batch_size: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class LoaderState:
+    """Where an epoch stands: save it in a checkpoint, pass it back to ``make_loader`` to resume."""
+
+    epoch: int = 0
+    samples_seen: int = 0
+
+
+def resolve_urls(urls: str | list[str]) -> list[str]:
+    if isinstance(urls, list):
+        return urls
+    if urls.endswith(".json"):
+        index = json.loads(open(urls).read())
+        base = os.path.dirname(os.path.abspath(urls))
+        return [e["url"] if "://" in e["url"] else os.path.join(base, e["url"]) for e in index["shardlist"]]
+    import braceexpand
+
+    return list(braceexpand.braceexpand(urls))
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def node_info() -> tuple[int, int]:
+    from webdataset.utils import pytorch_worker_info
+
+    rank, world, _, _ = pytorch_worker_info()
+    return rank, world
+
+
+def build_dataset(cfg: LoaderConfig, epoch: int = 0):
+    """The WebDataset pipeline (an IterableDataset) for one node; wrap it in a DataLoader."""
+    import webdataset as wds
+
+    urls = resolve_urls(cfg.urls)
+    if cfg.shuffle_shards:
+        urls = list(urls)
+        random.Random(_seed(cfg.seed, epoch, "shards")).shuffle(urls)
+    rank, world = node_info()
+    repeat = cfg.epoch_samples is not None
+    ds = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, shardshuffle=False,
+                        repeat=repeat, empty_check=False)
+    if cfg.shuffle_buffer:
+        ds = ds.shuffle(cfg.shuffle_buffer, rng=random.Random(_seed(cfg.seed, epoch, rank, "samples")))
+    ds = ds.map(functools.partial(decode_sample, cfg, epoch)).select(_not_none)
+    if repeat:
+        ds = ds.with_epoch(cfg.epoch_samples)
+    return ds
+
+
+def _not_none(sample) -> bool:
+    return sample is not None
+
+
+def make_loader(cfg: LoaderConfig, epoch: int = 0, skip: int = 0):
+    """A ``torch.utils.data.DataLoader`` over ``build_dataset``; ``skip`` resumes mid-epoch."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(build_dataset(cfg, epoch), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                         collate_fn=None if cfg.batch_size else _identity)
+    if skip:
+        return _Skipping(loader, skip)
+    return loader
+
+
+def _identity(x):
+    return x
+
+
+class _Skipping:
+    """Iterate a loader from its ``skip``-th item on (the order is deterministic, so this resumes)."""
+
+    def __init__(self, loader, skip: int):
+        self.loader, self.skip = loader, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        import itertools
+
+        return itertools.islice(iter(self.loader), self.skip, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any]) -> dict[str, Any] | None:
+    """Raw tar members → tensors of the configured view; None when the sample cannot serve it."""
+    meta = json.loads(sample["json"])
+    key = sample["__key__"]
+    rng = random.Random(_seed(cfg.seed, epoch, key))
+    if cfg.view == "raw":
+        return {"__key__": key, "json": meta, **{k: v for k, v in sample.items() if k in ("mp4", "wav", "pose.npz", "flame.npz")}}
+    T = meta["num_frames"]
+    W = min(cfg.window_frames, T)
+    if T < cfg.window_frames:
+        return None
+    start = rng.randrange(0, T - W + 1) if cfg.random_window else 0
+    audio = _audio_window(sample["wav"], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
+    if cfg.view == "facial":
+        return facial_view(meta, sample, start, W, audio, cfg)
+    if cfg.view == "paha":
+        return paha_view(meta, sample, start, W, audio, cfg, rng)
+    raise ValueError(f"unknown view {cfg.view!r}")
+
+
+def _audio_window(wav: bytes, start_s: float, length_s: float, sr: int):
+    import soundfile as sf
+    import torch
+
+    audio, file_sr = sf.read(io.BytesIO(wav), dtype="float32")
+    if file_sr != sr:
+        raise ValueError(f"audio at {file_sr} Hz, the loader expects {sr} Hz")
+    s0, n = round(start_s * sr), round(length_s * sr)
+    out = np.zeros(n, np.float32)
+    chunk = audio[s0 : s0 + n]
+    out[: len(chunk)] = chunk
+    return torch.from_numpy(out)
+
+
+def emotion_of(meta: dict, default: str) -> tuple[str, int, str]:
+    m = meta.get("source_metadata", {})
+    label = str(m.get("emotion") or default).lower()
+    intensity = int(m.get("emotion_intensity") or 1)
+    text = m.get("emotion_text") or f"a {_INTENSITY_WORDS.get(intensity, 'clearly')} {label} face"
+    return label, intensity, text
+
+
+def facial_view(meta, sample, start, W, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
+    import torch
+
+    if "flame.npz" not in sample:
+        return None  # the facial model needs FLAME parameters
+    with np.load(io.BytesIO(sample["flame.npz"])) as z:
+        exp, pose, valid = z["exp"][start : start + W], z["pose"][start : start + W], z["valid"][start : start + W]
+    label, intensity, text = emotion_of(meta, cfg.default_emotion)
+    return {
+        "__key__": sample["__key__"],
+        "motion": torch.from_numpy(np.concatenate([exp, pose[:, 3:6]], axis=1).astype(np.float32)),  # (W, 50 + 3 jaw)
+        "global_pose": torch.from_numpy(pose[:, :3].astype(np.float32)),
+        "valid": torch.from_numpy(valid.astype(bool)),
+        "audio": audio,
+        "emotion_label": EMOTIONS.index(label) if label in EMOTIONS else 0,
+        "emotion_intensity": intensity,
+        "emotion_text": text,
+    }
+
+
+def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
+    """Frames ``indices`` of an mp4 (decoded with PyAV), resized to size×size RGB uint8."""
+    import av
+    import cv2
+
+    wanted = sorted(set(indices))
+    got: dict[int, np.ndarray] = {}
+    with av.open(io.BytesIO(mp4)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                got[i] = cv2.resize(frame.to_ndarray(format="rgb24"), (size, size), interpolation=cv2.INTER_AREA)
+            if i >= wanted[-1]:
+                break
+    return np.stack([got[i] for i in indices])
+
+
+def paha_view(meta, sample, start, W, audio, cfg: LoaderConfig, rng: random.Random) -> dict[str, Any] | None:
+    import torch
+
+    if "pose.npz" not in sample:
+        return None  # PAR needs part confidences
+    ref = rng.randrange(0, meta["num_frames"])
+    frames = decode_frames(sample["mp4"], list(range(start, start + W)) + [ref], cfg.image_size)
+    with np.load(io.BytesIO(sample["pose.npz"])) as z:
+        conf, present, boxes = z["part_confidences"][start : start + W], z["part_present"][start : start + W], z["part_boxes"][start : start + W]
+    # part boxes are in the normalised video's pixels; map them into the (cropped, resized) clip frame
+    crop = meta.get("crop_box")
+    x0, y0, side_w, side_h = (crop[0], crop[1], crop[2], crop[2]) if crop else (0, 0, meta["width"], meta["height"])
+    scale = np.array([cfg.image_size / side_w, cfg.image_size / side_h] * 2, np.float32)
+    b = (np.nan_to_num(boxes, nan=0.0) - np.array([x0, y0, x0, y0], np.float32)) * scale
+    masks = np.zeros((W, conf.shape[1], cfg.image_size, cfg.image_size), np.float32)
+    for t in range(W):
+        for p in range(conf.shape[1]):
+            if present[t, p]:
+                xa, ya, xb, yb = np.clip(np.round(b[t, p]).astype(int), 0, cfg.image_size)
+                masks[t, p, ya:yb, xa:xb] = 1.0
+    video = torch.from_numpy(frames[:W]).permute(0, 3, 1, 2).float() / 255.0
+    return {
+        "__key__": sample["__key__"],
+        "video": video,  # (W, 3, S, S) in [0, 1]
+        "reference": torch.from_numpy(frames[W]).permute(2, 0, 1).float() / 255.0,
+        "audio": audio,
+        "part_confidences": torch.from_numpy(conf.astype(np.float32)),
+        "part_present": torch.from_numpy(present.astype(bool)),
+        "part_masks": torch.from_numpy(masks),
+    }
