@@ -72,7 +72,7 @@ class ClipConfig(_Section):
     min_speech_ratio: float = Field(0.3, ge=0, le=1)
     min_face_sharpness: float = Field(15.0, ge=0, description="variance of the Laplacian of the face crop")
     crop: str = Field("full", pattern=r"^(full|upper_body|face)$", description="shard video: full frame, upper-body square (PAHA), face (FLAME)")
-    crop_size: int | None = Field(None, ge=16, description="side of a cropped clip in pixels (default: the crop's own size)")
+    crop_size: int | None = Field(None, ge=16, multiple_of=2, description="side of a cropped clip in pixels, even (default: the crop's own size)")
 
 
 class SpeechConfig(_Section):

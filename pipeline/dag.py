@@ -83,6 +83,11 @@ def _run_download(item: SourceItem, row: dict, cfg: Config, work: WorkDir, model
     if item.kind == "file":
         return download(item, "", opts).model_dump(mode="json")
     with work.local_dir("downloads", item.video_id) as dest:
+        # a finished file here belongs to an earlier attempt (maybe of another URL for this id);
+        # partial downloads (.part) stay so yt-dlp can continue them
+        for name in os.listdir(dest):
+            if not name.endswith((".part", ".ytdl")):
+                os.remove(os.path.join(dest, name))
         result = download(item, dest, opts)
     if not work.is_local:  # point at the uploaded copy
         result.media_path = work.path("downloads", item.video_id, result.media_path.rsplit("/", 1)[-1])
@@ -124,6 +129,8 @@ def _run_pose(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: A
     media = NormalizedMedia.model_validate_json(row["normalize"])
     with work.fetch(media.video_path) as v:
         arrays = extract_pose(models, v, media.width, media.height, media.fps, media.num_frames)
+    if len(arrays["part_confidences"]) != media.num_frames:
+        raise StageError("decode_failed", f"decoded {len(arrays['part_confidences'])} of {media.num_frames} frames")
     pose_track(arrays)  # validate ranges and lengths before anything is written
     with work.local_dir("media", item.video_id) as out:
         _save_npz(os.path.join(out, "pose.npz"), arrays)
@@ -230,14 +237,18 @@ def _run_flame(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
     pose = _load_npz(work, json.loads(row["pose"])["path"])
     mesh = pose["face"][..., :2] * np.array([media.width, media.height], np.float32)
     ranges = [(round(c.start_s * media.fps), round(c.start_s * media.fps) + c.num_frames) for c in clips]
-    wanted = {t for a, b in ranges for t in range(a, b)}
-    frames: dict[int, np.ndarray] = {}
-    with work.fetch(media.video_path) as v:
-        for t, rgb in enumerate(read_frames(v, media.width, media.height)):
-            if t in wanted:
-                frames[t] = rgb.copy()
-    with work.local_dir("clips", item.video_id) as clip_dir:
+    if len(mesh) < max(b for _, b in ranges):
+        raise StageError("pose_mismatch", f"pose has {len(mesh)} frames, the clips need {max(b for _, b in ranges)}")
+    with work.fetch(media.video_path) as v, work.local_dir("clips", item.video_id) as clip_dir:
+        frames_iter = enumerate(read_frames(v, media.width, media.height))
+        # clips are in time order and do not overlap: hold one clip's frames at a time
         for clip, (a, b) in zip(clips, ranges):
+            frames: dict[int, np.ndarray] = {}
+            for t, rgb in frames_iter:
+                if t >= a:
+                    frames[t] = rgb.copy()
+                if t >= b - 1:
+                    break
             boxes = [face_crop_box(mesh[t], media.width, media.height) for t in range(a, b)]
             fit = fit_clip(models, [frames.get(t) if boxes[t - a] is not None else None for t in range(a, b)], boxes)
             _save_npz(os.path.join(clip_dir, f"{clip.key}.flame.npz"), fit)
@@ -291,10 +302,11 @@ _STAGE_FNS: dict[str, Callable[..., Any]] = {
 }
 
 
-#: Config sections each stage's output depends on (besides those of the stages before it).
-_STAGE_SECTIONS = {
-    "download": ("download",), "normalize": ("normalize",), "shots": ("shots",), "pose": ("pose",), "speech": ("speech",),
-    "clips": ("clips",), "flame": ("flame",),
+#: What each stage reads: its fingerprint covers these stages' fingerprints, and re-running a
+#: stage invalidates the stages that depend on it (and only those).
+STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "download": (), "normalize": ("download",), "shots": ("normalize",), "pose": ("normalize",), "speech": ("normalize",),
+    "clips": ("normalize", "shots", "pose", "speech"), "flame": ("clips", "pose"),
 }
 
 
@@ -307,18 +319,36 @@ _NOT_IN_OUTPUT = {
 }
 
 
-def stage_fingerprint(cfg: Config, stage: str) -> str:
-    """Hash of the config sections of ``stage`` and every stage before it: a ledger entry made
-    under another configuration (say, a different clip window) is redone, not reused."""
+def source_digest(item: SourceItem) -> str:
+    """What identifies the input itself: URI, metadata, and for local files their size and mtime."""
+    parts = [item.uri, json.dumps(item.metadata, sort_keys=True, default=str)]
+    if item.kind == "file" and os.path.exists(item.uri):
+        st = os.stat(item.uri)
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    return "|".join(parts)
+
+
+def stage_fingerprint(cfg: Config, stage: str, item: SourceItem | None = None) -> str:
+    """Hash of the source, this stage's config section and, recursively, those of the stages it
+    reads: a ledger entry made under another configuration or from another input is redone."""
     import hashlib
 
-    upto = STAGES[: STAGES.index(stage) + 1]
-    parts = {
-        sec: getattr(cfg, sec).model_dump(mode="json", exclude=_NOT_IN_OUTPUT.get(sec, set()))
-        for st in upto
-        for sec in _STAGE_SECTIONS[st]
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    def parts(st: str) -> dict:
+        section = getattr(cfg, st)
+        own = section.model_dump(mode="json", exclude=_NOT_IN_OUTPUT.get(st, set())) if section is not None else {}
+        return {"own": own, "deps": {d: parts(d) for d in STAGE_DEPS[st]}}
+
+    payload = {"stage": stage, "config": parts(stage), "source": source_digest(item) if item else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dependents(stage: str) -> list[str]:
+    """Every stage that (transitively) reads ``stage``'s output."""
+    out: list[str] = []
+    for st in STAGES:
+        if st != stage and any(d == stage or d in out for d in STAGE_DEPS[st]):
+            out.append(st)
+    return out
 
 
 def load_stage_models(stage: str, cfg: Config) -> Any:
@@ -356,25 +386,33 @@ class StageTask:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["failure"]:
             return row
+        item = SourceItem.model_validate_json(row["source"])
+        try:
+            return self._run(row, item)
+        except Exception as e:  # ledger or storage trouble: record it for this video, keep the run going
+            last = traceback.format_exception_only(type(e), e)[-1].strip()
+            row["failure"] = FailureRecord(
+                video_id=item.video_id, source_uri=item.uri, stage=self.stage, reason="internal_error", message=last[:500]
+            ).model_dump_json()
+            return row
+
+    def _run(self, row: dict[str, Any], item: SourceItem) -> dict[str, Any]:
         cfg = Config.model_validate_json(self.config_json)
         work = WorkDir(self.work_uri)
-        item = SourceItem.model_validate_json(row["source"])
         timings = json.loads(row["timings"])
         entry = ledger.read_entry(work, item.video_id, self.stage)
-        fingerprint = stage_fingerprint(cfg, self.stage)
-        if (
-            entry is not None
-            and entry.status == "ok"
-            and entry.fingerprint == fingerprint
-            and _outputs_exist(self.stage, entry.output, item, work)
-        ):
-            row[self.stage] = json.dumps(entry.output)
-            row["resumed"] = json.dumps(json.loads(row["resumed"]) + [self.stage])
-            return row
-        if entry is not None and entry.status == "failed" and not cfg.retry_failed:
-            row["failure"] = entry.failure.model_dump_json()
-            return row
-        ledger.clear_after(work, item.video_id, self.stage, STAGES)
+        fingerprint = stage_fingerprint(cfg, self.stage, item)
+        if entry is not None and entry.fingerprint == fingerprint:
+            if entry.status == "ok" and _outputs_exist(self.stage, entry.output, item, work):
+                row[self.stage] = json.dumps(entry.output)
+                row["resumed"] = json.dumps(json.loads(row["resumed"]) + [self.stage])
+                return row
+            if entry.status == "failed" and not cfg.retry_failed:
+                row["failure"] = entry.failure.model_dump_json()
+                return row
+        # This stage is about to (re)write its files: its own entry and its dependents' go first,
+        # so a crash from here on can never leave an entry describing overwritten outputs.
+        ledger.forget(work, item.video_id, [self.stage, *dependents(self.stage)])
         t0 = time.perf_counter()
         try:
             output = _STAGE_FNS[self.stage](item, row, cfg, work, self.models(cfg))
@@ -393,7 +431,7 @@ class StageTask:
             row["timings"] = json.dumps(timings)
             return row
         seconds = time.perf_counter() - t0
-        ledger.write_failed(work, failure, seconds)
+        ledger.write_failed(work, failure, seconds, fingerprint)
         timings[self.stage] = seconds
         row["timings"] = json.dumps(timings)
         row["failure"] = failure.model_dump_json()

@@ -39,14 +39,15 @@ def write_ok(work: WorkDir, video_id: str, stage: str, output, seconds: float, f
     work.write_text(entry.model_dump_json(), LEDGER_DIR, video_id, f"{stage}.json")
 
 
-def write_failed(work: WorkDir, failure: FailureRecord, seconds: float) -> None:
+def write_failed(work: WorkDir, failure: FailureRecord, seconds: float, fingerprint: str | None = None) -> None:
     entry = LedgerEntry(
-        video_id=failure.video_id, stage=failure.stage, status="failed", failure=failure, seconds=seconds, finished_at=now_iso()
+        video_id=failure.video_id, stage=failure.stage, status="failed", failure=failure, seconds=seconds, finished_at=now_iso(),
+        fingerprint=fingerprint,
     )
     work.write_text(entry.model_dump_json(), LEDGER_DIR, failure.video_id, f"{failure.stage}.json")
 
 
-def clear_after(work: WorkDir, video_id: str, stage: str, stages: tuple[str, ...]) -> None:
-    """Forget the entries of the stages after ``stage``: their inputs are about to change."""
-    for later in stages[stages.index(stage) + 1 :]:
-        work.remove(LEDGER_DIR, video_id, f"{later}.json")
+def forget(work: WorkDir, video_id: str, stages: list[str]) -> None:
+    """Remove the entries of ``stages``: their outputs are about to be rewritten or go stale."""
+    for stage in stages:
+        work.remove(LEDGER_DIR, video_id, f"{stage}.json")

@@ -17,7 +17,7 @@ from schemas import ClipRecord, FailureRecord, ManifestRow, NormalizedMedia, Run
 from .config import Config, dump_config
 from .dag import STAGES, build_plan, clips_of
 from .sink import MANIFEST, SHARDS_DIR, write_shards
-from .sources import read_sources
+from .sources import make_video_id, read_sources
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ def run_ingest(
     out_dir = WorkDir(out)
     work_uri = cfg.work_dir or out_dir.path("work")
     work = WorkDir(work_uri)
-    sources = read_sources(sources_path)
-    if not sources:
+    source_failures: list[FailureRecord] = []
+    sources = read_sources(sources_path, on_error=lambda uri, msg: source_failures.append(
+        FailureRecord(video_id=make_video_id(uri), source_uri=uri, stage="sources", reason="playlist_expansion_failed", message=msg)))
+    if not sources and not source_failures:
         raise ValueError(f"{sources_path}: no sources")
     preflight(cfg)
     out_dir.write_text(dump_config(cfg), CONFIG)
@@ -92,7 +94,11 @@ def run_ingest(
 
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    # One block per video: a worker that dies (out of memory, a segfault in a native library)
+    # loses that video's block, not the run. Missing videos are reported as failures below.
+    ctx.max_errored_blocks = len(sources)
     ds = build_plan(sources, cfg, work.uri)
     clips: list[ClipRecord] = []
     failures: list[FailureRecord] = []
@@ -100,6 +106,7 @@ def run_ingest(
     stage_videos: Counter = Counter()
     source_s = 0.0
     resumed = 0
+    seen_ok: set[str] = set()
     reject_counts: Counter = Counter()
     reject_seconds: dict[str, float] = defaultdict(float)
     for done, row in enumerate(ds.iter_rows(), 1):
@@ -113,6 +120,7 @@ def run_ingest(
             failures.append(f)
             say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
             continue
+        seen_ok.add(row["video_id"])
         got, rejects, rejected_s = clips_of(row)
         clips.extend(got)
         reject_counts.update(rejects)
@@ -122,6 +130,13 @@ def run_ingest(
         resumed += was_resumed
         say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips" + (" (from ledger)" if was_resumed else ""))
 
+    returned = {c.video_id for c in clips} | {f.video_id for f in failures} | seen_ok
+    for item in sources:
+        if item.video_id not in returned:
+            failures.append(FailureRecord(video_id=item.video_id, source_uri=item.uri, stage="worker", reason="worker_crashed",
+                                          message="the Ray worker processing this video died; see the Ray logs (re-run to retry)"))
+            say(f"{item.video_id}: FAILED (worker crashed)")
+    failures.extend(source_failures)
     say(f"writing shards for {len(clips)} clips ...")
     t_sink = time.perf_counter()
     s = cfg.shards
@@ -132,8 +147,8 @@ def run_ingest(
     out_dir.write_text("".join(f.to_json() + "\n" for f in failures), FAILURES)
 
     stats = RunStats(
-        videos_in=len(sources),
-        videos_ok=len(sources) - len(failures),
+        videos_in=len(sources) + len(source_failures),
+        videos_ok=len(sources) + len(source_failures) - len(failures),
         videos_failed=len(failures),
         videos_resumed=resumed,
         source_hours=source_s / 3600,

@@ -19,7 +19,7 @@ from schemas import ClipRecord, ManifestRow
 
 from .workdir import WorkDir
 
-SHARDS_DIR, MANIFEST = "shards", "manifest.jsonl"
+SHARDS_DIR, MANIFEST, DIGEST = "shards", "manifest.jsonl", "manifest.digest"
 
 
 def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
@@ -39,13 +39,26 @@ def read_manifest(out: WorkDir) -> list[ManifestRow]:
     return [ManifestRow.model_validate_json(line) for line in out.read_text(MANIFEST).splitlines() if line.strip()]
 
 
-def _up_to_date(clips: list[ClipRecord], out: WorkDir) -> list[ManifestRow] | None:
-    """The existing manifest when it already covers exactly these clips and its shards are all there."""
+def content_digest(clips: list[ClipRecord], work: WorkDir, max_count: int, max_size_mb: float, prefix: str) -> str:
+    """What the shards would be built from: the shard settings, every clip record, and the size and
+    modification time of every member file (a re-cut clip has a new mtime even under the same key)."""
+    h = hashlib.sha256(json.dumps([max_count, max_size_mb, prefix]).encode())
+    for clip in clips:
+        h.update(clip.model_dump_json().encode())
+        for suffix in clip.members:
+            if suffix != "json":
+                info = work.fs.info(work.path("clips", clip.video_id, f"{clip.key}.{suffix}"))
+                h.update(f"{suffix}:{info.get('size')}:{info.get('mtime', info.get('LastModified', ''))}".encode())
+    return h.hexdigest()
+
+
+def _up_to_date(digest: str, out: WorkDir) -> list[ManifestRow] | None:
+    """The existing manifest when it was built from exactly this content and its shards are all there."""
     try:
+        if not out.exists(DIGEST) or out.read_text(DIGEST).strip() != digest or not out.exists(MANIFEST):
+            return None
         rows = read_manifest(out)
     except (ValueError, OSError):
-        return None
-    if [r.key for r in rows] != [c.key for c in clips]:
         return None
     if not all(out.exists(SHARDS_DIR, name) for name in {r.shard for r in rows}):
         return None
@@ -55,10 +68,12 @@ def _up_to_date(clips: list[ClipRecord], out: WorkDir) -> list[ManifestRow] | No
 def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count: int, max_size_mb: float, prefix: str) -> tuple[list[ManifestRow], bool]:
     """Write all ``clips`` into shards under ``out/shards`` and the manifest; returns (rows, rewritten).
 
-    Nothing is rewritten when the manifest already lists exactly these keys and its shards exist.
+    Nothing is rewritten when ``manifest.digest`` says the shards were built from exactly this
+    content (same clip records, same member files, same shard settings) and they all exist.
     """
     clips = sorted(clips, key=lambda c: c.key)
-    current = _up_to_date(clips, out)
+    digest = content_digest(clips, work, max_count, max_size_mb, prefix)
+    current = _up_to_date(digest, out)
     if current is not None:
         return current, False
     staging = tempfile.mkdtemp(prefix="cnas-shards-")
@@ -80,9 +95,11 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
                         member_sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
                     )
                 )
-        out.remove(MANIFEST)  # a crash during the swap then leaves no stale manifest behind
+        out.remove(DIGEST)  # a crash during the swap then leaves nothing that claims to be current
+        out.remove(MANIFEST)
         _swap_in(staging, out)
         out.write_text("".join(r.model_dump_json() + "\n" for r in rows), MANIFEST)
+        out.write_text(digest + "\n", DIGEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return rows, True

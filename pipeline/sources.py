@@ -100,12 +100,14 @@ def _location(row: dict[str, Any], where: str) -> str:
 def read_sources(
     path: str | Path,
     expand_playlist: Callable[[str], list[dict[str, Any]]] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
 ) -> list[SourceItem]:
     """Parse ``path`` into source items, expanding playlists; duplicates (same id and URI) are dropped.
 
     ``expand_playlist(url)`` returns entries ``{"url", "id"?, "title"?}``; it defaults to yt-dlp flat
     extraction. Raises ``ValueError`` with the file and line for malformed rows and for two
-    different locations claiming the same id.
+    different locations claiming the same id. A playlist that cannot be expanded is passed to
+    ``on_error(url, message)`` when given (the run goes on), else raised.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,8 +120,19 @@ def read_sources(
         metadata = {k: v for k, v in row.items() if k not in (*_LOCATION_KEYS, "id", "expand") and v not in (None, "")}
         wants_expand = str(row.get("expand", "")).lower() in _TRUE
         if is_url(location) and not location.startswith("file://") and (wants_expand or _PLAYLIST_HINTS.search(location)):
-            for entry in expand(location):
+            try:
+                entries = expand(location)
+            except Exception as e:  # network trouble, extractor changes: one bad playlist, not a failed run
+                if on_error is None:
+                    raise
+                on_error(location, f"{type(e).__name__}: {str(e)[:300]}")
+                continue
+            for entry in entries:
                 entry_uri = entry["url"]
+                if not re.match(r"^https?://", entry_uri):
+                    # a remote feed must not pull local files (file://) into the dataset
+                    log.warning("%s: playlist entry %s skipped (only http(s) entries are followed)", where, entry_uri)
+                    continue
                 vid = make_video_id(entry_uri, _entry_id(entry))
                 meta = dict(metadata)
                 if entry.get("title"):

@@ -67,7 +67,7 @@ class PoseModels:
 def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8 of a video, decoded by ffmpeg one at a time (bounded memory)."""
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # an undrained stderr pipe can block ffmpeg
     size = width * height * 3
     try:
         while True:
@@ -153,7 +153,10 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
     T = len(raw)
     analysed = np.array([r is not None for r in raw])
     idx = np.flatnonzero(analysed)
-    nearest = idx[np.abs(np.arange(T)[:, None] - idx[None, :]).argmin(axis=1)]
+    # nearest analysed frame of every frame (O(T log n); a T x n distance matrix would not fit for hours of video)
+    j = np.clip(np.searchsorted(idx, np.arange(T)), 1, max(len(idx) - 1, 1))
+    left, right = idx[np.maximum(j - 1, 0)], idx[np.minimum(j, len(idx) - 1)]
+    nearest = np.where(np.arange(T) - left <= right - np.arange(T), left, right)
     arrays: dict[str, np.ndarray] = {}
     for key in ("body", "body_visibility", "face", "left_hand", "right_hand"):
         stack = np.stack([raw[i][key] for i in idx])

@@ -50,11 +50,13 @@ def speech_turns(t: Transcript | None, num_frames: int, fps: float, opts: Select
             turns[-1][1] = max(turns[-1][1], b)
         else:
             turns.append([a, b])
-    out = []
+    out: list[tuple[int, int]] = []
     for a, b in turns:
         f0 = max(0, int(np.floor((a - opts.turn_pad_s) * fps)))
         f1 = min(num_frames, int(np.ceil((b + opts.turn_pad_s) * fps)))
-        if f1 > f0:
+        if out and f0 <= out[-1][1]:  # padding made two turns touch: one turn (clips never share frames)
+            out[-1] = (out[-1][0], max(out[-1][1], f1))
+        elif f1 > f0:
             out.append((f0, f1))
     return out
 
@@ -112,6 +114,12 @@ def select_clips(
                 sel.rejected_s["too_short"] += n / fps
                 continue
             parts = int(np.ceil(n / max_f))
+            if n / parts < min_f:  # equal parts would be too short: max-length clips, the rest rejected
+                parts -= 1
+                rest = n - parts * max_f
+                sel.rejects["too_short"] += 1
+                sel.rejected_s["too_short"] += rest / fps
+                y = x + parts * max_f
             edges = np.linspace(x, y, parts + 1).round().astype(int)
             for f0, f1 in zip(edges, edges[1:]):
                 why = quality_reject(f0, f1, height, transcript, pose, fps, opts)

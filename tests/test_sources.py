@@ -62,3 +62,19 @@ def test_playlist_rows_are_expanded(tmp_path):
     assert calls == ["https://www.youtube.com/playlist?list=PL123"]
     assert sorted(i.video_id for i in items) == ["BBB", "Youtube_AAA"]
     assert all(i.origin == calls[0] and i.metadata["channel"] == "CCTV" for i in items)
+
+
+def test_a_failing_playlist_is_reported_not_fatal_and_feeds_cannot_pull_local_files(tmp_path):
+    (tmp_path / "s.csv").write_text("url\nhttps://example.org/feed.rss\nhttps://example.org/playlist?list=B\nhttps://example.org/a.mp4\n")
+
+    def expand(url):
+        if url.endswith(".rss"):
+            raise ConnectionError("no route to host")
+        return [{"url": "file:///etc/passwd", "id": "x"}, {"url": "https://example.org/b.mp4", "id": "b"}]
+
+    errors = []
+    items = read_sources(tmp_path / "s.csv", expand_playlist=expand, on_error=lambda u, m: errors.append((u, m)))
+    assert errors == [("https://example.org/feed.rss", "ConnectionError: no route to host")]
+    assert sorted(i.uri for i in items) == ["https://example.org/a.mp4", "https://example.org/b.mp4"]
+    with pytest.raises(ConnectionError):
+        read_sources(tmp_path / "s.csv", expand_playlist=expand)

@@ -146,3 +146,24 @@ def test_selection_filters_count_every_rejection():
     sel = select_clips(n, fps, 480, h, None, t, hidden, opts)
     assert sel.rejects["off_screen_speaker"] == 1 and sel.rejected_s["off_screen_speaker"] == pytest.approx(2.0)
     assert all(f + c <= 100 or f >= 150 for f, c in sel.windows)
+
+
+def test_selection_never_makes_clips_shorter_than_the_minimum_or_sharing_frames():
+    n, fps = 300, 25.0
+    t = _transcript("v", n / fps, [(0.0, 10.04)])
+    sel = select_clips(n, fps, 480, 480, None, t, None, SelectOptions(min_clip_s=6, max_clip_s=10))
+    assert [c for _, c in sel.windows] == [250] and sel.rejects["too_short"] == 1
+    # turns closer than twice the padding merge instead of overlapping
+    t2 = _transcript("v", n / fps, [(0.0, 3.0), (3.5, 7.0)])
+    sel = select_clips(n, fps, 480, 480, None, t2, None, SelectOptions(min_clip_s=1, max_clip_s=4, turn_gap_s=0.1, turn_pad_s=0.4))
+    frames = [f for f0, c in sel.windows for f in range(f0, f0 + c)]
+    assert len(frames) == len(set(frames))
+
+
+def test_odd_crop_size_is_refused():
+    from pydantic import ValidationError
+
+    from pipeline.config import load_config
+
+    with pytest.raises(ValidationError, match="multiple of 2"):
+        load_config(None, ["clips.crop_size=255"])

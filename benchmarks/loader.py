@@ -1,0 +1,59 @@
+"""Training loader throughput: decoded samples per second for each view (raw, facial, paha) on
+shards from a real run (pose + FLAME on files built in the official layouts, random weights).
+
+    .venv/bin/python benchmarks/loader.py [--videos 4] [--workers 0 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from model_builders import build_flame_files  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
+from pipeline.runner import run_ingest  # noqa: E402
+from trainers.data import LoaderConfig, make_loader  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the shards per measurement")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="cnas-loader-")
+    assets = build_flame_files(os.path.join(d, "assets"))
+    lines = ["path,id,emotion"]
+    for i in range(args.videos):
+        v = DEMO_VIDEOS[i % 2]  # the astronaut videos: a face in every frame
+        path = os.path.join(d, f"{v.name}.mp4")
+        if not os.path.exists(path):
+            make_talking_video(path, v)
+        lines.append(f"{path},bench{i},happy")
+    with open(os.path.join(d, "s.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["speech.enabled=false", "normalize.max_height=480", "clips.max_clip_s=4"]
+    result = run_ingest(os.path.join(d, "s.csv"), os.path.join(d, "run"), load_config(None, sets), echo=lambda m: None)
+    shards = sorted(os.path.join(d, "run", "shards", s) for s in os.listdir(os.path.join(d, "run", "shards")))
+    print(f"{result.stats.clips} clips in {len(shards)} shards (480x480 clips, 25 fps)")
+    print("| view | workers | samples/s |")
+    print("|---|---|---|")
+    for view, kw in (("raw", {}), ("facial", {"window_frames": 50}), ("paha", {"window_frames": 16, "image_size": 256})):
+        for workers in args.workers:
+            cfg = LoaderConfig(urls=shards, view=view, num_workers=workers, epoch_samples=None, **kw)
+            n, t = 0, time.perf_counter()
+            for _ in range(args.repeats):
+                n += sum(1 for _ in make_loader(cfg))
+            dt = time.perf_counter() - t
+            print(f"| {view} | {workers} | {n / dt:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
