@@ -120,11 +120,3 @@ def _swap_in(staging: str, out: WorkDir) -> None:
     else:
         out.remove(SHARDS_DIR)
         out.fs.put(staging.rstrip("/") + "/", out.path(SHARDS_DIR), recursive=True)
-
-
-def manifest_digest(rows: list[ManifestRow]) -> str:
-    """sha256 over the manifest lines: two runs with equal digests wrote identical samples."""
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps(r.model_dump(mode="json"), sort_keys=True).encode())
-    return h.hexdigest()

