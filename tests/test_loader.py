@@ -73,6 +73,11 @@ def test_facial_and_paha_views(view_shards):
     assert paha["audio"].shape == (6400,)
     batch = next(iter(make_loader(LoaderConfig(urls=view_shards, view="facial", window_frames=25, batch_size=1))))
     assert batch["motion"].shape == (1, 25, 53)
+    # resampling: 12.5 fps windows from 25 fps clips take every other frame; audio at 8 kHz
+    full = next(iter(make_loader(LoaderConfig(urls=view_shards, view="facial", window_frames=50, random_window=False))))
+    half = next(iter(make_loader(LoaderConfig(urls=view_shards, view="facial", window_frames=25, fps=12.5,
+                                              sample_rate_hz=8000, random_window=False))))
+    assert torch.equal(half["motion"], full["motion"][::2]) and half["audio"].shape == (16000,)
 
 
 def test_huggingface_datasets_loads_the_shards(view_shards):

@@ -8,6 +8,8 @@
   shards). ``epoch_samples`` fixes the epoch length per worker instead (shards repeat as needed).
 * Shuffling is deterministic: shard order from (seed, epoch), a sample buffer seeded by
   (seed, epoch, rank).
+* ``fps`` and ``sample_rate_hz`` are what the model wants: clips at another frame rate are
+  resampled by frame index, audio by polyphase filtering.
 * Resuming mid-epoch: ``make_loader(cfg, epoch, skip=n)`` drops the first ``n`` samples the
   DataLoader would have yielded in that epoch (same seed → same order), see ``LoaderState``.
 
@@ -144,16 +146,19 @@ def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any]) -> dict
     rng = random.Random(_seed(cfg.seed, epoch, key))
     if cfg.view == "raw":
         return {"__key__": key, "json": meta, **{k: v for k, v in sample.items() if k in ("mp4", "wav", "pose.npz", "flame.npz")}}
-    T = meta["num_frames"]
-    W = min(cfg.window_frames, T)
-    if T < cfg.window_frames:
+    # the window is counted in frames at cfg.fps; clips at another rate are resampled by index
+    src_fps, T = float(meta["fps"]), meta["num_frames"]
+    W = cfg.window_frames
+    available = int(np.floor(T / src_fps * cfg.fps + 1e-6))
+    if available < W:
         return None
-    start = rng.randrange(0, T - W + 1) if cfg.random_window else 0
+    start = rng.randrange(0, available - W + 1) if cfg.random_window else 0
+    idx = np.minimum(np.floor((start + np.arange(W)) * src_fps / cfg.fps + 1e-6).astype(int), T - 1)
     audio = _audio_window(sample["wav"], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
     if cfg.view == "facial":
-        return facial_view(meta, sample, start, W, audio, cfg)
+        return facial_view(meta, sample, idx, audio, cfg)
     if cfg.view == "paha":
-        return paha_view(meta, sample, start, W, audio, cfg, rng)
+        return paha_view(meta, sample, idx, audio, cfg, rng)
     raise ValueError(f"unknown view {cfg.view!r}")
 
 
@@ -162,8 +167,13 @@ def _audio_window(wav: bytes, start_s: float, length_s: float, sr: int):
     import torch
 
     audio, file_sr = sf.read(io.BytesIO(wav), dtype="float32")
-    if file_sr != sr:
-        raise ValueError(f"audio at {file_sr} Hz, the loader expects {sr} Hz")
+    if file_sr != sr:  # polyphase resampling to the rate the model expects
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(int(file_sr), int(sr))
+        audio = resample_poly(audio, sr // g, int(file_sr) // g).astype(np.float32)
     s0, n = round(start_s * sr), round(length_s * sr)
     out = np.zeros(n, np.float32)
     chunk = audio[s0 : s0 + n]
@@ -179,13 +189,13 @@ def emotion_of(meta: dict, default: str) -> tuple[str, int, str]:
     return label, intensity, text
 
 
-def facial_view(meta, sample, start, W, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
+def facial_view(meta, sample, idx: np.ndarray, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
     import torch
 
     if "flame.npz" not in sample:
         return None  # the facial model needs FLAME parameters
     with np.load(io.BytesIO(sample["flame.npz"])) as z:
-        exp, pose, valid = z["exp"][start : start + W], z["pose"][start : start + W], z["valid"][start : start + W]
+        exp, pose, valid = z["exp"][idx], z["pose"][idx], z["valid"][idx]
     label, intensity, text = emotion_of(meta, cfg.default_emotion)
     return {
         "__key__": sample["__key__"],
@@ -215,15 +225,16 @@ def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
     return np.stack([got[i] for i in indices])
 
 
-def paha_view(meta, sample, start, W, audio, cfg: LoaderConfig, rng: random.Random) -> dict[str, Any] | None:
+def paha_view(meta, sample, idx: np.ndarray, audio, cfg: LoaderConfig, rng: random.Random) -> dict[str, Any] | None:
     import torch
 
     if "pose.npz" not in sample:
         return None  # PAR needs part confidences
+    W = len(idx)
     ref = rng.randrange(0, meta["num_frames"])
-    frames = decode_frames(sample["mp4"], list(range(start, start + W)) + [ref], cfg.image_size)
+    frames = decode_frames(sample["mp4"], idx.tolist() + [ref], cfg.image_size)
     with np.load(io.BytesIO(sample["pose.npz"])) as z:
-        conf, present, boxes = z["part_confidences"][start : start + W], z["part_present"][start : start + W], z["part_boxes"][start : start + W]
+        conf, present, boxes = z["part_confidences"][idx], z["part_present"][idx], z["part_boxes"][idx]
     # part boxes are in the normalised video's pixels; map them into the (cropped, resized) clip frame
     crop = meta.get("crop_box")
     x0, y0, side_w, side_h = (crop[0], crop[1], crop[2], crop[2]) if crop else (0, 0, meta["width"], meta["height"])
