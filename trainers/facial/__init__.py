@@ -1,0 +1,1 @@
+"""Trainer 1: FLAME-space expressive facial animation (emotion binding + latent diffusion)."""
