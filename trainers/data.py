@@ -49,6 +49,7 @@ class LoaderConfig:
     epoch_samples: int | None = None  # per worker; None: one pass over the worker's shards
     random_window: bool = True
     default_emotion: str = "neutral"
+    min_valid_frames: float = 0.0  # facial view: drop windows where a smaller share of frames has a FLAME fit
     batch_size: int | None = None
     num_workers: int = 0
 
@@ -196,6 +197,8 @@ def facial_view(meta, sample, idx: np.ndarray, audio, cfg: LoaderConfig) -> dict
         return None  # the facial model needs FLAME parameters
     with np.load(io.BytesIO(sample["flame.npz"])) as z:
         exp, pose, valid = z["exp"][idx], z["pose"][idx], z["valid"][idx]
+    if valid.mean() < cfg.min_valid_frames:
+        return None
     label, intensity, text = emotion_of(meta, cfg.default_emotion)
     return {
         "__key__": sample["__key__"],

@@ -49,28 +49,65 @@ class MotionEncoder(nn.Module):
         return self.proj(h)
 
 
-class AudioEncoder(nn.Module):
-    """16 kHz waveform (B, S) → (B, D) via a log-mel-like spectrogram and convolutions. Also gives
-    per-frame features (B, T, H) at the motion frame rate for the denoiser's cross-attention."""
+class Spectrogram(nn.Module):
+    """16 kHz waveform (B, S) → log-magnitude STFT frames (B, T, n_fft/2+1), one per motion frame.
+    The built-in audio front end of the ``tiny`` config (no parameters)."""
 
-    def __init__(self, dim: int = 64, hidden: int = 128, n_fft: int = 640, fps: float = 25.0, sample_rate: int = 16000):
+    def __init__(self, n_fft: int = 640, fps: float = 25.0, sample_rate: int = 16000):
         super().__init__()
-        self.hop = int(sample_rate / fps)  # one spectrogram frame per motion frame
-        self.n_fft = n_fft
+        self.hop, self.n_fft = int(sample_rate / fps), n_fft
+        self.out_dim = n_fft // 2 + 1
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        n_bins = n_fft // 2 + 1
-        self.frames = nn.Sequential(nn.Conv1d(n_bins, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU())
-        self.proj = nn.Linear(hidden, dim)
+
+    def forward(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
+        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, return_complex=True).abs()
+        return F.interpolate(torch.log1p(spec), size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
+
+
+class PretrainedSpeechEncoder(nn.Module):
+    """A Hugging Face speech model saved on disk (wav2vec 2.0, HuBERT, WavLM …), loaded by path:
+    waveform → hidden states of ``layer`` (default: last), interpolated to one frame per motion
+    frame. Frozen by default (as FaceFormer/EMOTE use wav2vec 2.0 features)."""
+
+    def __init__(self, path: str, layer: int | None = None, freeze: bool = True):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(path)
+        self.layer, self.freeze = layer, freeze
+        self.out_dim = self.model.config.hidden_size
+        if freeze:
+            self.model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):  # a frozen backbone stays in eval mode (no dropout)
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
+        wave = (wave - wave.mean(-1, keepdim=True)) / (wave.std(-1, keepdim=True) + 1e-7)
+        with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
+            out = self.model(wave, output_hidden_states=self.layer is not None)
+        h = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
+        return F.interpolate(h.transpose(1, 2), size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
+
+
+class AudioFrameEncoder(nn.Module):
+    """Audio front-end features (B, T, F) → trainable per-frame features (B, T, H); called, the
+    mean-pooled projection (B, D) (``dim=None``: per-frame features only, no projection head)."""
+
+    def __init__(self, in_dim: int, hidden: int = 128, dim: int | None = 64):
+        super().__init__()
+        self.frames = nn.Sequential(nn.Conv1d(in_dim, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU())
+        self.proj = nn.Linear(hidden, dim) if dim else None
         self.hidden = hidden
 
-    def frame_features(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
-        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs()
-        feats = self.frames(torch.log1p(spec))  # (B, H, frames)
-        return F.interpolate(feats, size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
+    def frame_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.frames(feats.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        n = max(1, wave.shape[-1] // self.hop)
-        return self.proj(self.frame_features(wave, n).mean(dim=1))
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.frame_features(feats).mean(dim=1))
 
 
 class TextEncoder(nn.Module):
@@ -94,6 +131,36 @@ class TextEncoder(nn.Module):
     def forward(self, texts: list[str]) -> torch.Tensor:
         ids, offsets = self.tokens(texts)
         return self.proj(self.emb(ids.to(self.proj.weight.device), offsets.to(self.proj.weight.device)))
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A Hugging Face text encoder saved on disk (e.g. a sentence-transformers BERT/RoBERTa), loaded by
+    path with its tokenizer: mean-pooled last hidden states → projection head (B, D)."""
+
+    def __init__(self, path: str, dim: int = 64, freeze: bool = True):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path)
+        self.freeze = freeze
+        if freeze:
+            self.model.requires_grad_(False).eval()
+        self.proj = nn.Sequential(nn.Linear(self.model.config.hidden_size, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        device = self.proj[0].weight.device
+        tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+        with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
+            h = self.model(**tok).last_hidden_state
+        mask = tok["attention_mask"][..., None].to(h.dtype)
+        return self.proj((h * mask).sum(1) / mask.sum(1).clamp(min=1))
 
 
 class LabelEncoder(nn.Module):
