@@ -123,6 +123,15 @@ def cmd_sources(args) -> int:
     return EXIT_OK
 
 
+def cmd_adapt_mead(args) -> int:
+    from .adapters import write_mead_sources
+
+    views = tuple(v for v in args.view.split(",") if v) if args.view != "all" else ()
+    written, skipped = write_mead_sources(args.root, args.out, views, args.language)
+    print(f"wrote {args.out}: {written} MEAD clips" + (f"; {skipped} videos skipped (not MEAD's path layout)" if skipped else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnas", description="CNAS toolkit: videos -> WebDataset shards -> models")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -166,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sources", help="show the source items (ids, kinds, metadata) a sources file resolves to")
     p.add_argument("sources")
     p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser("adapt", help="write a sources csv for a labelled corpus on disk")
+    adapt_sub = p.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+    a = adapt_sub.add_parser("mead", help="MEAD: emotion and intensity from <speaker>/video/<view>/<emotion>/level_<n>/")
+    a.add_argument("root", help="MEAD root folder (the one holding M003/, W009/ ...)")
+    a.add_argument("--out", required=True, help="sources csv to write")
+    a.add_argument("--view", default="front", help="camera views, comma-separated, or 'all' (default: front)")
+    a.add_argument("--language", default="en")
+    a.set_defaults(func=cmd_adapt_mead)
+
+    from trainers.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -102,3 +102,23 @@ def build_flame_files(out_dir: str, n_vertices: int = 160, seed: int = 0) -> dic
     torch.manual_seed(seed)
     torch.save({"E_flame": build_deca_encoder().state_dict(), "E_detail": {}, "D_detail": {}}, os.path.join(out_dir, "deca_model.tar"))
     return {k: os.path.join(out_dir, f) for k, f in (("flame_model", "generic_model.pkl"), ("landmark_embedding", "landmark_embedding.npy"), ("deca_checkpoint", "deca_model.tar"))}
+
+
+def build_tiny_text_encoder(out_dir: str, seed: int = 0) -> str:
+    """A random BERT with a word-piece tokenizer over a small English vocabulary, saved like a hub
+    checkpoint (the production format of a sentence encoder such as a sentence-transformers BERT)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "face", "very", "slightly", "clearly",
+             "angry", "happy", "sad", "neutral", "surprised", "fear", "disgusted", "contempt", "person", "speaking"]
+    vocab = os.path.join(out_dir, "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(words + list(string.ascii_lowercase)) + "\n")
+    BertTokenizer(vocab).save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(words) + 26, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(out_dir)
+    return out_dir

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.facial.binding import AudioEncoder, LabelEncoder, MotionEncoder, TextEncoder, binding_loss, info_nce, recall_at_k
+from trainers.facial.binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, Spectrogram, TextEncoder, binding_loss, info_nce,
+                                     recall_at_k)
 from trainers.facial.diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, sample
 
 
@@ -39,11 +40,12 @@ def test_encoders_shapes_and_binding_loss():
     motion = torch.randn(B, 50, 53)
     wave = torch.randn(B, 32000)
     m = MotionEncoder(dim=16)(motion)
-    a_enc = AudioEncoder(dim=16)
-    assert a_enc(wave).shape == (B, 16) and a_enc.frame_features(wave, 50).shape == (B, 50, 128)
+    spec = Spectrogram()(wave, 50)
+    a_enc = AudioFrameEncoder(spec.shape[-1], dim=16)
+    assert spec.shape == (B, 50, 321) and a_enc(spec).shape == (B, 16) and a_enc.frame_features(spec).shape == (B, 50, 128)
     t = TextEncoder(dim=16)(["a very angry face", "a slightly happy face", "neutral", ""])
     l = LabelEncoder(dim=16)(torch.tensor([0, 3, 1, 2]), torch.tensor([1, 2, 3, 1]))
-    total, terms = binding_loss(m, {"text": t, "label": l, "audio": a_enc(wave)})
+    total, terms = binding_loss(m, {"text": t, "label": l, "audio": a_enc(spec)})
     assert m.shape == t.shape == l.shape == (B, 16) and set(terms) == {"text", "label", "audio"} and total.item() > 0
     te = TextEncoder(dim=16)
     assert torch.equal(te(["angry"]), te(["angry"]))

@@ -45,21 +45,6 @@ def test_fixed_epoch_length_and_deterministic_shuffle_and_resume(toy_shards, mon
     assert _keys(cfg, monkeypatch, 0, 1, epoch=0, skip=4) == a[4:]  # resume mid-epoch
 
 
-@pytest.fixture(scope="module")
-def view_shards(tmp_path_factory, media_dir, ray_session):
-    """A real run with pose and FLAME (on built assets) so both model views have their members."""
-    from model_builders import build_flame_files
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
-
-    d = tmp_path_factory.mktemp("views")
-    assets = build_flame_files(str(d / "assets"))
-    (d / "s.csv").write_text(f"path,id,emotion,emotion_intensity\n{media_dir / 'zh_a.mp4'},zh_a,happy,2\n")
-    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240"]
-    run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
-    return sorted(str(p) for p in (d / "run" / "shards").glob("*.tar"))
-
-
 def test_facial_and_paha_views(view_shards):
     facial = next(iter(make_loader(LoaderConfig(urls=view_shards, view="facial", window_frames=25))))
     assert facial["motion"].shape == (25, 53) and facial["audio"].shape == (16000,) and facial["valid"].dtype == torch.bool

@@ -113,8 +113,11 @@ def make_loader(cfg: LoaderConfig, epoch: int = 0, skip: int = 0):
     """A ``torch.utils.data.DataLoader`` over ``build_dataset``; ``skip`` resumes mid-epoch."""
     import torch
 
+    # a generator of its own: creating an iterator draws a base seed, which must not consume the
+    # global RNG (a resumed run creates iterators at other points than an uninterrupted one)
+    generator = torch.Generator().manual_seed(_seed(cfg.seed, epoch, "loader") % 2**63)
     loader = torch.utils.data.DataLoader(build_dataset(cfg, epoch), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         collate_fn=None if cfg.batch_size else _identity)
+                                         collate_fn=None if cfg.batch_size else _identity, generator=generator)
     if skip:
         return _Skipping(loader, skip)
     return loader

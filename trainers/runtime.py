@@ -12,6 +12,7 @@ Ray Train every worker reports its own files and Ray merges them into one folder
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ def load_preset_config(model_cls, presets: dict[str, dict], config: str | None, 
     point); overrides go last."""
     data: dict[str, Any] = {}
     if config in presets:
-        data = {"preset": config, **presets[config]}
+        data = {"preset": config, **copy.deepcopy(presets[config])}  # overrides must not edit the preset
     elif config:
         loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
@@ -50,7 +51,7 @@ def load_preset_config(model_cls, presets: dict[str, dict], config: str | None, 
         name = loaded.get("preset")
         if name is not None and name not in presets:
             raise ValueError(f"{config}: unknown preset {name!r} (known: {', '.join(presets)})")
-        data = _merge(presets.get(name, {}), loaded)
+        data = _merge(copy.deepcopy(presets.get(name, {})), loaded)
     return model_cls.model_validate(apply_overrides(data, overrides or []))
 
 

@@ -1,0 +1,261 @@
+"""Trainer 1 end to end on CPU: configs, in-process and Ray Train training, kill → resume, sampling,
+mesh preview, metrics, pretrained backbones by path, the MEAD adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facial_data import write_facial_shards
+from trainers.facial import metrics as M
+from trainers.facial.config import load_facial_config
+from trainers.facial.train import run_training
+
+CNAS = [sys.executable, "-m", "pipeline.cli"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_facial_shards(tmp_path_factory.mktemp("facial") / "shards", clips=16, frames=50)
+
+
+def _tiny(shards, storage, *extra):
+    return load_facial_config("tiny", [f"data.urls={json.dumps(shards)}", "run.use_ray=false",
+                                       f"run.storage_path={storage}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    """A tiny model trained in-process: 30 binding + 60 diffusion steps (a few seconds)."""
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = _tiny(shards, storage, "train.binding_steps=30", "train.diffusion_steps=60", "train.checkpoint_every=30")
+    metrics = run_training(cfg)
+    return storage / cfg.run.name, metrics
+
+
+def test_presets_and_config_errors(tmp_path):
+    tiny, base = load_facial_config("tiny"), load_facial_config("base")
+    assert tiny.model.dim < base.model.dim and base.run.use_gpu and not tiny.run.use_gpu
+    y = tmp_path / "c.yaml"
+    y.write_text("preset: tiny\ntrain:\n  lr: 0.5\n")
+    c = load_facial_config(str(y), ["model.layers=3"])
+    assert c.train.lr == 0.5 and c.model.layers == 3 and c.model.dim == tiny.model.dim
+    with pytest.raises(ValueError, match="must be even"):
+        load_facial_config("tiny", ["data.window_frames=25"])
+    y.write_text("preset: huge\n")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        load_facial_config(str(y))
+    with pytest.raises(ValueError, match="data.urls is not set"):
+        run_training(load_facial_config("tiny", ["run.use_ray=false", f"run.storage_path={tmp_path}"]))
+
+
+def test_in_process_training_writes_checkpoints_and_logs(trained):
+    run_dir, metrics = trained
+    assert metrics["step"] == 90 and metrics["phase"] == 2
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert steps == ["step_00000030", "step_00000060", "step_00000090"]
+    assert {p.name for p in (run_dir / "checkpoints" / "step_00000090").iterdir()} == {"model.pt", "rank_0.pt"}
+    rows = [json.loads(line) for line in (run_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+    assert any("binding/r1_motion_label" in r for r in rows) and any("diffusion/loss" in r for r in rows)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    diff = [r["diffusion/loss"] for r in rows if "diffusion/loss" in r]
+    assert np.mean(diff[-3:]) < np.mean(diff[:3])  # the denoiser learns
+
+
+def _cli_train(shards, storage, **kw):
+    sets = [f"data.urls={json.dumps(shards)}", "run.use_ray=false", f"run.storage_path={storage}",
+            "train.binding_steps=100", "train.diffusion_steps=100", "train.checkpoint_every=10", "train.log_every=10"]
+    args = CNAS + ["train", "facial", "--config", "tiny"] + [x for s in sets for x in ("--set", s)]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_then_resume_reaches_the_same_parameters(shards, tmp_path):
+    ref = _cli_train(shards, tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    killed = _cli_train(shards, tmp_path / "killed")
+    first = tmp_path / "killed" / "facial-tiny" / "checkpoints" / "step_00000010"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    ckpts = sorted(p.name for p in first.parent.glob("step_*[0-9]"))
+    assert ckpts and ckpts[-1] != "step_00000200", ckpts  # killed mid-run
+    resumed = _cli_train(shards, tmp_path / "killed")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert f"resumed from {ckpts[-1]}" in err
+    a = torch.load(tmp_path / "ref" / "facial-tiny" / "checkpoints" / "step_00000200" / "model.pt", weights_only=False)
+    b = torch.load(first.parent / "step_00000200" / "model.pt", weights_only=False)
+    assert a["step"] == b["step"] == 200
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    assert torch.equal(a["opt2"]["state"][0]["exp_avg"], b["opt2"]["state"][0]["exp_avg"])
+
+
+def test_ray_train_two_workers_checkpoint_and_resume(shards, tmp_path, ray_session):
+    cfg = load_facial_config("tiny", [f"data.urls={json.dumps(shards)}", f"run.storage_path={tmp_path}", "run.num_workers=2",
+                                      "train.binding_steps=4", "train.diffusion_steps=4", "train.checkpoint_every=4",
+                                      "train.log_every=4"])
+    result = run_training(cfg)
+    assert result.error is None and result.metrics["step"] == 8
+    run_dir = tmp_path / "facial-tiny"
+    for step in ("step_00000004", "step_00000008"):
+        assert {p.name for p in (run_dir / step).iterdir()} == {"model.pt", "rank_0.pt", "rank_1.pt"}
+    assert torch.load(run_dir / "step_00000008" / "model.pt", weights_only=False)["world_size"] == 2
+    # the same command with more steps continues from step 8
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"diffusion_steps": 8})})
+    result = run_training(more)
+    assert result.error is None and result.metrics["step"] == 12 and (run_dir / "step_00000012" / "model.pt").exists()
+
+
+def test_generate_cli_sequence_preview_and_errors(trained, tmp_path):
+    from model_builders import build_flame_files
+
+    run_dir, _ = trained
+    assets = build_flame_files(str(tmp_path / "assets"))
+    wav = tmp_path / "a.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=180:duration=3.2", "-ar", "16000",
+                    str(wav)], check=True)
+    base = CNAS + ["generate", "facial", "--checkpoint", str(run_dir), "--audio", str(wav), "--steps", "5"]
+    out = tmp_path / "seq.npz"
+    r = subprocess.run(base + ["--emotion-label", "angry", "--intensity", "2", "--out", str(out),
+                               "--flame-model", assets["flame_model"]], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with np.load(out) as z:
+        assert z["exp"].shape == (80, 50) and z["pose"].shape == (80, 6) and np.all(z["pose"][:, :3] == 0)
+        assert np.isfinite(z["exp"]).all()
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,nb_frames", "-of", "json",
+                            str(out.with_suffix(".mp4"))], capture_output=True, text=True, check=True)
+    streams = {s["codec_type"]: s for s in json.loads(probe.stdout)["streams"]}
+    assert streams["video"]["nb_frames"] == "80" and "audio" in streams
+    for emotion in (["--emotion-text", "a very sad face"], ["--emotion-audio", str(wav)]):
+        r = subprocess.run(base + emotion + ["--out", str(tmp_path / "x.npz")], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(base + ["--emotion-label", "bored", "--out", str(tmp_path / "y.npz")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and "unknown emotion label 'bored'" in r.stderr
+    r = subprocess.run(base[:5] + ["--checkpoint", str(tmp_path), "--audio", str(wav), "--emotion-label", "sad", "--out", "z.npz"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and "no checkpoint" in r.stderr
+
+
+def test_long_audio_is_generated_in_cross_faded_windows(trained):
+    from trainers.facial.generate import emotion_from_args, generate_motion, load_trained
+
+    model, cfg, _ = load_trained(trained[0])
+    emo = emotion_from_args(model, label="happy")
+    wave = torch.randn(16000 * 3)  # 75 frames; the window is 24
+    a = generate_motion(model, wave, emo, cfg.data.window_frames, seed=1, steps=4)
+    b = generate_motion(model, wave, emo, cfg.data.window_frames, seed=1, steps=4)
+    assert a.shape == (75, 53) and np.array_equal(a, b)  # deterministic for a seed
+    jumps = np.abs(np.diff(a, axis=0)).max(axis=1)
+    assert jumps.max() < 10 * np.median(jumps) + 1e-6  # no seam much larger than the frame-to-frame motion
+
+
+def test_eval_reports_metrics_with_and_without_flame(trained, shards, tmp_path):
+    import pickle
+
+    from model_builders import build_flame_files
+    from trainers.facial.evaluate import evaluate
+
+    run_dir, _ = trained
+    plain = evaluate(run_dir, shards, max_clips=3, samples=2, steps=4)
+    assert plain["clips"] == 3 and plain["lve"] is None and plain["fdd"] is None and "notes" in plain
+    assert -1 <= plain["emotion_similarity"] <= 1 and plain["diversity"] > 0 and plain["param_mse"] > 0
+    assets = build_flame_files(str(tmp_path / "assets"))
+    masks = tmp_path / "FLAME_masks.pkl"
+    masks.write_bytes(pickle.dumps({"lips": np.arange(10), "forehead": np.arange(20, 30), "eye_region": np.arange(30, 40)}))
+    full = evaluate(run_dir, shards, max_clips=2, samples=2, steps=4, flame_model=assets["flame_model"], flame_masks=str(masks))
+    assert full["lve"] > 0 and full["fdd"] >= 0 and full["diversity_space"] == "vertices"
+    with pytest.raises(ValueError, match="both --flame-model and --flame-masks"):
+        evaluate(run_dir, shards, flame_model=assets["flame_model"])
+
+
+def test_metrics_known_answers():
+    ref = np.zeros((4, 6, 3))
+    pred = ref.copy()
+    pred[:, 2, 0] = [1, 2, 3, 4]  # lip vertex 2 off by t+1 along x
+    pred[:, 5, 1] = 10  # not a lip vertex
+    assert M.lip_vertex_error(pred, ref, np.array([1, 2])) == pytest.approx(2.5)
+    template = np.zeros((6, 3))
+    moving = ref.copy()
+    moving[:, 0, 2] = [0, 1, 0, 1]  # std over time of |displacement| = 0.5
+    assert M.upper_face_dynamics_deviation(moving, ref, template, np.array([0])) == pytest.approx(0.5)
+    assert M.upper_face_dynamics_deviation(ref, ref, template, np.array([0, 1])) == 0
+    e = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert M.emotion_similarity(e, e) == pytest.approx(1.0) and M.emotion_similarity(e, -e) == pytest.approx(-1.0)
+    s = np.zeros((3, 5, 2))
+    assert M.diversity(s) == 0
+    s[1] += [3, 4]
+    assert M.diversity(s) == pytest.approx((5 + 0 + 5) / 3)
+    with pytest.raises(ValueError, match="two samples"):
+        M.diversity(s[:1])
+
+
+def test_renderer_draws_front_faces_only():
+    from trainers.facial.render import render_mesh
+
+    verts = np.array([[-1, -1, 0], [1, -1, 0], [0, 1, 0]], float)
+    front = render_mesh(verts, np.array([[0, 1, 2]]), size=64)
+    back = render_mesh(verts, np.array([[0, 2, 1]]), size=64)
+    assert front[32, 32].mean() > 150 and front[2, 2].mean() == 30  # the triangle covers the centre only
+    assert (back == 30).all()
+
+
+def test_pretrained_backbones_by_path(shards, tmp_path):
+    from model_builders import build_tiny_text_encoder, build_tiny_wav2vec2_ctc
+    from trainers.facial.generate import emotion_from_args, load_trained
+
+    w2v, bert = build_tiny_wav2vec2_ctc(str(tmp_path / "w2v")), build_tiny_text_encoder(str(tmp_path / "bert"))
+    cfg = _tiny(shards, tmp_path / "runs", f"model.audio_backbone={w2v}", f"model.text_backbone={bert}",
+                "train.binding_steps=3", "train.diffusion_steps=3", "train.checkpoint_every=3")
+    assert run_training(cfg)["step"] == 6
+    state = torch.load(tmp_path / "runs" / "facial-tiny" / "checkpoints" / "step_00000006" / "model.pt", weights_only=False)
+    assert not any(k.startswith(("frontend.model.", "binding.text.model.")) for k in state["model"])  # frozen: not saved
+    assert any(k.startswith("binding.text.proj.") for k in state["model"])
+    model, _, _ = load_trained(tmp_path / "runs" / "facial-tiny")
+    assert emotion_from_args(model, text="a very angry face").shape == (1, cfg.model.emotion_dim)
+    frozen = [p for n, p in model.named_parameters() if n.startswith("frontend.model.")]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+def test_trains_on_shards_of_a_real_ingest_run(view_shards, tmp_path):
+    cfg = load_facial_config("tiny", [f"data.urls={json.dumps(view_shards)}", "run.use_ray=false",
+                                      f"run.storage_path={tmp_path}", "train.binding_steps=2", "train.diffusion_steps=2",
+                                      "data.batch_size=2"])
+    assert run_training(cfg)["step"] == 4
+
+
+def test_mead_adapter(tmp_path):
+    from pipeline.adapters import parse_mead_path, write_mead_sources
+    from pipeline.sources import read_sources
+
+    for rel in ("M003/video/front/angry/level_3/001.mp4", "M003/video/front/neutral/level_1/002.mp4",
+                "W009/video/left_30/happy/level_2/010.mp4", "M003/audio/angry/level_3/001.m4a", "misc/clip.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert parse_mead_path(Path("x/M003/video/front/bored/level_1/001.mp4")) is None
+    out = tmp_path / "mead.csv"
+    assert write_mead_sources(tmp_path, out) == (2, 1)  # misc/clip.mp4 is not MEAD's layout
+    items = {i.video_id: i for i in read_sources(out)}
+    angry = items["mead_M003_front_angry_l3_001"]
+    assert angry.metadata["emotion"] == "angry" and angry.metadata["emotion_intensity"] == "3" and angry.metadata["speaker"] == "M003"
+    assert write_mead_sources(tmp_path, out, views=())[0] == 3
+    with pytest.raises(ValueError, match="no MEAD videos"):
+        write_mead_sources(tmp_path / "M003" / "audio", out)
+    r = subprocess.run(CNAS + ["adapt", "mead", str(tmp_path), "--out", str(out), "--view", "all"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "3 MEAD clips" in r.stdout, r.stderr

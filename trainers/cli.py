@@ -1,0 +1,125 @@
+"""``cnas train|generate|eval`` sub-commands (registered by ``pipeline.cli``; imports are lazy so
+the ingestion commands do not load the trainers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _config_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--config", default=default, help=f"preset name (tiny, base) or YAML file (default: {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set data.urls=shards/{000000..000009}.tar (repeatable)")
+    p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
+
+
+def cmd_train_facial(args) -> int:
+    from trainers.facial.config import load_facial_config
+    from trainers.facial.train import run_training
+
+    overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
+    cfg = load_facial_config(args.config, overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    result = run_training(cfg)
+    metrics = getattr(result, "metrics", result)
+    where = Path(cfg.run.storage_path) / cfg.run.name
+    print(f"trained {cfg.run.name} to step {metrics.get('step') if metrics else '?'}; checkpoints under {where}")
+    return 0
+
+
+def cmd_generate_facial(args) -> int:
+    import torch
+
+    from trainers.facial.generate import emotion_from_args, generate_motion, load_trained, read_audio, save_sequence
+
+    model, cfg, step = load_trained(args.checkpoint)
+    torch.manual_seed(args.seed)
+    wave = read_audio(args.audio)
+    emotion = emotion_from_args(model, args.emotion_text, args.emotion_label, args.intensity, args.emotion_audio)
+    motion = generate_motion(model, wave, emotion, cfg.data.window_frames, args.seed, args.steps, args.audio_scale,
+                             args.emotion_scale)
+    info = {"checkpoint_step": step, "audio": str(args.audio), "emotion_text": args.emotion_text,
+            "emotion_label": args.emotion_label, "intensity": args.intensity, "emotion_audio": args.emotion_audio,
+            "seed": args.seed, "audio_scale": args.audio_scale, "emotion_scale": args.emotion_scale}
+    save_sequence(args.out, motion, info)
+    print(f"wrote {args.out}: {len(motion)} frames at 25 fps")
+    if args.flame_model:
+        from stages.flame import load_flame_pickle
+        from stages.flame_model import FlameLayer
+        from trainers.facial.render import flame_vertices, write_preview
+
+        flame = FlameLayer(load_flame_pickle(args.flame_model))
+        preview = Path(args.preview or Path(args.out).with_suffix(".mp4"))
+        write_preview(preview, flame_vertices(flame, motion), flame.faces.numpy(), 25.0, audio=args.audio)
+        print(f"wrote mesh preview {preview}")
+    elif args.preview:
+        raise ValueError("--preview needs --flame-model (FLAME 2020 generic_model.pkl; see docs/flame.md)")
+    return 0
+
+
+def cmd_eval_facial(args) -> int:
+    from trainers.facial.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, args.data, args.max_clips, args.samples, args.steps, args.audio_scale,
+                      args.emotion_scale, args.seed, args.flame_model, args.flame_masks)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run folder (newest step_* is used) or one step_* folder")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--audio-scale", type=float, default=2.0, help="classifier-free guidance scale for audio")
+    p.add_argument("--emotion-scale", type=float, default=1.5, help="classifier-free guidance scale for emotion")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _models(sub, command: str, help: str):
+    return sub.add_parser(command, help=help).add_subparsers(dest="model", required=True, metavar="MODEL")
+
+
+def add_commands(sub) -> None:
+    models = _models(sub, "train", "train a model on CNAS shards (Ray Train)")
+    f = models.add_parser("facial", help="trainer 1: FLAME-space facial animation (emotion binding + latent diffusion)")
+    _config_args(f, "tiny")
+    f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    f.set_defaults(func=cmd_train_facial)
+
+    models = _models(sub, "generate", "sample from a trained model")
+    f = models.add_parser("facial", help="FLAME expression + jaw sequence for an audio file and an emotion")
+    _sampling_args(f)
+    f.add_argument("--audio", required=True, help="speech audio (any format ffmpeg reads)")
+    emo = f.add_mutually_exclusive_group(required=True)
+    emo.add_argument("--emotion-text", help='e.g. "a very angry face"')
+    emo.add_argument("--emotion-label", help="neutral, happy, sad, angry, surprised, fear, disgusted, contempt")
+    emo.add_argument("--emotion-audio", help="an audio file whose emotion to follow")
+    f.add_argument("--intensity", type=int, default=1, help="with --emotion-label: 1-3")
+    f.add_argument("--out", required=True, help="output .npz (exp, pose, valid, fps)")
+    f.add_argument("--flame-model", help="FLAME generic_model.pkl: also render a mesh preview video")
+    f.add_argument("--preview", help="preview mp4 path (default: OUT with .mp4)")
+    f.set_defaults(func=cmd_generate_facial)
+
+    models = _models(sub, "eval", "score a trained model on held-out shards")
+    f = models.add_parser("facial", help="LVE, FDD, emotion similarity, diversity")
+    _sampling_args(f)
+    f.add_argument("--data", required=True, help="held-out shards (paths, brace pattern or <split>.index.json)")
+    f.add_argument("--max-clips", type=int, default=32)
+    f.add_argument("--samples", type=int, default=3, help="samples per clip (diversity needs 2+)")
+    f.add_argument("--flame-model", help="FLAME generic_model.pkl (for LVE/FDD)")
+    f.add_argument("--flame-masks", help="FLAME_masks.pkl (regions 'lips', 'forehead', 'eye_region')")
+    f.add_argument("--out", help="also write the report here (JSON)")
+    f.set_defaults(func=cmd_eval_facial)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `cnas` command")

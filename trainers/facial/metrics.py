@@ -1,0 +1,68 @@
+"""Metrics of trainer 1. Every function takes plain arrays, so the same code scores generated and
+ground-truth sequences.
+
+* ``lip_vertex_error`` (LVE, as MeshTalk/FaceFormer): per frame the largest L2 distance over the lip
+  vertices between prediction and reference, averaged over frames. Needs FLAME and the lip vertex
+  indices (``lips`` in FLAME's ``FLAME_masks.pkl``).
+* ``upper_face_dynamics_deviation`` (FDD, as CodeTalker): per upper-face vertex the temporal standard
+  deviation of its displacement from the template; the absolute difference between prediction and
+  reference, averaged over vertices.
+* ``emotion_similarity``: cosine similarity in the bound emotion space between the motion embedding of
+  a sequence and an emotion embedding (of the condition, or of the reference motion).
+* ``diversity``: mean pairwise distance between samples generated for the same input.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+
+def lip_vertex_error(pred_vertices: np.ndarray, ref_vertices: np.ndarray, lip_idx: np.ndarray) -> float:
+    """(T, V, 3) twice, lip indices → mean over frames of max over lip vertices of the L2 error."""
+    err = np.linalg.norm(pred_vertices[:, lip_idx] - ref_vertices[:, lip_idx], axis=-1)  # (T, L)
+    return float(err.max(axis=1).mean())
+
+
+def upper_face_dynamics_deviation(pred_vertices: np.ndarray, ref_vertices: np.ndarray, template: np.ndarray,
+                                  upper_idx: np.ndarray) -> float:
+    def dynamics(v):
+        return np.linalg.norm(v[:, upper_idx] - template[upper_idx], axis=-1).std(axis=0)  # (U,)
+
+    return float(np.abs(dynamics(pred_vertices) - dynamics(ref_vertices)).mean())
+
+
+def emotion_similarity(motion_embedding: np.ndarray, emotion_embedding: np.ndarray) -> float:
+    a = motion_embedding / (np.linalg.norm(motion_embedding, axis=-1, keepdims=True) + 1e-12)
+    b = emotion_embedding / (np.linalg.norm(emotion_embedding, axis=-1, keepdims=True) + 1e-12)
+    return float((a * b).sum(-1).mean())
+
+
+def diversity(samples: np.ndarray) -> float:
+    """(K, T, ...) samples for one input → mean L2 distance (per frame, averaged) over all pairs."""
+    K = len(samples)
+    if K < 2:
+        raise ValueError("diversity needs at least two samples")
+    flat = samples.reshape(K, samples.shape[1], -1)
+    d = [np.linalg.norm(flat[i] - flat[j], axis=-1).mean() for i in range(K) for j in range(i + 1, K)]
+    return float(np.mean(d))
+
+
+def load_region_indices(path: str | Path, regions: tuple[str, ...]) -> np.ndarray:
+    """Vertex indices of ``regions`` from FLAME's ``FLAME_masks.pkl`` (or an .npy / whitespace text
+    file of indices, used for every region)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"vertex index file not found: {p}")
+    if p.suffix == ".npy":
+        return np.load(p).astype(np.int64).ravel()
+    if p.suffix in (".txt", ".csv"):
+        return np.loadtxt(p, dtype=np.int64, delimiter="," if p.suffix == ".csv" else None).ravel()
+    with open(p, "rb") as f:
+        masks = pickle.load(f, encoding="latin1")
+    missing = [r for r in regions if r not in masks]
+    if missing:
+        raise KeyError(f"{p} has no region(s) {missing}; it has {sorted(masks)}")
+    return np.unique(np.concatenate([np.asarray(masks[r]).astype(np.int64).ravel() for r in regions]))
