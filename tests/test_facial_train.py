@@ -4,11 +4,7 @@ mesh preview, metrics, pretrained backbones by path, the MEAD adapter."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +12,11 @@ import pytest
 import torch
 
 from facial_data import write_facial_shards
+from trainer_helpers import CNAS, REPO, assert_same_tensors, kill_and_resume
 from trainers.facial import metrics as M
 from trainers.facial.config import load_facial_config
 from trainers.facial.train import run_training
 
-CNAS = [sys.executable, "-m", "pipeline.cli"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,37 +67,13 @@ def test_in_process_training_writes_checkpoints_and_logs(trained):
     assert np.mean(diff[-3:]) < np.mean(diff[:3])  # the denoiser learns
 
 
-def _cli_train(shards, storage, **kw):
-    sets = [f"data.urls={json.dumps(shards)}", "run.use_ray=false", f"run.storage_path={storage}",
-            "train.binding_steps=100", "train.diffusion_steps=100", "train.checkpoint_every=10", "train.log_every=10"]
-    args = CNAS + ["train", "facial", "--config", "tiny"] + [x for s in sets for x in ("--set", s)]
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_kill_then_resume_reaches_the_same_parameters(shards, tmp_path):
-    ref = _cli_train(shards, tmp_path / "ref")
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
-    killed = _cli_train(shards, tmp_path / "killed")
-    first = tmp_path / "killed" / "facial-tiny" / "checkpoints" / "step_00000010"
-    deadline = time.time() + 120
-    while not first.exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run ended before it could be killed"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    ckpts = sorted(p.name for p in first.parent.glob("step_*[0-9]"))
-    assert ckpts and ckpts[-1] != "step_00000200", ckpts  # killed mid-run
-    resumed = _cli_train(shards, tmp_path / "killed")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
-    assert f"resumed from {ckpts[-1]}" in err
-    a = torch.load(tmp_path / "ref" / "facial-tiny" / "checkpoints" / "step_00000200" / "model.pt", weights_only=False)
-    b = torch.load(first.parent / "step_00000200" / "model.pt", weights_only=False)
+    sets = [f"data.urls={json.dumps(shards)}", "run.use_ray=false", "train.binding_steps=100", "train.diffusion_steps=100",
+            "train.checkpoint_every=10", "train.log_every=10"]
+    a, b, _ = kill_and_resume("facial", sets, tmp_path / "ref", tmp_path / "killed", "step_00000010", "step_00000200")
     assert a["step"] == b["step"] == 200
     for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+        assert_same_tensors(a[part], b[part], part)
     assert torch.equal(a["opt2"]["state"][0]["exp_avg"], b["opt2"]["state"][0]["exp_avg"])
 
 

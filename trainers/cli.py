@@ -16,12 +16,9 @@ def _config_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
 
 
-def cmd_train_facial(args) -> int:
-    from trainers.facial.config import load_facial_config
-    from trainers.facial.train import run_training
-
+def _train(args, load_config, run_training) -> int:
     overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
-    cfg = load_facial_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         import yaml
 
@@ -29,9 +26,48 @@ def cmd_train_facial(args) -> int:
         return 0
     result = run_training(cfg)
     metrics = getattr(result, "metrics", result)
-    where = Path(cfg.run.storage_path) / cfg.run.name
-    print(f"trained {cfg.run.name} to step {metrics.get('step') if metrics else '?'}; checkpoints under {where}")
+    print(f"trained {cfg.run.name} to step {metrics.get('step') if metrics else '?'}; "
+          f"checkpoints under {Path(cfg.run.storage_path) / cfg.run.name}")
     return 0
+
+
+def cmd_train_facial(args) -> int:
+    from trainers.facial.config import load_facial_config
+    from trainers.facial.train import run_training
+
+    return _train(args, load_facial_config, run_training)
+
+
+def cmd_train_paha(args) -> int:
+    from trainers.paha.config import load_paha_config
+    from trainers.paha.train import run_training
+
+    return _train(args, load_paha_config, run_training)
+
+
+def cmd_generate_paha(args) -> int:
+    from trainers.paha.generate import generate_to_file
+
+    out = generate_to_file(args.checkpoint, args.ref, args.audio, args.out, args.guidance, args.pce_checkpoint, args.regions,
+                           steps=args.steps, audio_scale=args.audio_scale, guidance_scale=args.guidance_scale, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(report: dict, out: str | None) -> int:
+    text = json.dumps(report, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_eval_paha(args) -> int:
+    from trainers.paha.evaluate import evaluate
+
+    return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.frames, args.steps, args.audio_scale, args.guidance,
+                            args.pce_checkpoint, args.guidance_scale, args.seed, args.fid_weights, args.fvd_weights,
+                            args.lpips_weights, args.syncnet_weights, hands=not args.no_hands), args.out)
 
 
 def cmd_generate_facial(args) -> int:
@@ -67,13 +103,8 @@ def cmd_generate_facial(args) -> int:
 def cmd_eval_facial(args) -> int:
     from trainers.facial.evaluate import evaluate
 
-    report = evaluate(args.checkpoint, args.data, args.max_clips, args.samples, args.steps, args.audio_scale,
-                      args.emotion_scale, args.seed, args.flame_model, args.flame_masks)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.samples, args.steps, args.audio_scale,
+                            args.emotion_scale, args.seed, args.flame_model, args.flame_masks), args.out)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +112,16 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--audio-scale", type=float, default=2.0, help="classifier-free guidance scale for audio")
     p.add_argument("--emotion-scale", type=float, default=1.5, help="classifier-free guidance scale for emotion")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _paha_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="UniVDM run folder (newest step_*) or one step_* folder")
+    p.add_argument("--pce-checkpoint", help="PCE run folder (needed for --guidance sg|dg)")
+    p.add_argument("--guidance", choices=["none", "sg", "dg"], default="none", help="PCE classifier guidance")
+    p.add_argument("--guidance-scale", type=float, default=0.05, help="PCE guidance step, a share of the latents' spread")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--audio-scale", type=float, default=3.5, help="classifier-free guidance scale for audio")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -94,6 +135,10 @@ def add_commands(sub) -> None:
     _config_args(f, "tiny")
     f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     f.set_defaults(func=cmd_train_facial)
+    f = models.add_parser("paha", help="trainer 2: PAHA upper-body video diffusion (train.target=univdm or pce)")
+    _config_args(f, "tiny")
+    f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    f.set_defaults(func=cmd_train_paha)
 
     models = _models(sub, "generate", "sample from a trained model")
     f = models.add_parser("facial", help="FLAME expression + jaw sequence for an audio file and an emotion")
@@ -108,6 +153,13 @@ def add_commands(sub) -> None:
     f.add_argument("--flame-model", help="FLAME generic_model.pkl: also render a mesh preview video")
     f.add_argument("--preview", help="preview mp4 path (default: OUT with .mp4)")
     f.set_defaults(func=cmd_generate_facial)
+    f = models.add_parser("paha", help="upper-body video for a reference image and an audio file")
+    _paha_sampling_args(f)
+    f.add_argument("--ref", required=True, help="reference image (centre-cropped to a square)")
+    f.add_argument("--audio", required=True, help="speech audio (any format ffmpeg reads)")
+    f.add_argument("--regions", help='JSON {"mouth": [x0,y0,x1,y1], "hands": [...]} in reference pixels (default: MediaPipe)')
+    f.add_argument("--out", required=True, help="output mp4")
+    f.set_defaults(func=cmd_generate_paha)
 
     models = _models(sub, "eval", "score a trained model on held-out shards")
     f = models.add_parser("facial", help="LVE, FDD, emotion similarity, diversity")
@@ -119,6 +171,18 @@ def add_commands(sub) -> None:
     f.add_argument("--flame-masks", help="FLAME_masks.pkl (regions 'lips', 'forehead', 'eye_region')")
     f.add_argument("--out", help="also write the report here (JSON)")
     f.set_defaults(func=cmd_eval_facial)
+    f = models.add_parser("paha", help="PSNR, SSIM, LPIPS, FID, FVD, Sync-C/D, hand keypoint confidence/variance")
+    _paha_sampling_args(f)
+    f.add_argument("--data", required=True, help="held-out shards with pose.npz")
+    f.add_argument("--max-clips", type=int, default=16)
+    f.add_argument("--frames", type=int, help="frames per clip (default: the training window)")
+    f.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth")
+    f.add_argument("--fvd-weights", help="i3d_torchscript.pt")
+    f.add_argument("--lpips-weights", help="torchvision alexnet state dict (alexnet-owt-7be5be79.pth)")
+    f.add_argument("--syncnet-weights", help="SyncNet exported to TorchScript (docs/paha.md)")
+    f.add_argument("--no-hands", action="store_true", help="skip the MediaPipe hand keypoint metrics")
+    f.add_argument("--out", help="also write the report here (JSON)")
+    f.set_defaults(func=cmd_eval_paha)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,9 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,6 +59,29 @@ def load_preset_config(model_cls, presets: dict[str, dict], config: str | None, 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(Section):
+    """What every trainer reads from the shards (each trainer adds its own keys)."""
+
+    urls: str | list[str] | None = Field(None, description="shards: paths, brace pattern, or a release's <split>.index.json")
+    window_frames: int = Field(50, ge=2, description="frames per training window at 25 fps")
+    batch_size: int = Field(16, ge=1, description="per worker")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    shuffle_buffer: int = Field(256, ge=0)
+
+
+def trainable_state(model: torch.nn.Module, frozen_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict without the weights that were loaded from a path and stay frozen."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(frozen_prefixes)}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], frozen_prefixes: tuple[str, ...]) -> None:
+    """Load a ``trainable_state``; anything else missing or unexpected is a config mismatch."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(frozen_prefixes)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 class RunSection(Section):
@@ -250,6 +274,126 @@ class MetricLog:
         if self.writer is not None:
             self.writer.close()
             self.jsonl.close()
+
+
+def batch_stream(lcfg, position: dict[str, int], rank: int) -> Iterator[dict[str, Any]]:
+    """Endless batches from ``trainers.data.make_loader``, epoch after epoch; ``position`` (epoch,
+    batches) is kept current so a checkpoint can resume the data exactly where it was."""
+    from trainers.data import make_loader
+
+    while True:
+        got = 0
+        for batch in make_loader(lcfg, epoch=position["epoch"], skip=position["batches"]):
+            got += 1
+            position["batches"] += 1
+            yield batch
+        if got == 0 and position["batches"] == 0:
+            raise RuntimeError(f"training worker {rank} got no usable {lcfg.window_frames}-frame windows ({lcfg.view} view) "
+                               f"from the shards {lcfg.urls!r}: every worker needs at least one shard with such clips")
+        position["epoch"] += 1
+        position["batches"] = 0
+
+
+def wrap_ddp(module: torch.nn.Module, session: Session) -> torch.nn.Module:
+    """DistributedDataParallel around ``module`` when there are several workers."""
+    if session.world_size == 1:
+        return module
+    ids = [session.device.index] if session.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def trainable_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def mean_metrics(terms: dict[str, torch.Tensor], session: Session) -> dict[str, float]:
+    """Scalar terms averaged over all workers."""
+    import torch.distributed as dist
+
+    keys = sorted(terms)
+    vec = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()).to(session.device) for k in keys])
+    if session.world_size > 1:
+        dist.all_reduce(vec)
+        vec /= session.world_size
+    return dict(zip(keys, vec.tolist()))
+
+
+def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, dict[str, int], dict[str, Any] | None]:
+    """Load the newest checkpoint into ``targets`` (name → optimiser, ``EMA``, or (module, loader)
+    pair) and this worker's RNG states. Returns (step, data position, the rank-0 payload or None)."""
+    ckpt = session.latest_checkpoint()
+    if ckpt is None:
+        return 0, {"epoch": 0, "batches": 0}, None
+    state = torch.load(ckpt / "model.pt", map_location=session.device, weights_only=False)
+    for name, target in targets.items():
+        if isinstance(target, EMA):
+            target.shadow = {k: v.to(session.device) for k, v in state[name].items()}
+        elif isinstance(target, tuple):
+            target[1](target[0], state[name])
+        else:
+            target.load_state_dict(state[name])
+    mine = ckpt / f"rank_{session.rank}.pt"
+    if mine.exists() and state.get("world_size") == session.world_size:
+        rank_state = torch.load(mine, weights_only=False)
+        position = rank_state["position"]
+        set_rng_state(rank_state["rng"])
+    else:  # another number of workers: the data split changed, start the next epoch afresh
+        position = {"epoch": state.get("epoch", 0) + 1, "batches": 0}
+    if session.rank == 0:
+        log.warning("resumed from %s at step %d", ckpt.name, state["step"])
+    return state["step"], position, state
+
+
+def save_checkpoint(session: Session, step: int, position: dict[str, int], metrics: dict[str, float],
+                    payload: Callable[[], dict[str, Any]]) -> None:
+    """Checkpoint ``step``: every worker writes its data position and RNG states, rank 0 also
+    ``payload()`` (weights, optimisers, …) with the step, world size and epoch."""
+    files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": dict(position), "rng": rng_state()}}
+    if session.rank == 0:
+        files["model.pt"] = {"step": step, "world_size": session.world_size, "epoch": position["epoch"], **payload()}
+    session.save(step, files, metrics)
+
+
+class Reporter:
+    """After each step: every ``log_every`` steps average the metrics over workers and log them;
+    every ``checkpoint_every`` steps and at the last step also write a checkpoint."""
+
+    def __init__(self, session: Session, log_every: int, checkpoint_every: int, total_steps: int):
+        self.session, self.log_every, self.checkpoint_every, self.total = session, log_every, checkpoint_every, total_steps
+        self.metrics_log = MetricLog(session)
+        self.tic = time.perf_counter()
+
+    def after_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float], position: dict[str, int],
+                   payload: Callable[[], dict[str, Any]]) -> dict[str, float] | None:
+        ckpt = step % self.checkpoint_every == 0 or step == self.total
+        if not (ckpt or step % self.log_every == 0):
+            return None
+        metrics = mean_metrics(terms, self.session)
+        metrics.update(step=step, epoch=position["epoch"], **extra,
+                       steps_per_s=self.log_every / max(time.perf_counter() - self.tic, 1e-9))
+        self.tic = time.perf_counter()
+        self.metrics_log.write(step, metrics)
+        if self.session.rank == 0:
+            log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "step"))
+        if ckpt:
+            save_checkpoint(self.session, step, position, metrics, payload)
+        else:
+            self.session.report(metrics)
+        return metrics
+
+    def close(self) -> None:
+        self.metrics_log.close()
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (with model.pt), or the newest ``step_*`` under a run folder."""
+    p = Path(path).expanduser()
+    if (p / "model.pt").is_file():
+        return p
+    steps = sorted(q.parent for q in p.glob("**/step_*[0-9]/model.pt"))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint (step_*/model.pt) under {p}")
+    return max(steps, key=lambda q: q.name)
 
 
 def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> Any:

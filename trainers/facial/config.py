@@ -11,15 +11,11 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from trainers.runtime import RunSection, Section, load_preset_config
+from trainers.runtime import DataSection, RunSection, Section, load_preset_config
 
 
-class FacialData(Section):
-    urls: str | list[str] | None = Field(None, description="shards: paths, brace pattern, or a release's <split>.index.json")
+class FacialData(DataSection):
     window_frames: int = Field(50, ge=8, description="frames per training window at 25 fps (even: the latent halves it)")
-    batch_size: int = Field(16, ge=1, description="per worker")
-    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
-    shuffle_buffer: int = Field(256, ge=0)
     default_emotion: str = "neutral"
     min_valid_frames: float = Field(0.9, ge=0, le=1, description="drop windows where fewer frames have a FLAME fit")
 

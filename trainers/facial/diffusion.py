@@ -21,31 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class NoiseSchedule:
-    """Linear-β DDPM schedule with DDIM sampling (η = 0: deterministic)."""
-
-    def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-        self.steps = steps
-        # βs given for 1000 steps are scaled to ``steps`` so x_T is pure noise whatever the count
-        scale = 1000 / steps
-        betas = torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), steps, dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).float()
-
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod.to(x0.device)[t].view(-1, *[1] * (x0.dim() - 1))
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-    def ddim_timesteps(self, n: int) -> list[int]:
-        return torch.linspace(self.steps - 1, 0, n).round().long().tolist()
-
-    def ddim_step(self, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int | None) -> torch.Tensor:
-        """One deterministic DDIM step from x_t given the predicted x₀."""
-        ac = self.alphas_cumprod.to(x.device)
-        a_t = ac[t]
-        a_prev = ac[t_prev] if t_prev is not None else torch.tensor(1.0, device=x.device)
-        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+from trainers.schedule import NoiseSchedule  # noqa: F401  (re-exported)
 
 
 class MotionAutoencoder(nn.Module):

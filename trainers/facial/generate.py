@@ -18,24 +18,15 @@ import numpy as np
 import torch
 
 from trainers.data import EMOTIONS
+from trainers.media import SR, read_audio
+from trainers.runtime import find_checkpoint
 
 from .config import FacialConfig
 from .model import FPS, FacialModel
 from .train import load_model_state
 
+
 log = logging.getLogger(__name__)
-SR = 16000
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (with model.pt), or the newest ``step_*`` under a run folder."""
-    p = Path(path).expanduser()
-    if (p / "model.pt").is_file():
-        return p
-    steps = sorted(q.parent for q in p.glob("**/step_*[0-9]/model.pt"))
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint (step_*/model.pt) under {p}")
-    return max(steps, key=lambda q: q.name)
 
 
 def load_trained(path: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[FacialModel, FacialConfig, int]:
@@ -50,21 +41,6 @@ def load_trained(path: str | Path, device: str = "cpu", use_ema: bool = True) ->
         shadow = {f"diffusion.{k}": v for k, v in state["ema"].items()}
         model.load_state_dict({**model.state_dict(), **shadow})
     return model.eval(), cfg, state["step"]
-
-
-def read_audio(path: str | Path) -> torch.Tensor:
-    """Any audio/video file → 16 kHz mono float32 (decoded by ffmpeg)."""
-    import ffmpeg
-
-    try:
-        out, _ = (ffmpeg.input(str(path)).output("pipe:", format="f32le", ac=1, ar=SR)
-                  .run(capture_stdout=True, capture_stderr=True))
-    except ffmpeg.Error as e:
-        raise ValueError(f"cannot decode audio from {path}: {e.stderr.decode(errors='replace')[-300:]}") from None
-    wave = np.frombuffer(out, np.float32)
-    if not len(wave):
-        raise ValueError(f"{path} has no audio samples")
-    return torch.from_numpy(wave.copy())
 
 
 def emotion_from_args(model: FacialModel, text: str | None = None, label: str | None = None, intensity: int = 1,

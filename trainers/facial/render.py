@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import torch
 
+from trainers.media import write_video
+
 
 def flame_vertices(flame_layer, motion: np.ndarray, batch: int = 64) -> np.ndarray:
     """(T, 53) expression + jaw → (T, V, 3) vertices with neutral shape and head pose."""
@@ -52,21 +54,6 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, size: int = 256, center
 def write_preview(path: str | Path, vertices: np.ndarray, faces: np.ndarray, fps: float, audio: str | None = None,
                   size: int = 256) -> Path:
     """Render every frame (fixed framing from the first) and encode an H.264 mp4, muxing ``audio``."""
-    import ffmpeg
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     center = vertices[0].mean(0)
     scale = 0.8 * size / max(np.ptp(vertices[0][:, :2], axis=0).max(), 1e-8)
-    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{size}x{size}", framerate=fps)
-    streams = [video]
-    if audio:
-        streams.append(ffmpeg.input(str(audio)).audio)
-    proc = (ffmpeg.output(*streams, str(path), vcodec="libx264", pix_fmt="yuv420p", acodec="aac", shortest=None,
-                          loglevel="error").overwrite_output().run_async(pipe_stdin=True))
-    for v in vertices:
-        proc.stdin.write(render_mesh(v, faces, size, center, scale).tobytes())
-    proc.stdin.close()
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg could not write {path}")
-    return path
+    return write_video(path, (render_mesh(v, faces, size, center, scale) for v in vertices), size, fps, audio)

@@ -12,14 +12,15 @@ optimiser state, EMA, data position and random-number state.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from trainers.data import LoaderConfig, make_loader
-from trainers.runtime import EMA, MetricLog, Session, current_session, launch, rng_state, seed_everything, set_rng_state
+from trainers.data import LoaderConfig
+from trainers.runtime import (EMA, Reporter, Session, batch_stream, current_session, launch, mean_metrics, restore_checkpoint,
+                              load_trainable, save_checkpoint, seed_everything, trainable_params,
+                              trainable_state, wrap_ddp)
 
 from .config import FacialConfig
 from .model import FacialModel
@@ -36,61 +37,22 @@ def loader_config(cfg: FacialConfig) -> LoaderConfig:
                         seed=cfg.train.seed, default_emotion=d.default_emotion, min_valid_frames=d.min_valid_frames)
 
 
-def batches(lcfg: LoaderConfig, position: dict[str, int], rank: int) -> Iterator[dict[str, Any]]:
-    """Endless batches, epoch after epoch; ``position`` (epoch, batches) is kept current for checkpoints."""
-    while True:
-        got = 0
-        for batch in make_loader(lcfg, epoch=position["epoch"], skip=position["batches"]):
-            got += 1
-            position["batches"] += 1
-            yield batch
-        if got == 0 and position["batches"] == 0:
-            raise RuntimeError(f"training worker {rank} got no usable {lcfg.window_frames}-frame windows from the shards "
-                               f"{lcfg.urls!r}: every worker needs at least one shard with FLAME fits and clips that long")
-        position["epoch"] += 1
-        position["batches"] = 0
-
-
 # weights loaded from a path are not saved in checkpoints (they are reloaded from the same path)
 _FROZEN_PREFIXES = ("frontend.model.", "binding.text.model.")
 
 
-def _trainable_state(model: FacialModel) -> dict[str, torch.Tensor]:
-    frozen = model.cfg.freeze_backbones
-    return {k: v for k, v in model.state_dict().items() if not (frozen and k.startswith(_FROZEN_PREFIXES))}
+def _frozen(model: FacialModel) -> tuple[str, ...]:
+    return _FROZEN_PREFIXES if model.cfg.freeze_backbones else ()
 
 
 def load_model_state(model: FacialModel, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (model.cfg.freeze_backbones and k.startswith(_FROZEN_PREFIXES))]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_trainable(model, state, _frozen(model))
 
 
 def _broadcast_buffers(model: FacialModel, session: Session) -> None:
     if session.world_size > 1:
         for name in ("motion_mean", "motion_std", "latent_scale", "stats_ready"):
             dist.broadcast(getattr(model, name), src=0)
-
-
-def _mean_metrics(terms: dict[str, torch.Tensor], session: Session) -> dict[str, float]:
-    keys = sorted(terms)
-    vec = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).to(session.device)
-    if session.world_size > 1:
-        dist.all_reduce(vec)
-        vec /= session.world_size
-    return dict(zip(keys, vec.tolist()))
-
-
-def _wrap(module: torch.nn.Module, session: Session) -> torch.nn.Module:
-    if session.world_size == 1:
-        return module
-    ids = [session.device.index] if session.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def _params(module: torch.nn.Module):
-    return [p for p in module.parameters() if p.requires_grad]
 
 
 def train_facial(config: dict[str, Any]) -> dict[str, float]:
@@ -101,36 +63,18 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
     device = session.device
     seed_everything(t.seed)  # same initial weights on every worker (DDP also broadcasts rank 0's)
     model = FacialModel(cfg.model).to(device)
-    binding, diffusion = _wrap(model.binding, session), _wrap(model.diffusion, session)
-    opt1 = torch.optim.AdamW(_params(model.binding), lr=t.lr, weight_decay=t.weight_decay)
-    opt2 = torch.optim.AdamW(_params(model.diffusion), lr=t.lr, weight_decay=t.weight_decay)
+    binding, diffusion = wrap_ddp(model.binding, session), wrap_ddp(model.diffusion, session)
+    opt1 = torch.optim.AdamW(trainable_params(model.binding), lr=t.lr, weight_decay=t.weight_decay)
+    opt2 = torch.optim.AdamW(trainable_params(model.diffusion), lr=t.lr, weight_decay=t.weight_decay)
     ema = EMA(model.diffusion, t.ema_decay)
-    step, position = 0, {"epoch": 0, "batches": 0}
     seed_everything(t.seed * 1000 + session.rank)  # noise and condition dropout differ per worker
+    step, position, _ = restore_checkpoint(session, {"model": (model, load_model_state),
+                                                     "opt1": opt1, "opt2": opt2, "ema": ema})
 
-    ckpt = session.latest_checkpoint()
-    if ckpt is not None:
-        state = torch.load(ckpt / "model.pt", map_location=device, weights_only=False)
-        load_model_state(model, state["model"])
-        opt1.load_state_dict(state["opt1"])
-        opt2.load_state_dict(state["opt2"])
-        ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-        step = state["step"]
-        mine = ckpt / f"rank_{session.rank}.pt"
-        if mine.exists() and state.get("world_size") == session.world_size:
-            rank_state = torch.load(mine, weights_only=False)
-            position = rank_state["position"]
-            set_rng_state(rank_state["rng"])
-        else:  # another number of workers: the data split changed, start the next epoch afresh
-            position = {"epoch": state.get("epoch", 0) + 1, "batches": 0}
-        if session.rank == 0:
-            log.warning("resumed from %s at step %d", ckpt.name, step)
-
-    metrics_log = MetricLog(session)
-    stream = batches(loader_config(cfg), position, session.rank)
+    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.total_steps)
+    stream = batch_stream(loader_config(cfg), position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}
-    tic = time.perf_counter()
     while step < t.total_steps:
         batch = next(stream)
         motion = batch["motion"].to(device)
@@ -150,7 +94,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
             with autocast:
                 loss, terms = binding(model.normalise(motion), valid, feats, text, label, intensity,
                                       t.temperature, t.velocity_weight)
-            opt, params = opt1, _params(model.binding)
+            opt, params = opt1, trainable_params(model.binding)
         else:
             if step == t.binding_steps:  # entering phase 2: fix the latent scale once
                 model.measure_latent_scale(motion)
@@ -163,7 +107,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
             with autocast:
                 loss, terms = diffusion(z0.float(), feats, emotion.float(), model.schedule,
                                         cfg.model.p_drop_audio, cfg.model.p_drop_emotion)
-            opt, params = opt2, _params(model.diffusion)
+            opt, params = opt2, trainable_params(model.diffusion)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
@@ -172,25 +116,11 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
             ema.update(model.diffusion)
         step += 1
 
-        if step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.total_steps:
-            terms["loss"] = loss.detach()
-            last = _mean_metrics(terms, session)
-            last.update(step=step, phase=phase, epoch=position["epoch"],
-                        steps_per_s=t.log_every / max(time.perf_counter() - tic, 1e-9))
-            tic = time.perf_counter()
-            metrics_log.write(step, last)
-            if session.rank == 0:
-                log.info("step %d phase %d loss %.4f", step, phase, last["loss"])
-            if step % t.checkpoint_every == 0 or step == t.total_steps:
-                files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": dict(position), "rng": rng_state()}}
-                if session.rank == 0:
-                    files["model.pt"] = {"step": step, "model": _trainable_state(model), "opt1": opt1.state_dict(),
-                                         "opt2": opt2.state_dict(), "ema": ema.shadow, "world_size": session.world_size,
-                                         "epoch": position["epoch"], "config": cfg.model_dump(mode="json")}
-                session.save(step, files, last)
-            else:
-                session.report(last)
-    metrics_log.close()
+        terms["loss"] = loss.detach()
+        last = reporter.after_step(step, terms, {"phase": phase}, position, lambda: {
+            "model": trainable_state(model, _frozen(model)), "opt1": opt1.state_dict(), "opt2": opt2.state_dict(), "ema": ema.shadow,
+            "config": cfg.model_dump(mode="json")}) or last
+    reporter.close()
     session.close()
     return last
 

@@ -1,0 +1,110 @@
+"""Configuration of trainer 2 (PAHA), presets ``tiny`` (CPU tests) and ``base`` (paper scale, GPU).
+
+One config describes both networks; ``train.target`` picks which one a run trains — ``univdm``
+(the video diffusion model) or ``pce`` (the regional sync classifiers). They are separate runs
+(separate ``run.name``), each resumable, and ``cnas generate paha`` takes both checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from trainers.runtime import DataSection, RunSection, Section, load_preset_config
+
+from .parts import PARTS, REGIONS
+
+
+class PahaData(DataSection):
+    window_frames: int = Field(16, ge=2, description="frames per training window (motion frames included)")
+    image_size: int = Field(512, ge=16, description="square crop side in pixels")
+    batch_size: int = Field(1, ge=1, description="per worker")
+    shuffle_buffer: int = Field(64, ge=0)
+
+
+class PahaModel(Section):
+    vae: str | None = Field(None, description="diffusers AutoencoderKL folder; none: pixel-unshuffle latent (tiny only)")
+    latent_factor: int = Field(4, ge=1, description="pixel-unshuffle factor when vae is none")
+    channels: list[int] = Field(default_factory=lambda: [32, 64])
+    attn_levels: list[int] = Field(default_factory=lambda: [1], description="U-Net levels with video transformers")
+    heads: int = 4
+    audio_backbone: str | None = Field(None, description="HF speech model folder (wav2vec2/HuBERT/WavLM); none: spectrogram")
+    audio_backbone_layer: int | None = None
+    audio_dim: int = Field(64, description="audio features after the trainable projection")
+    audio_context: int = Field(2, ge=0, description="audio frames on each side a video frame attends to")
+    motion_frames: int = Field(2, ge=0, description="clean frames from the previous window (long videos)")
+    p_motion: float = Field(0.5, ge=0, le=1, description="share of training windows that start with motion frames")
+    noise_steps: int = Field(1000, ge=10)
+    prediction: str = Field("x0", pattern=r"^(eps|v|x0)$", description="what UniVDM predicts: ε, v (Salimans & Ho) or x₀")
+    p_drop_audio: float = Field(0.1, ge=0, le=1)
+    par_lambdas: list[float] = Field(default_factory=lambda: [1.0, 2.0, 2.0, 2.0, 0.0],
+                                     description=f"PAR λ per part, in the order {', '.join(PARTS)}")
+    init_2d: str | None = Field(None, description="state dict (.pt) of a 2D model with the same spatial layers")
+    pce_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
+    pce_crop: int = Field(8, ge=2)
+    pce_hidden: int = 64
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.par_lambdas) != len(PARTS) or min(self.par_lambdas) < 0:
+            raise ValueError(f"model.par_lambdas needs {len(PARTS)} non-negative values ({', '.join(PARTS)})")
+        if any(i >= len(self.channels) for i in self.attn_levels):
+            raise ValueError("model.attn_levels refers to a level beyond model.channels")
+        return self
+
+
+class PahaTrain(Section):
+    target: str = Field("univdm", pattern=r"^(univdm|pce)$")
+    steps: int = Field(100000, ge=0)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    amp: bool = True
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+    pce_min_shift: int = Field(3, ge=1, description="negatives: audio shifted by at least this many frames")
+    pce_noise_buckets: int = Field(4, ge=1, description="accuracy is logged per equal share of the timesteps")
+
+
+class PahaConfig(Section):
+    preset: str | None = None
+    data: PahaData = Field(default_factory=PahaData)
+    model: PahaModel = Field(default_factory=PahaModel)
+    train: PahaTrain = Field(default_factory=PahaTrain)
+    run: RunSection = Field(default_factory=lambda: RunSection(name="paha"))
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.model.motion_frames >= self.data.window_frames:
+            raise ValueError("model.motion_frames must be smaller than data.window_frames")
+        factor = self.model.latent_factor if self.model.vae is None else 8
+        if self.data.image_size % (factor * 2 ** (len(self.model.channels) - 1)):
+            raise ValueError("data.image_size must divide by the latent factor × 2^(levels-1)")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "data": {"window_frames": 6, "image_size": 32, "batch_size": 2, "shuffle_buffer": 8},
+        "model": {"latent_factor": 4, "channels": [32, 64], "attn_levels": [0, 1], "heads": 4, "audio_dim": 32,
+                  "motion_frames": 2, "noise_steps": 100, "pce_crop": 4, "pce_hidden": 32},
+        "train": {"steps": 20, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "ema_decay": 0.9},
+        "run": {"name": "paha-tiny", "num_workers": 1, "max_failures": 1},
+    },
+    # paper scale: SD-VAE latents of 512² frames (64²×4), SD-1.5-like widths, 16-frame windows
+    "base": {
+        "data": {"window_frames": 16, "image_size": 512, "batch_size": 1, "loader_workers": 4, "shuffle_buffer": 200},
+        "model": {"vae": "models/sd-vae-ft-mse", "channels": [320, 640, 1280, 1280], "attn_levels": [1, 2, 3],
+                  "heads": 8, "audio_backbone": "models/chinese-hubert-base", "audio_dim": 768, "motion_frames": 4,
+                  "noise_steps": 1000, "pce_crop": 16, "pce_hidden": 256},
+        "train": {"steps": 100000, "lr": 1e-5, "checkpoint_every": 1000, "log_every": 50, "ema_decay": 0.9999},
+        "run": {"name": "paha-base", "num_workers": 8, "use_gpu": True, "cpus_per_worker": 6},
+    },
+}
+
+
+def load_paha_config(config: str | None = "tiny", overrides: list[str] | None = None) -> PahaConfig:
+    return load_preset_config(PahaConfig, PRESETS, config, overrides)

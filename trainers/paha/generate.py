@@ -1,0 +1,129 @@
+"""Sampling from trained trainer-2 checkpoints.
+
+    cnas generate paha --checkpoint runs/paha-base --pce-checkpoint runs/paha-base-pce \\
+        --ref anchor.png --audio speech.wav --guidance sg --out video.mp4
+
+The reference image is centre-cropped to a square and resized to the model's ``image_size``.
+PCE guidance needs each region's box in the reference: found with MediaPipe (the pose stage's
+``analyse_frame`` and part boxes), or given with ``--regions regions.json``
+(``{"mouth": [x0, y0, x1, y1], "hands": [...]}`` in reference-image pixels); a region with no box
+is left out of the guidance with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from trainers.media import SR, read_audio, write_video
+from trainers.runtime import find_checkpoint
+
+from .config import PahaConfig
+from .model import FPS, ClassifierModel, VideoModel
+from .parts import REGIONS
+from .sampling import sample_video
+from .train import load_state
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True) -> tuple[torch.nn.Module, PahaConfig, int]:
+    """The network of a trainer-2 checkpoint (``kind`` univdm or pce), with EMA weights by default."""
+    ckpt = find_checkpoint(path)
+    state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=False)
+    cfg = PahaConfig.model_validate(state["config"])
+    if cfg.train.target != kind:
+        raise ValueError(f"{ckpt} is a {cfg.train.target!r} checkpoint, expected {kind!r}")
+    model = VideoModel(cfg.model) if kind == "univdm" else ClassifierModel(cfg.model)
+    load_state(model, state["model"])
+    if use_ema:
+        model.load_state_dict({**model.state_dict(), **state["ema"]})
+    return model.eval(), cfg, state["step"]
+
+
+def load_reference(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(square-cropped RGB image at its own resolution, the same resized to size×size)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read the reference image {path}")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    square = img[y0: y0 + s, x0: x0 + s]
+    return square, cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def reference_regions(square: np.ndarray, regions_file: str | None = None) -> dict[str, list[float]]:
+    """Boxes per PCE region in the square reference's pixels: from ``regions_file`` or MediaPipe."""
+    if regions_file:
+        given = json.loads(Path(regions_file).read_text())
+        unknown = set(given) - set(REGIONS)
+        if unknown:
+            raise ValueError(f"{regions_file}: unknown region(s) {sorted(unknown)}; known: {list(REGIONS)}")
+        return {k: [float(x) for x in v] for k, v in given.items()}
+    from stages.pose import PoseModels, analyse_frame, part_arrays
+
+    a = analyse_frame(PoseModels(), square)
+    h, w = square.shape[:2]
+    arrays = {k: np.asarray(v)[None] for k, v in a.items() if k not in ("face_boxes", "face_scores", "face_sharpness")}
+    face_box = a["face_boxes"][a["face_scores"].argmax()] if len(a["face_scores"]) else np.full(4, np.nan, np.float32)
+    face_score = a["face_scores"].max() if len(a["face_scores"]) else 0.0
+    parts = part_arrays(arrays, np.array([face_score]), face_box[None], w, h)
+    out = {}
+    for region, idx in REGIONS.items():
+        boxes = parts["part_boxes"][0, list(idx)]
+        boxes = boxes[~np.isnan(boxes[:, 0])]
+        if len(boxes):
+            out[region] = [float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())]
+    return out
+
+
+def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave: torch.Tensor, guidance: str = "none",
+                   pce: ClassifierModel | None = None, regions: dict[str, list[float]] | None = None,
+                   region_scale: float = 1.0, steps: int = 25, audio_scale: float = 3.5, guidance_scale: float = 0.05,
+                   seed: int = 0) -> np.ndarray:
+    """Frames (T, S, S, 3) uint8 for the reference (S×S RGB) and 16 kHz audio, T = duration × 25."""
+    S = cfg.data.image_size
+    T = max(1, int(round(len(wave) / SR * FPS)))
+    ref = torch.from_numpy(ref_rgb).permute(2, 0, 1).float()[None, None] / 255.0
+    zr = model.encode_frames(ref)[:, 0]
+    audio = model.audio_features(wave[None], T)
+    kw: dict[str, Any] = {}
+    if guidance != "none":
+        if pce is None:
+            raise ValueError(f"guidance {guidance!r} needs --pce-checkpoint (a run with train.target=pce)")
+        if pce.latent.channels != model.latent.channels or pce.cfg.vae != model.cfg.vae:
+            raise ValueError("the PCE checkpoint was trained in another latent space than the video model (model.vae)")
+        scale = zr.shape[-1] / S * region_scale  # reference pixels → latent pixels
+        boxes = {r: torch.tensor([b], dtype=torch.float32) * scale for r, b in (regions or {}).items() if r in pce.pce.regions}
+        missing = [r for r in pce.pce.regions if r not in boxes]
+        if missing:
+            log.warning("no box for region(s) %s in the reference: they are left out of the guidance", missing)
+        if not boxes:
+            raise ValueError("no PCE region (mouth, hands) was found in the reference; give --regions")
+        kw = {"pce": pce, "raw_audio": pce.raw_audio(wave[None], T), "boxes": boxes, "guidance": guidance,
+              "guidance_scale": guidance_scale}
+    z = sample_video(model, zr, audio, cfg.data.window_frames, seed=seed, steps=steps, audio_scale=audio_scale, **kw)
+    frames = model.decode_latents(z)[0]  # (T, 3, S, S)
+    return (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def generate_to_file(checkpoint: str, ref: str, audio: str, out: str, guidance: str = "none", pce_checkpoint: str | None = None,
+                     regions_file: str | None = None, **kw) -> Path:
+    model, cfg, _ = load_checkpoint(checkpoint, "univdm")
+    pce = load_checkpoint(pce_checkpoint, "pce")[0] if pce_checkpoint else None
+    square, ref_rgb = load_reference(ref, cfg.data.image_size)
+    regions = None
+    region_scale = 1.0
+    if guidance != "none":
+        regions = reference_regions(square, regions_file)
+        region_scale = cfg.data.image_size / square.shape[0]
+    frames = generate_video(model, cfg, ref_rgb, read_audio(audio), guidance, pce, regions, region_scale, **kw)
+    return write_video(out, frames, cfg.data.image_size, FPS, audio)

@@ -1,0 +1,169 @@
+"""UniVDM — one 3D U-Net that denoises video latents while reading the reference frame itself.
+
+The reference latent (and, for long videos, clean *motion frames* from the previous window) are
+prepended to the noisy frames along time, and the reference latent is also concatenated to every
+frame's input channels (Stable Video Diffusion's image conditioning); every frame carries its own timestep (0 for the clean
+ones) and a frame-type embedding. Identity flows through attention, not a second network:
+
+* spatial self-attention: each frame's tokens attend to their own frame **and the reference
+  frame's** tokens (the reference-attention of Animate Anyone / EMO, inside the one U-Net);
+* temporal attention: each spatial location attends across all frames (output projection
+  zero-initialised, so a 2D-initialised network starts as the image model — AnimateDiff's rule);
+* audio cross-attention: each frame's tokens attend to the audio features of a window of frames
+  around it (EMO/Hallo); the reference frame sees a learned null audio token.
+
+Shapes: latents (B, F, C, h, w), timesteps (B, F), audio (B, F, K, A) with K = 2·audio_context+1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FRAME_REF, FRAME_MOTION, FRAME_NOISY = 0, 1, 2
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float().reshape(-1)[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=-1).reshape(*t.shape, dim)
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(32, ch)
+
+
+class ResBlock(nn.Module):
+    """Per-frame 2D residual block with a per-frame time embedding."""
+
+    def __init__(self, cin: int, cout: int, temb: int):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.t = nn.Linear(temb, cout)
+        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, temb):  # x (N, C, h, w), temb (N, E)
+        h = self.c1(F.silu(self.n1(x))) + self.t(F.silu(temb))[:, :, None, None]
+        return self.skip(x) + self.c2(F.silu(self.n2(h)))
+
+
+class VideoTransformer(nn.Module):
+    """Spatial (+ reference) attention, temporal attention, audio cross-attention, MLP."""
+
+    def __init__(self, ch: int, heads: int, audio_dim: int, max_frames: int = 64):
+        super().__init__()
+        self.heads = heads
+        self.norm_s, self.norm_t, self.norm_a, self.norm_m = (nn.LayerNorm(ch) for _ in range(4))
+        self.spatial = nn.MultiheadAttention(ch, heads, batch_first=True)
+        self.temporal = nn.MultiheadAttention(ch, heads, batch_first=True)
+        self.audio = nn.MultiheadAttention(ch, heads, kdim=audio_dim, vdim=audio_dim, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
+        self.frame_pos = nn.Parameter(torch.zeros(max_frames, ch))
+        for attn in (self.temporal, self.audio):  # new (non-2D) paths start as identity
+            nn.init.zeros_(attn.out_proj.weight)
+            nn.init.zeros_(attn.out_proj.bias)
+
+    def forward(self, x, B: int, Fr: int, audio):  # x (B*F, C, h, w); audio (B*F, K, A)
+        N, C, h, w = x.shape
+        tok = x.flatten(2).transpose(1, 2)  # (B*F, hw, C)
+        # spatial attention over own tokens + the reference frame's tokens (frame 0 of each video)
+        hs = self.norm_s(tok)
+        ref = hs.view(B, Fr, h * w, C)[:, :1].expand(B, Fr, h * w, C).reshape(N, h * w, C)
+        kv = torch.cat([hs, ref], dim=1)
+        tok = tok + self.spatial(hs, kv, kv, need_weights=False)[0]
+        # temporal attention per spatial location
+        tt = tok.view(B, Fr, h * w, C).permute(0, 2, 1, 3).reshape(B * h * w, Fr, C)
+        ht = self.norm_t(tt) + self.frame_pos[:Fr]
+        tt = tt + self.temporal(ht, ht, ht, need_weights=False)[0]
+        tok = tt.view(B, h * w, Fr, C).permute(0, 2, 1, 3).reshape(N, h * w, C)
+        # audio cross-attention to this frame's audio window
+        tok = tok + self.audio(self.norm_a(tok), audio, audio, need_weights=False)[0]
+        tok = tok + self.mlp(self.norm_m(tok))
+        return tok.transpose(1, 2).reshape(N, C, h, w)
+
+
+class UniVDM(nn.Module):
+    def __init__(self, latent_channels: int = 4, channels: tuple[int, ...] = (32, 64), attn_levels: tuple[int, ...] = (1,),
+                 heads: int = 4, audio_dim: int = 64, audio_context: int = 2, max_frames: int = 64):
+        super().__init__()
+        self.audio_context = audio_context
+        temb = channels[0] * 4
+        self.temb_dim = channels[0]
+        self.time = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.frame_type = nn.Embedding(3, temb)
+        self.null_audio = nn.Parameter(torch.zeros(audio_dim))
+        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, audio_dim))
+        # every frame's input is [its latent, the reference latent] (SVD's image conditioning); the
+        # reference also enters every video transformer through attention (below)
+        self.inp = nn.Conv2d(2 * latent_channels, channels[0], 3, padding=1)
+        self.down, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        ch = channels[0]
+        skips = []
+        for i, c in enumerate(channels):
+            self.down.append(ResBlock(ch, c, temb))
+            self.down_attn.append(VideoTransformer(c, heads, audio_dim, max_frames) if i in attn_levels else nn.Identity())
+            skips.append(c)
+            ch = c
+            self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(channels) - 1 else nn.Identity())
+        self.mid = ResBlock(ch, ch, temb)
+        self.mid_attn = VideoTransformer(ch, heads, audio_dim, max_frames)
+        self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i, c in reversed(list(enumerate(channels))):
+            self.up.append(ResBlock(ch + skips[i], c, temb))
+            self.up_attn.append(VideoTransformer(c, heads, audio_dim, max_frames) if i in attn_levels else nn.Identity())
+            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if i > 0 else nn.Identity())
+            ch = c
+        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, latent_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def audio_windows(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, F, A) per-frame features → (B, F, K, A) windows of ±audio_context frames (edge-padded)."""
+        k = self.audio_context
+        padded = torch.cat([audio[:, :1].expand(-1, k, -1), audio, audio[:, -1:].expand(-1, k, -1)], dim=1)
+        return padded.unfold(1, 2 * k + 1, 1).permute(0, 1, 3, 2) + self.audio_pos
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, frame_type: torch.Tensor, audio: torch.Tensor,
+                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, F, C, h, w) with the reference at frame 0; t, frame_type (B, F); audio (B, F, A) per frame.
+        Returns the noise prediction for every frame (B, F, C, h, w)."""
+        B, Fr, C, h, w = z.shape
+        win = self.audio_windows(audio)
+        null = self.null_audio.expand_as(win)
+        is_ref = (frame_type == FRAME_REF)[:, :, None, None]
+        win = torch.where(is_ref, null, win)
+        if drop_audio is not None:  # classifier-free guidance: the whole clip loses its audio
+            win = torch.where(drop_audio[:, None, None, None], null, win)
+        win = win.reshape(B * Fr, *win.shape[2:])
+        temb = self.time(timestep_embedding(t, self.temb_dim)) + self.frame_type(frame_type)
+        temb = temb.reshape(B * Fr, -1)
+        ref = z[:, :1].expand(B, Fr, C, h, w)
+        x = self.inp(torch.cat([z, ref], dim=2).reshape(B * Fr, 2 * C, h, w))
+        skips = []
+        for res, attn, down in zip(self.down, self.down_attn, self.downsample):
+            x = res(x, temb)
+            x = attn(x, B, Fr, win) if isinstance(attn, VideoTransformer) else x
+            skips.append(x)
+            x = down(x)
+        x = self.mid_attn(self.mid(x, temb), B, Fr, win)
+        for res, attn, up in zip(self.up, self.up_attn, self.upsample):
+            skip = skips.pop()
+            if x.shape[-2:] != skip.shape[-2:]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = res(torch.cat([x, skip], dim=1), temb)
+            x = attn(x, B, Fr, win) if isinstance(attn, VideoTransformer) else x
+            x = up(x)
+        return self.out(x).reshape(B, Fr, C, h, w)
+
+    def init_from_2d(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load 2D (image-model) weights into the matching layers; temporal/audio layers keep their
+        identity initialisation. Returns (loaded keys, skipped keys)."""
+        own = self.state_dict()
+        loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+        self.load_state_dict({**own, **{k: state[k] for k in loaded}})
+        return loaded, [k for k in state if k not in loaded]
