@@ -19,7 +19,8 @@ PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
 import importlib, sys
 mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
         "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
-        "resemblyzer", "opencc", "cv2", "skimage", "soundfile", "schemas", "pipeline", "stages"]
+        "resemblyzer", "opencc", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
+        "schemas", "pipeline", "stages", "trainers.facial.train", "trainers.paha.train"]
 bad = []
 for m in mods:
     try:
