@@ -4,14 +4,28 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+
+
+def test_local_provider_variant_validates():
+    config = yaml.safe_load((ROOT / "ray_cluster.local.yaml").read_text())
+    jsonschema.validate(config, json.loads(SCHEMA.read_text()))
+    assert config["provider"]["type"] == "local" and config["provider"]["head_ip"]
+    assert config["max_workers"] == len(config["provider"]["worker_ips"])
+    assert any("make setup" in c for c in config["setup_commands"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**config, "provider": {**config["provider"], "type": 7}}, json.loads(SCHEMA.read_text()))
+
+
 def test_ray_cluster_yaml_validates_against_ray_schema():
-    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    schema = json.loads(SCHEMA.read_text())
     config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
     jsonschema.validate(config, schema)
     assert config["head_node_type"] in config["available_node_types"]

@@ -270,6 +270,13 @@ class MetricLog:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
 
+    def event(self, name: str, step: int) -> None:
+        import json
+
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"event": name, "step": step, "time": time.time()}) + "\n")
+            self.jsonl.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -358,9 +365,12 @@ class Reporter:
     """After each step: every ``log_every`` steps average the metrics over workers and log them;
     every ``checkpoint_every`` steps and at the last step also write a checkpoint."""
 
-    def __init__(self, session: Session, log_every: int, checkpoint_every: int, total_steps: int):
+    def __init__(self, session: Session, log_every: int, checkpoint_every: int, total_steps: int,
+                 resumed_from: int | None = None):
         self.session, self.log_every, self.checkpoint_every, self.total = session, log_every, checkpoint_every, total_steps
         self.metrics_log = MetricLog(session)
+        if resumed_from is not None:  # an audit trail of restarts next to the metrics
+            self.metrics_log.event("resumed", resumed_from)
         self.tic = time.perf_counter()
 
     def after_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float], position: dict[str, int],

@@ -68,10 +68,10 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
     opt2 = torch.optim.AdamW(trainable_params(model.diffusion), lr=t.lr, weight_decay=t.weight_decay)
     ema = EMA(model.diffusion, t.ema_decay)
     seed_everything(t.seed * 1000 + session.rank)  # noise and condition dropout differ per worker
-    step, position, _ = restore_checkpoint(session, {"model": (model, load_model_state),
+    step, position, restored = restore_checkpoint(session, {"model": (model, load_model_state),
                                                      "opt1": opt1, "opt2": opt2, "ema": ema})
 
-    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.total_steps)
+    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.total_steps, step if restored else None)
     stream = batch_stream(loader_config(cfg), position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}

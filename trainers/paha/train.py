@@ -74,8 +74,8 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     ema = EMA(model, t.ema_decay)
     seed_everything(t.seed * 1000 + session.rank)
-    step, position, _ = restore_checkpoint(session, {"model": (model, load_state), "opt": opt, "ema": ema})
-    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps)
+    step, position, restored = restore_checkpoint(session, {"model": (model, load_state), "opt": opt, "ema": ema})
+    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps, step if restored else None)
     stream = batch_stream(loader_config(cfg), position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}
