@@ -141,6 +141,8 @@ class RayConfig(_Section):
     flame_actors: int = Field(1, ge=1)
     flame_cpus: float = Field(1.0, gt=0)
     flame_gpus: float = Field(0.0, ge=0, description="GPUs per FLAME actor; 0 with flame.device=cuda means 1")
+    reserve_op_resources: bool = Field(
+        False, description="Ray Data's per-operator resource reservation; off: any stage may use idle CPUs")
     max_blocks: int = Field(1000, ge=1, description="at most this many Ray Data blocks (one video per block below it)")
 
 

@@ -99,6 +99,9 @@ def run_ingest(
     # One block per video: a worker that dies (out of memory, a segfault in a native library)
     # loses that video's block, not the run. Missing videos are reported as failures below.
     ctx.max_errored_blocks = len(sources)
+    # Reservation splits the CPUs between the operators up front; with one video per block and
+    # few CPUs that left a third of them idle (docs/BENCHMARKS.md, cluster scaling).
+    ctx.op_resource_reservation_enabled = cfg.ray.reserve_op_resources
     ds = build_plan(sources, cfg, work.uri)
     clips: list[ClipRecord] = []
     failures: list[FailureRecord] = []
