@@ -45,7 +45,9 @@ def start_cluster(nodes: int, cpus: int, tag: str) -> tuple[str, str]:
 
 
 def stop_cluster(address: str, temp: str) -> None:
-    pids = subprocess.run(["pgrep", "-f", f"{temp}|{address}"], capture_output=True, text=True).stdout.split()
+    port = address.rsplit(":", 1)[1]
+    pattern = f"{temp}|127\\.0\\.0\\.1:{port}([^0-9]|$)"  # this cluster's processes only
+    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     for pid in pids:
         try:
             os.kill(int(pid), signal.SIGKILL)

@@ -49,7 +49,8 @@ def cmd_generate_paha(args) -> int:
     from trainers.paha.generate import generate_to_file
 
     out = generate_to_file(args.checkpoint, args.ref, args.audio, args.out, args.guidance, args.pce_checkpoint, args.regions,
-                           steps=args.steps, audio_scale=args.audio_scale, guidance_scale=args.guidance_scale, seed=args.seed)
+                           device=_device(args.device), steps=args.steps, audio_scale=args.audio_scale,
+                           guidance_scale=args.guidance_scale, seed=args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -67,7 +68,8 @@ def cmd_eval_paha(args) -> int:
 
     return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.frames, args.steps, args.audio_scale, args.guidance,
                             args.pce_checkpoint, args.guidance_scale, args.seed, args.fid_weights, args.fvd_weights,
-                            args.lpips_weights, args.syncnet_weights, hands=not args.no_hands), args.out)
+                            args.lpips_weights, args.syncnet_weights, hands=not args.no_hands, device=_device(args.device)),
+                   args.out)
 
 
 def cmd_generate_facial(args) -> int:
@@ -75,7 +77,7 @@ def cmd_generate_facial(args) -> int:
 
     from trainers.facial.generate import emotion_from_args, generate_motion, load_trained, read_audio, save_sequence
 
-    model, cfg, step = load_trained(args.checkpoint)
+    model, cfg, step = load_trained(args.checkpoint, device=_device(args.device))
     torch.manual_seed(args.seed)
     wave = read_audio(args.audio)
     emotion = emotion_from_args(model, args.emotion_text, args.emotion_label, args.intensity, args.emotion_audio)
@@ -104,18 +106,31 @@ def cmd_eval_facial(args) -> int:
     from trainers.facial.evaluate import evaluate
 
     return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.samples, args.steps, args.audio_scale,
-                            args.emotion_scale, args.seed, args.flame_model, args.flame_masks), args.out)
+                            args.emotion_scale, args.seed, args.flame_model, args.flame_masks, device=_device(args.device)),
+                   args.out)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder (newest step_* is used) or one step_* folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to sample (auto: a GPU when there is one)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--audio-scale", type=float, default=2.0, help="classifier-free guidance scale for audio")
     p.add_argument("--emotion-scale", type=float, default=1.5, help="classifier-free guidance scale for emotion")
     p.add_argument("--seed", type=int, default=0)
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible")
+    return name
+
+
 def _paha_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to sample (auto: a GPU when there is one)")
     p.add_argument("--checkpoint", required=True, help="UniVDM run folder (newest step_*) or one step_* folder")
     p.add_argument("--pce-checkpoint", help="PCE run folder (needed for --guidance sg|dg)")
     p.add_argument("--guidance", choices=["none", "sg", "dg"], default="none", help="PCE classifier guidance")

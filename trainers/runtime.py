@@ -102,27 +102,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch RNG states, plus the CUDA state of this worker's own GPU only (all
+    workers of a node see every GPU; touching the others would open contexts on them)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class EMA:
     """Exponential moving average of a module's floating-point parameters and buffers."""
 
-    def __init__(self, module: torch.nn.Module, decay: float):
+    def __init__(self, module: torch.nn.Module, decay: float, skip_prefixes: tuple[str, ...] = ()):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()
+                       if v.dtype.is_floating_point and not k.startswith(skip_prefixes)}
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
@@ -314,15 +317,17 @@ def trainable_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def mean_metrics(terms: dict[str, torch.Tensor], session: Session) -> dict[str, float]:
-    """Scalar terms averaged over all workers."""
+    """Scalar terms averaged over all workers, NaN meaning "not measured here" (left out of the
+    mean; a term no worker measured is dropped). Every worker must pass the same keys."""
     import torch.distributed as dist
 
     keys = sorted(terms)
     vec = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()).to(session.device) for k in keys])
+    seen = ~torch.isnan(vec)
+    both = torch.stack([torch.where(seen, vec, torch.zeros_like(vec)), seen.float()])
     if session.world_size > 1:
-        dist.all_reduce(vec)
-        vec /= session.world_size
-    return dict(zip(keys, vec.tolist()))
+        dist.all_reduce(both)
+    return {k: (both[0, i] / both[1, i]).item() for i, k in enumerate(keys) if both[1, i] > 0}
 
 
 def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, dict[str, int], dict[str, Any] | None]:
@@ -343,7 +348,7 @@ def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, 
     if mine.exists() and state.get("world_size") == session.world_size:
         rank_state = torch.load(mine, weights_only=False)
         position = rank_state["position"]
-        set_rng_state(rank_state["rng"])
+        set_rng_state(rank_state["rng"], session.device)
     else:  # another number of workers: the data split changed, start the next epoch afresh
         position = {"epoch": state.get("epoch", 0) + 1, "batches": 0}
     if session.rank == 0:
@@ -355,7 +360,7 @@ def save_checkpoint(session: Session, step: int, position: dict[str, int], metri
                     payload: Callable[[], dict[str, Any]]) -> None:
     """Checkpoint ``step``: every worker writes its data position and RNG states, rank 0 also
     ``payload()`` (weights, optimisers, …) with the step, world size and epoch."""
-    files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": dict(position), "rng": rng_state()}}
+    files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": dict(position), "rng": rng_state(session.device)}}
     if session.rank == 0:
         files["model.pt"] = {"step": step, "world_size": session.world_size, "epoch": position["epoch"], **payload()}
     session.save(step, files, metrics)
@@ -371,7 +376,7 @@ class Reporter:
         self.metrics_log = MetricLog(session)
         if resumed_from is not None:  # an audit trail of restarts next to the metrics
             self.metrics_log.event("resumed", resumed_from)
-        self.tic = time.perf_counter()
+        self.tic, self.tic_step = time.perf_counter(), resumed_from or 0
 
     def after_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float], position: dict[str, int],
                    payload: Callable[[], dict[str, Any]]) -> dict[str, float] | None:
@@ -379,9 +384,10 @@ class Reporter:
         if not (ckpt or step % self.log_every == 0):
             return None
         metrics = mean_metrics(terms, self.session)
+        done = step - self.tic_step
         metrics.update(step=step, epoch=position["epoch"], **extra,
-                       steps_per_s=self.log_every / max(time.perf_counter() - self.tic, 1e-9))
-        self.tic = time.perf_counter()
+                       steps_per_s=done / max(time.perf_counter() - self.tic, 1e-9))
+        self.tic, self.tic_step = time.perf_counter(), step
         self.metrics_log.write(step, metrics)
         if self.session.rank == 0:
             log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "step"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,11 +31,6 @@ class NoiseSchedule:
         a_prev = ac[t_prev] if t_prev is not None else torch.tensor(1.0, device=x.device)
         eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-
-    def predict_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """x₀ implied by an ε prediction at timestep(s) ``t``."""
-        a = self._a(x, t)
-        return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
     def _a(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         a = self.alphas_cumprod.to(x.device)[t]
@@ -69,3 +66,11 @@ class NoiseSchedule:
         if prediction == "x0":
             return out, (x - a.sqrt() * out) / (1 - a).sqrt()
         raise ValueError(f"unknown prediction type {prediction!r}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (…, dim) of timesteps or positions of any shape (…)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float().reshape(-1)[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=-1).reshape(*t.shape, dim)

@@ -38,7 +38,7 @@ class FacialModelConfig(Section):
     audio_backbone: str | None = Field(None, description="HF speech model folder (wav2vec2/HuBERT/WavLM); none: built-in spectrogram")
     audio_backbone_layer: int | None = None
     text_backbone: str | None = Field(None, description="HF text encoder folder with tokenizer; none: built-in hashed words")
-    freeze_backbones: bool = True
+    freeze_backbones: bool = Field(True, description="freeze the text backbone (the speech backbone is always frozen)")
     noise_steps: int = Field(1000, ge=10)
     align_slope: float = Field(4.0, ge=0, description="cross-attention bias per second of motion/audio offset")
     p_drop_audio: float = Field(0.1, ge=0, le=1)

@@ -15,13 +15,12 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.schedule import NoiseSchedule  # noqa: F401  (re-exported)
+from trainers.schedule import NoiseSchedule, timestep_embedding  # noqa: F401  (NoiseSchedule re-exported)
 
 
 class MotionAutoencoder(nn.Module):
@@ -37,13 +36,6 @@ class MotionAutoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, T/2, C) -> (B, T, 53)
         return self.dec(z.transpose(1, 2)).transpose(1, 2)
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
 class DenoiserBlock(nn.Module):

@@ -23,10 +23,10 @@ from .generate import load_trained
 
 def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32, samples: int = 3, steps: int = 50,
              audio_scale: float = 2.0, emotion_scale: float = 1.5, seed: int = 0, flame_model: str | None = None,
-             flame_masks: str | None = None) -> dict[str, Any]:
+             flame_masks: str | None = None, device: str = "cpu") -> dict[str, Any]:
     if samples < 1:
         raise ValueError("samples must be at least 1")
-    model, cfg, step = load_trained(checkpoint)
+    model, cfg, step = load_trained(checkpoint, device=device)
     W = cfg.data.window_frames
     flame = None
     if flame_model or flame_masks:
@@ -38,7 +38,8 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32,
         flame = FlameLayer(load_flame_pickle(flame_model))
         lips = M.load_region_indices(flame_masks, ("lips",))
         upper = M.load_region_indices(flame_masks, ("forehead", "eye_region"))
-    lcfg = LoaderConfig(urls=urls, view="facial", window_frames=W, random_window=False, default_emotion=cfg.data.default_emotion)
+    lcfg = LoaderConfig(urls=urls, view="facial", window_frames=W, random_window=False, default_emotion=cfg.data.default_emotion,
+                        min_valid_frames=cfg.data.min_valid_frames)
     rows: dict[str, list[float]] = {k: [] for k in ("emotion_similarity", "gt_emotion_similarity", "param_mse", "diversity",
                                                     "lve", "fdd", "gt_vs_generated_emotion_similarity")}
     g = torch.Generator().manual_seed(seed)
@@ -48,24 +49,27 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32,
             break
         clips += 1
         gt = ex["motion"].numpy()
-        emo = model.emotion_embedding(label=torch.tensor([ex["emotion_label"]]), intensity=torch.tensor([ex["emotion_intensity"]]))
-        gen = np.stack([model.generate(ex["audio"][None], emo, W, steps, audio_scale, emotion_scale,
-                                       torch.randn((1, W // 2, cfg.model.latent_dim), generator=g))[0].numpy()
+        valid = ex["valid"].numpy()  # frames with a FLAME fit: only those are ground truth
+        emo = model.emotion_embedding(label=torch.tensor([ex["emotion_label"]], device=device),
+                                      intensity=torch.tensor([ex["emotion_intensity"]], device=device))
+        gen = np.stack([model.generate(ex["audio"][None].to(device), emo, W, steps, audio_scale, emotion_scale,
+                                       torch.randn((1, W // 2, cfg.model.latent_dim), generator=g).to(device))[0].cpu().numpy()
                         for _ in range(samples)])
-        gen_emb = model.emotion_embedding(motion=torch.from_numpy(gen)).numpy()
-        gt_emb = model.emotion_embedding(motion=torch.from_numpy(gt)[None]).numpy()
+        gen_emb = model.emotion_embedding(motion=torch.from_numpy(gen).to(device)).cpu().numpy()
+        gt_emb = model.emotion_embedding(motion=torch.from_numpy(gt)[None].to(device)).cpu().numpy()
+        emo = emo.cpu()
         rows["emotion_similarity"].append(M.emotion_similarity(gen_emb, emo.numpy()))
         rows["gt_emotion_similarity"].append(M.emotion_similarity(gt_emb, emo.numpy()))
         rows["gt_vs_generated_emotion_similarity"].append(M.emotion_similarity(gen_emb, gt_emb))
-        rows["param_mse"].append(float(((gen - gt[None]) ** 2).mean()))
+        rows["param_mse"].append(float(((gen[:, valid] - gt[None, valid]) ** 2).mean()))
         if flame is not None:
             from .render import flame_vertices
 
             gv = np.stack([flame_vertices(flame, s) for s in gen])
             tv = flame_vertices(flame, gt)
             template = flame.v_template.numpy()
-            rows["lve"].append(float(np.mean([M.lip_vertex_error(v, tv, lips) for v in gv])))
-            rows["fdd"].append(float(np.mean([M.upper_face_dynamics_deviation(v, tv, template, upper) for v in gv])))
+            rows["lve"].append(float(np.mean([M.lip_vertex_error(v[valid], tv[valid], lips) for v in gv])))
+            rows["fdd"].append(float(np.mean([M.upper_face_dynamics_deviation(v[valid], tv[valid], template, upper) for v in gv])))
             if samples > 1:
                 rows["diversity"].append(M.diversity(gv))
         elif samples > 1:

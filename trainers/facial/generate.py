@@ -73,21 +73,22 @@ def generate_motion(model: FacialModel, wave: torch.Tensor, emotion: torch.Tenso
     if starts[-1] + W < total:
         starts.append(total - W)
     out = np.zeros((max(total, W), 53), np.float64)
-    weight = np.zeros(max(total, W))
     device = model.motion_mean.device
     g = torch.Generator().manual_seed(seed)
+    prev_end = 0
     for s in starts:
         seg = torch.zeros(W * SR // int(FPS))
         chunk = wave[s * SR // int(FPS): (s + W) * SR // int(FPS)]
         seg[: len(chunk)] = chunk
         noise = torch.randn((1, W // 2, model.cfg.latent_dim), generator=g).to(device)
         m = model.generate(seg[None].to(device), emotion, W, steps, audio_scale, emotion_scale, noise)[0].cpu().numpy()
-        ramp = np.ones(W)
-        if overlap and s > 0:
-            ramp[:overlap] = np.linspace(0, 1, overlap + 2)[1:-1]  # fade in over the previous window's tail
-        out[s: s + W] += m * ramp[:, None]
-        weight[s: s + W] += ramp
-    return (out / np.maximum(weight, 1e-8)[:, None])[:total].astype(np.float32)
+        shared = max(0, prev_end - s)  # frames shared with the previous window (the last window may share more)
+        if shared:  # cross-fade: the new window's weight rises linearly over the shared frames
+            a = np.linspace(0, 1, shared + 2)[1:-1, None]
+            out[s: s + shared] = (1 - a) * out[s: s + shared] + a * m[:shared]
+        out[s + shared: s + W] = m[shared:]
+        prev_end = s + W
+    return out[:total].astype(np.float32)
 
 
 def save_sequence(path: str | Path, motion: np.ndarray, info: dict[str, Any]) -> None:

@@ -93,7 +93,8 @@ class FacialModel(nn.Module):
     def __init__(self, cfg: FacialModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.frontend = (PretrainedSpeechEncoder(cfg.audio_backbone, cfg.audio_backbone_layer, cfg.freeze_backbones)
+        # the speech backbone is shared by both phases, so it stays frozen (``freeze_backbones`` is for the text encoder)
+        self.frontend = (PretrainedSpeechEncoder(cfg.audio_backbone, cfg.audio_backbone_layer, freeze=True)
                          if cfg.audio_backbone else Spectrogram(fps=FPS))
         self.binding = BindingPhase(cfg, self.frontend.out_dim)
         self.diffusion = DiffusionPhase(cfg, self.frontend.out_dim)

@@ -18,9 +18,8 @@ import torch
 import torch.distributed as dist
 
 from trainers.data import LoaderConfig
-from trainers.runtime import (EMA, Reporter, Session, batch_stream, current_session, launch, mean_metrics, restore_checkpoint,
-                              load_trainable, save_checkpoint, seed_everything, trainable_params,
-                              trainable_state, wrap_ddp)
+from trainers.runtime import (EMA, Reporter, Session, batch_stream, current_session, launch, load_trainable, restore_checkpoint,
+                              seed_everything, trainable_params, trainable_state, wrap_ddp)
 
 from .config import FacialConfig
 from .model import FacialModel
@@ -42,7 +41,7 @@ _FROZEN_PREFIXES = ("frontend.model.", "binding.text.model.")
 
 
 def _frozen(model: FacialModel) -> tuple[str, ...]:
-    return _FROZEN_PREFIXES if model.cfg.freeze_backbones else ()
+    return _FROZEN_PREFIXES if model.cfg.freeze_backbones else ("frontend.model.",)
 
 
 def load_model_state(model: FacialModel, state: dict[str, torch.Tensor]) -> None:

@@ -78,6 +78,8 @@ class PahaConfig(Section):
 
     @model_validator(mode="after")
     def _fits(self):
+        if self.data.window_frames + 1 > 64:  # UniVDM's temporal positions cover 64 frames (reference included)
+            raise ValueError("data.window_frames must be at most 63")
         if self.model.motion_frames >= self.data.window_frames:
             raise ValueError("model.motion_frames must be smaller than data.window_frames")
         factor = self.model.latent_factor if self.model.vae is None else 8

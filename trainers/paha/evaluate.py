@@ -42,13 +42,14 @@ def _mouth_crops(video: np.ndarray, masks: torch.Tensor, size: int = 96) -> np.n
 def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames: int | None = None, steps: int = 25,
              audio_scale: float = 3.5, guidance: str = "none", pce_checkpoint: str | None = None, guidance_scale: float = 0.05,
              seed: int = 0, fid_weights: str | None = None, fvd_weights: str | None = None, lpips_weights: str | None = None,
-             syncnet_weights: str | None = None, hands: bool = True) -> dict[str, Any]:
-    model, cfg, step = load_checkpoint(checkpoint, "univdm")
-    pce = load_checkpoint(pce_checkpoint, "pce")[0] if pce_checkpoint else None
+             syncnet_weights: str | None = None, hands: bool = True, device: str = "cpu") -> dict[str, Any]:
+    model, cfg, step = load_checkpoint(checkpoint, "univdm", device=device)
+    pce = load_checkpoint(pce_checkpoint, "pce", device=device)[0] if pce_checkpoint else None
     W = frames or cfg.data.window_frames
     lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False)
     gen, real, waves, mouths_g = [], [], [], []
     rows: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+    unguided = 0
     for ex in make_loader(lcfg):
         if len(gen) >= max_clips:
             break
@@ -62,7 +63,9 @@ def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames
                 box, seen = region_boxes(ex["part_masks"][None, :1], r)
                 if bool(seen[0]):
                     regions[r] = box[0].tolist()
-        g = generate_video(model, cfg, ref, ex["audio"], guidance, pce, regions, 1.0, steps, audio_scale, guidance_scale, seed)
+        clip_guidance = guidance if regions or guidance == "none" else "none"
+        unguided += clip_guidance != guidance  # no region box in its first frame: generated without PCE guidance
+        g = generate_video(model, cfg, ref, ex["audio"], clip_guidance, pce, regions, 1.0, steps, audio_scale, guidance_scale, seed)
         r = _uint8(ex["video"])
         gen.append(g)
         real.append(r)
@@ -75,6 +78,8 @@ def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames
     if not gen:
         raise ValueError(f"no clip in {urls!r} has a {W}-frame window with pose data")
     out: dict[str, Any] = {"checkpoint_step": step, "clips": len(gen), "frames_per_clip": W, "guidance": guidance, "notes": []}
+    if unguided:
+        out["notes"].append(f"{unguided} clip(s) had no mouth/hands box in their first frame: generated without PCE guidance")
     for k, v in rows.items():
         out[k] = float(np.mean(v)) if v else None
     if not lpips_weights:

@@ -33,7 +33,7 @@ from .train import load_state
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True) -> tuple[torch.nn.Module, PahaConfig, int]:
+def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module, PahaConfig, int]:
     """The network of a trainer-2 checkpoint (``kind`` univdm or pce), with EMA weights by default."""
     ckpt = find_checkpoint(path)
     state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=False)
@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True) -> tuple[
     load_state(model, state["model"])
     if use_ema:
         model.load_state_dict({**model.state_dict(), **state["ema"]})
-    return model.eval(), cfg, state["step"]
+    return model.to(device).eval(), cfg, state["step"]
 
 
 def load_reference(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,9 @@ def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave
     """Frames (T, S, S, 3) uint8 for the reference (S×S RGB) and 16 kHz audio, T = duration × 25."""
     S = cfg.data.image_size
     T = max(1, int(round(len(wave) / SR * FPS)))
-    ref = torch.from_numpy(ref_rgb).permute(2, 0, 1).float()[None, None] / 255.0
+    device = model.par_lambdas.device
+    wave = wave.to(device)
+    ref = torch.from_numpy(ref_rgb).permute(2, 0, 1).float()[None, None].to(device) / 255.0
     zr = model.encode_frames(ref)[:, 0]
     audio = model.audio_features(wave[None], T)
     kw: dict[str, Any] = {}
@@ -102,7 +104,8 @@ def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave
         if pce.latent.channels != model.latent.channels or pce.cfg.vae != model.cfg.vae:
             raise ValueError("the PCE checkpoint was trained in another latent space than the video model (model.vae)")
         scale = zr.shape[-1] / S * region_scale  # reference pixels → latent pixels
-        boxes = {r: torch.tensor([b], dtype=torch.float32) * scale for r, b in (regions or {}).items() if r in pce.pce.regions}
+        boxes = {r: torch.tensor([b], dtype=torch.float32, device=device) * scale for r, b in (regions or {}).items()
+                 if r in pce.pce.regions}
         missing = [r for r in pce.pce.regions if r not in boxes]
         if missing:
             log.warning("no box for region(s) %s in the reference: they are left out of the guidance", missing)
@@ -112,13 +115,13 @@ def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave
               "guidance_scale": guidance_scale}
     z = sample_video(model, zr, audio, cfg.data.window_frames, seed=seed, steps=steps, audio_scale=audio_scale, **kw)
     frames = model.decode_latents(z)[0]  # (T, 3, S, S)
-    return (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def generate_to_file(checkpoint: str, ref: str, audio: str, out: str, guidance: str = "none", pce_checkpoint: str | None = None,
-                     regions_file: str | None = None, **kw) -> Path:
-    model, cfg, _ = load_checkpoint(checkpoint, "univdm")
-    pce = load_checkpoint(pce_checkpoint, "pce")[0] if pce_checkpoint else None
+                     regions_file: str | None = None, device: str = "cpu", **kw) -> Path:
+    model, cfg, _ = load_checkpoint(checkpoint, "univdm", device=device)
+    pce = load_checkpoint(pce_checkpoint, "pce", device=device)[0] if pce_checkpoint else None
     square, ref_rgb = load_reference(ref, cfg.data.image_size)
     regions = None
     region_scale = 1.0

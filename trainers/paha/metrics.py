@@ -8,7 +8,7 @@ ship in its wheel). With weights supplied by path (never downloaded; a clear err
 | FID | ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's FID Inception) | state dict |
 | FVD | ``i3d_torchscript.pt`` (StyleGAN-V / fvd-comparison) | TorchScript, ``detector(x, rescale=False, resize=False, return_features=True)`` on (B, 3, T, 224, 224) in [-1, 1] |
 | LPIPS | torchvision AlexNet ``alexnet-owt-7be5be79.pth`` (LPIPS's own linear heads ship in the lpips wheel) | state dict |
-| Sync-C / Sync-D | SyncNet (syncnet_python) exported to TorchScript | ``forward_lip(x)`` on (B, 3, 5, 224, 224) mouth crops, ``forward_aud(m)`` on (B, 1, 13, 20) MFCC |
+| Sync-C / Sync-D | SyncNet (syncnet_python) exported to TorchScript | ``forward_lip(x)`` on (B, 3, 5, 224, 224) BGR 0–255 mouth crops, ``forward_aud(m)`` on (B, 1, 13, 20) python_speech_features MFCCs |
 """
 
 from __future__ import annotations
@@ -169,12 +169,10 @@ def lpips_distance(pred: np.ndarray, ref: np.ndarray, backbone: str | None) -> f
 
 # --- Sync-C / Sync-D -------------------------------------------------------------------------
 def mfcc(wave: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
-    """13 MFCCs every 10 ms (25 ms windows), (13, N) — SyncNet's audio input."""
-    import torchaudio
+    """SyncNet's audio input: python_speech_features' 13 MFCCs every 10 ms, (13, N)."""
+    import python_speech_features
 
-    t = torchaudio.transforms.MFCC(sample_rate, n_mfcc=13, melkwargs={"n_fft": 512, "win_length": 400, "hop_length": 160,
-                                                                      "n_mels": 26, "center": False})
-    return t(torch.from_numpy(wave.astype(np.float32)))
+    return torch.from_numpy(python_speech_features.mfcc(wave.astype(np.float64), sample_rate).T.astype(np.float32))
 
 
 @torch.no_grad()
@@ -183,7 +181,9 @@ def sync_scores(mouth_frames: np.ndarray, wave: np.ndarray, weights: str | None,
     (median minus smallest distance), SyncNet's evaluation protocol, for mouth crops (T, H, W, 3)
     at 25 fps and 16 kHz audio."""
     net = torch.jit.load(str(_need(weights, "Sync-C/Sync-D")), map_location="cpu").eval()
-    x = F.interpolate(_float(mouth_frames), size=(224, 224), mode="bilinear", align_corners=False)  # (T, 3, 224, 224)
+    # syncnet_python feeds cv2-read frames: BGR, 0-255
+    bgr = torch.from_numpy(np.ascontiguousarray(mouth_frames[..., ::-1])).permute(0, 3, 1, 2).float()
+    x = F.interpolate(bgr, size=(224, 224), mode="bilinear", align_corners=False)  # (T, 3, 224, 224)
     T = len(x) - 4
     if T < 1:
         raise ValueError("Sync-C/Sync-D need at least 5 frames")

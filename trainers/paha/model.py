@@ -127,17 +127,17 @@ class ClassifierModel(nn.Module):
             logits = torch.cat([self.pce(region, z_t, boxes, t, audio), self.pce(region, z_t, boxes, t, negative)])
             target = torch.cat([torch.ones(B), torch.zeros(B)]).to(logits)
             weight = torch.cat([seen, seen]).to(logits)  # a region never seen in the window teaches nothing
-            if weight.sum() == 0:
-                continue
-            loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum()
+            # every worker computes every region (DDP needs the same graph and metric keys on all)
+            loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
             total = total + loss
             correct = ((logits > 0).float() == target).float()
-            terms[f"pce/{region}_loss"] = loss.detach()
-            terms[f"pce/{region}_acc"] = correct[weight > 0].mean().detach()
+            nan = torch.tensor(float("nan"), device=logits.device)
+            terms[f"pce/{region}_loss"] = loss.detach() if weight.sum() > 0 else nan
+            terms[f"pce/{region}_acc"] = correct[weight > 0].mean().detach() if weight.sum() > 0 else nan
             both = torch.cat([bucket, bucket])
             for k in range(buckets):
                 sel = (both == k) & (weight > 0)
-                # buckets missing from this batch report NaN and are skipped by the logger's mean
-                terms[f"pce/{region}_acc_t{k}"] = correct[sel].mean().detach() if sel.any() else torch.tensor(float("nan"))
+                # NaN: no sample of this bucket here; the metric mean leaves it out
+                terms[f"pce/{region}_acc_t{k}"] = correct[sel].mean().detach() if sel.any() else nan
         terms["pce/loss"] = total.detach()
         return total, terms

@@ -12,7 +12,7 @@ with c_p(f) ∈ [0, 1] the confidence of part p in frame f, m_p(x, f) ∈ [0, 1]
 pixel x covered by part p's box in frame f (area-downsampled mask) and λ_p ≥ 0 per part
 (``model.par_lambdas``; defaults face 1, mouth 2, hands 2, torso 0). Outside every part w = 1;
 a part seen with confidence 0 adds nothing — uncertain poses are not emphasised, so the model is
-not pushed hard towards wrong hands. The loss is the plain mean of w·(ε̂ − ε)², not renormalised,
+not pushed hard towards wrong hands. The loss is the plain mean of w·(prediction − target)², not renormalised,
 so pixels outside the parts keep exactly the weight of the unweighted loss.
 
 **PCE** (parts-consistency enhancement). One small classifier per region (``mouth``: the mouth
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import timestep_embedding
+from trainers.schedule import timestep_embedding
 
 PARTS = ("face", "mouth", "left_hand", "right_hand", "torso")
 REGIONS: dict[str, tuple[int, ...]] = {"mouth": (1,), "hands": (2, 3)}
@@ -107,8 +107,8 @@ def mismatched_audio(audio: torch.Tensor, generator: torch.Generator | None = No
     within the window), or — for every other clip when the batch has several — another clip's audio."""
     B, T, _ = audio.shape
     out = torch.empty_like(audio)
-    hi = max(min_shift + 1, T - min_shift + 1)
-    shifts = torch.randint(min_shift, hi, (B,), generator=generator).tolist()
+    lo = max(1, min(min_shift, T // 2))  # a short window cannot be shifted further than half its length both ways
+    shifts = torch.randint(lo, max(lo, T - lo) + 1, (B,), generator=generator).tolist()
     for i in range(B):
         out[i] = torch.roll(audio[i], shifts[i] % T, dims=0)
     if B > 1:

@@ -112,7 +112,7 @@ def sample_video(model: VideoModel, ref_latent: torch.Tensor, audio: torch.Tenso
         m = 0 if motion is None else motion.shape[1]
         n = min(window - m, T - done)
         sl = slice(done - m, done + n)
-        noise = torch.randn((B, n, C, h, w), generator=g).to(ref_latent.device)
+        noise = torch.randn((B, n, C, h, w), generator=g).to(ref_latent.device)  # CPU generator: same noise on any device
         x = sample_window(model, ref_latent, audio[:, sl], n, motion=motion, noise=noise,
                           raw_audio=None if raw_audio is None else raw_audio[:, sl], **kw)
         out.append(x)

@@ -72,7 +72,7 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     step_fn = wrap_ddp(_Loss(model, cfg), session)
     params = trainable_params(model)
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    ema = EMA(model, t.ema_decay)
+    ema = EMA(model, t.ema_decay, skip_prefixes=_FROZEN_PREFIXES)  # frozen weights need no average
     seed_everything(t.seed * 1000 + session.rank)
     step, position, restored = restore_checkpoint(session, {"model": (model, load_state), "opt": opt, "ema": ema})
     reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps, step if restored else None)
@@ -95,7 +95,7 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
         terms["loss"] = loss.detach()
         last = reporter.after_step(step, terms, {}, position, lambda: {
             "model": trainable_state(model, _FROZEN_PREFIXES), "opt": opt.state_dict(),
-            "ema": {k: v for k, v in ema.shadow.items() if not k.startswith(_FROZEN_PREFIXES)},
+            "ema": ema.shadow,
             "config": cfg.model_dump(mode="json")}) or last
     reporter.close()
     session.close()

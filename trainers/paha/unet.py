@@ -23,14 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.schedule import timestep_embedding
+
 FRAME_REF, FRAME_MOTION, FRAME_NOISY = 0, 1, 2
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float().reshape(-1)[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=-1).reshape(*t.shape, dim)
 
 
 def _groups(ch: int) -> int:
@@ -131,7 +126,7 @@ class UniVDM(nn.Module):
     def forward(self, z: torch.Tensor, t: torch.Tensor, frame_type: torch.Tensor, audio: torch.Tensor,
                 drop_audio: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, F, C, h, w) with the reference at frame 0; t, frame_type (B, F); audio (B, F, A) per frame.
-        Returns the noise prediction for every frame (B, F, C, h, w)."""
+        Returns the network output (what ``model.prediction`` names: x₀, v or ε) for every frame (B, F, C, h, w)."""
         B, Fr, C, h, w = z.shape
         win = self.audio_windows(audio)
         null = self.null_audio.expand_as(win)
