@@ -13,6 +13,7 @@ ship in its wheel). With weights supplied by path (never downloaded; a clear err
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,10 @@ def fvd(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None
 
 
 # --- LPIPS -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
 def lpips_model(backbone: str | None):
     """LPIPS (AlexNet) with its linear heads from the lpips wheel and the AlexNet features from
-    ``backbone`` (torchvision's alexnet state dict)."""
+    ``backbone`` (torchvision's alexnet state dict); built once per path (eval calls it per clip)."""
     import lpips
 
     state = torch.load(_need(backbone, "LPIPS"), map_location="cpu", weights_only=True)
@@ -175,12 +177,17 @@ def mfcc(wave: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
     return torch.from_numpy(python_speech_features.mfcc(wave.astype(np.float64), sample_rate).T.astype(np.float32))
 
 
+@functools.lru_cache(maxsize=2)
+def _syncnet(weights: str | None):
+    return torch.jit.load(str(_need(weights, "Sync-C/Sync-D")), map_location="cpu").eval()
+
+
 @torch.no_grad()
 def sync_scores(mouth_frames: np.ndarray, wave: np.ndarray, weights: str | None, max_offset: int = 15) -> dict[str, float]:
     """Sync-D (smallest mean feature distance over audio offsets of ±max_offset frames) and Sync-C
     (median minus smallest distance), SyncNet's evaluation protocol, for mouth crops (T, H, W, 3)
     at 25 fps and 16 kHz audio."""
-    net = torch.jit.load(str(_need(weights, "Sync-C/Sync-D")), map_location="cpu").eval()
+    net = _syncnet(weights)  # loaded once per weights file, not once per clip
     # syncnet_python feeds cv2-read frames: BGR, 0-255
     bgr = torch.from_numpy(np.ascontiguousarray(mouth_frames[..., ::-1])).permute(0, 3, 1, 2).float()
     x = F.interpolate(bgr, size=(224, 224), mode="bilinear", align_corners=False)  # (T, 3, 224, 224)
