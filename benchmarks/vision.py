@@ -17,7 +17,7 @@ sys.path.insert(0, ROOT)
 
 from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
 from stages.normalize import NormalizeOptions, normalize  # noqa: E402
-from stages.pose import PoseModels, PoseOptions, extract_pose  # noqa: E402
+from stages.pose import PoseModels, PoseOptions, analyse_frame, extract_pose, read_frames  # noqa: E402
 from stages.select import SelectOptions, select_clips  # noqa: E402
 from stages.shots import detect_shots  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     print(f"| shots (PySceneDetect content) | {n / dt:.1f} | {n / dt / 25:.2f} |")
     for stride in (1, 2):
         models = PoseModels(PoseOptions(stride=stride))
-        extract_pose(models, media.video_path, media.width, media.height, media.fps, 10)  # warm-up
+        analyse_frame(models, next(read_frames(media.video_path, media.width, media.height)).copy())  # warm-up
         t = time.perf_counter()
         arrays = extract_pose(models, media.video_path, media.width, media.height, media.fps, n)
         dt = time.perf_counter() - t

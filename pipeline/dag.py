@@ -13,10 +13,13 @@ them). Rows carry small JSON records and paths, never media bytes. A wrapper
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -26,7 +29,7 @@ from stages.clips import ClipOptions, make_clips
 from stages.download import DownloadOptions, download
 from stages.errors import StageError
 from stages.normalize import NormalizeOptions, normalize
-from stages.pose import PoseModels, PoseOptions, extract_pose, pose_track, slice_pose
+from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_track, save_pose, slice_pose
 from stages.flame import fit_clip, load_flame_models, missing_flame_assets
 from stages.select import SelectOptions, select_clips
 from stages.shots import ShotOptions, detect_shots
@@ -127,13 +130,15 @@ def _run_pose(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: A
     import numpy as np
 
     media = NormalizedMedia.model_validate_json(row["normalize"])
-    with work.fetch(media.video_path) as v:
-        arrays = extract_pose(models, v, media.width, media.height, media.fps, media.num_frames)
-    if len(arrays["part_confidences"]) != media.num_frames:
-        raise StageError("decode_failed", f"decoded {len(arrays['part_confidences'])} of {media.num_frames} frames")
-    pose_track(arrays)  # validate ranges and lengths before anything is written
-    with work.local_dir("media", item.video_id) as out:
-        _save_npz(os.path.join(out, "pose.npz"), arrays)
+    with work.fetch(media.video_path) as v, work.local_dir("media", item.video_id) as out:
+        # landmarks go to memory-mapped files beside the output, not the heap (hours of video)
+        scratch = tempfile.mkdtemp(prefix=".pose-", dir=out)
+        try:
+            arrays = extract_pose(models, v, media.width, media.height, media.fps, media.num_frames, scratch)
+            pose_track(arrays)  # validate ranges and lengths before anything is written
+            save_pose(os.path.join(out, "pose.npz"), arrays)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     conf = arrays["part_confidences"]
     return {"path": work.path("media", item.video_id, "pose.npz"), "num_frames": int(len(conf)),
             "mean_part_confidence": [round(float(x), 4) for x in np.mean(conf, axis=0)]}
@@ -150,13 +155,6 @@ def _save_npz(path: str, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_npz(work: WorkDir, path: str) -> dict:
-    import numpy as np
-
-    with work.fetch(path) as local, np.load(local, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def select_options(cfg: Config) -> SelectOptions:
     c = cfg.clips
     return SelectOptions(
@@ -168,6 +166,11 @@ def select_options(cfg: Config) -> SelectOptions:
 
 
 def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: Any = None) -> Any:
+    with contextlib.ExitStack() as stack:
+        return _clips(item, row, cfg, work, stack)
+
+
+def _clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, stack: contextlib.ExitStack) -> Any:
     media = NormalizedMedia.model_validate_json(row["normalize"])
     c, n = cfg.clips, cfg.normalize
     opts = ClipOptions(
@@ -176,7 +179,8 @@ def _run_clips(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
     )
     transcript = Transcript.model_validate_json(row["speech"]) if row.get("speech") else None
     shots = ShotList.model_validate_json(row["shots"]) if row.get("shots") else None
-    pose = _load_npz(work, json.loads(row["pose"])["path"]) if row.get("pose") else None
+    pose_file = stack.enter_context(work.fetch(json.loads(row["pose"])["path"])) if row.get("pose") else None
+    pose = load_pose(pose_file) if pose_file else None  # memory-mapped: a clip reads its own frames only
     windows = crops = None
     rejects: dict[str, int] = {}
     rejected_s: dict[str, float] = {}
@@ -234,12 +238,13 @@ def _run_flame(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
     clips = [ClipRecord.model_validate(c) for c in out["clips"]]
     if not clips:
         return out
-    pose = _load_npz(work, json.loads(row["pose"])["path"])
-    mesh = pose["face"][..., :2] * np.array([media.width, media.height], np.float32)
+    size = np.array([media.width, media.height], np.float32)
     ranges = [(round(c.start_s * media.fps), round(c.start_s * media.fps) + c.num_frames) for c in clips]
-    if len(mesh) < max(b for _, b in ranges):
-        raise StageError("pose_mismatch", f"pose has {len(mesh)} frames, the clips need {max(b for _, b in ranges)}")
-    with work.fetch(media.video_path) as v, work.local_dir("clips", item.video_id) as clip_dir:
+    with work.fetch(json.loads(row["pose"])["path"]) as pose_file, work.fetch(media.video_path) as v, \
+            work.local_dir("clips", item.video_id) as clip_dir:
+        mesh = load_pose(pose_file)["face"]  # memory-mapped (T, 478, 3): read one clip's frames at a time
+        if len(mesh) < max(b for _, b in ranges):
+            raise StageError("pose_mismatch", f"pose has {len(mesh)} frames, the clips need {max(b for _, b in ranges)}")
         frames_iter = enumerate(read_frames(v, media.width, media.height))
         # clips are in time order and do not overlap: hold one clip's frames at a time
         for clip, (a, b) in zip(clips, ranges):
@@ -249,7 +254,7 @@ def _run_flame(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: 
                     frames[t] = rgb.copy()
                 if t >= b - 1:
                     break
-            boxes = [face_crop_box(mesh[t], media.width, media.height) for t in range(a, b)]
+            boxes = [face_crop_box(mesh[t, :, :2] * size, media.width, media.height) for t in range(a, b)]
             fit = fit_clip(models, [frames.get(t) if boxes[t - a] is not None else None for t in range(a, b)], boxes)
             _save_npz(os.path.join(clip_dir, f"{clip.key}.flame.npz"), fit)
             clip.members.append("flame.npz")

@@ -20,7 +20,9 @@ the graphs; checked: all values in [0, 1]). The legacy pose graph does not fill 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -136,33 +138,57 @@ def analyse_frame(models: PoseModels, rgb: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def extract_pose(models: PoseModels, video_path: str, width: int, height: int, fps: float, num_frames: int) -> dict[str, np.ndarray]:
+#: Per-frame landmark arrays: their shape per frame. ``face`` (the 478-point mesh) is 80 % of the bytes.
+LANDMARK_SHAPES: dict[str, tuple[int, ...]] = {
+    "body": (33, 3), "body_visibility": (33,), "face": (478, 3), "left_hand": (21, 3), "right_hand": (21, 3),
+}
+_PER_FRAME = ("left_hand_score", "right_hand_score", "face_sharpness", "face_boxes", "face_scores")
+
+
+def extract_pose(models: PoseModels, video_path: str, width: int, height: int, fps: float, num_frames: int,
+                 scratch_dir: str | None = None) -> dict[str, np.ndarray]:
     """Per-frame landmark arrays, part confidences/masks/boxes, people count and face track.
 
     Landmarks are normalised image coordinates (x, y in [0,1] of width/height, z relative), NaN
     where absent. Frames skipped by ``stride`` get linearly interpolated landmarks and
     ``interpolated = True``; their part confidences are those of the nearest analysed frame.
+
+    The landmark arrays are allocated once at their final size (``num_frames`` rows, the probed
+    count; a video that decodes to another count is a ``decode_failed`` error). With
+    ``scratch_dir`` they are memory-mapped files there: an hour of video at 25 fps is ~0.6 GB of
+    landmarks, which then costs disk and page cache, not the worker's heap.
     """
     opts = models.options
     models.reset()
-    raw: list[dict[str, Any] | None] = []
+    landmarks = {k: _allocate((num_frames, *shape), scratch_dir, k) for k, shape in LANDMARK_SHAPES.items()}
+    per_frame: list[dict[str, Any] | None] = []  # analysed frames: scores and face boxes (a few numbers each)
     for t, rgb in enumerate(read_frames(video_path, width, height)):
-        raw.append(analyse_frame(models, rgb) if t % opts.stride == 0 or t == num_frames - 1 else None)
-    if not raw:
+        if t >= num_frames:
+            raise StageError("decode_failed", f"{video_path} decodes to more than the {num_frames} frames probed")
+        if t % opts.stride == 0 or t == num_frames - 1:
+            r = analyse_frame(models, rgb)
+            for key, array in landmarks.items():
+                array[t] = r[key]
+            per_frame.append({k: r[k] for k in _PER_FRAME})
+        else:
+            per_frame.append(None)
+    T = len(per_frame)
+    if T == 0:
         raise StageError("decode_failed", f"no frames decoded from {video_path}")
-    T = len(raw)
-    analysed = np.array([r is not None for r in raw])
+    if T < num_frames:
+        raise StageError("decode_failed", f"decoded {T} of {num_frames} frames")
+    analysed = np.array([r is not None for r in per_frame])
     idx = np.flatnonzero(analysed)
     # nearest analysed frame of every frame (O(T log n); a T x n distance matrix would not fit for hours of video)
     j = np.clip(np.searchsorted(idx, np.arange(T)), 1, max(len(idx) - 1, 1))
     left, right = idx[np.maximum(j - 1, 0)], idx[np.minimum(j, len(idx) - 1)]
     nearest = np.where(np.arange(T) - left <= right - np.arange(T), left, right)
-    arrays: dict[str, np.ndarray] = {}
-    for key in ("body", "body_visibility", "face", "left_hand", "right_hand"):
-        stack = np.stack([raw[i][key] for i in idx])
-        arrays[key] = _interpolate(stack, idx, T)
+    arrays: dict[str, np.ndarray] = dict(landmarks)
+    if len(idx) < T:
+        for array in landmarks.values():
+            _interpolate_in_place(array, idx)
     for key in ("left_hand_score", "right_hand_score", "face_sharpness"):
-        arrays[key] = np.array([raw[i][key] for i in nearest], np.float32)
+        arrays[key] = np.array([per_frame[i][key] for i in nearest], np.float32)
     # face track: continue the previous frame's face by IoU; a jump starts a new identity
     track = np.full(T, -1, np.int32)
     face_score = np.zeros(T, np.float32)
@@ -170,7 +196,7 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
     num_people = np.zeros(T, np.int32)
     current, prev_box = -1, None
     for t in range(T):
-        r = raw[nearest[t]]
+        r = per_frame[nearest[t]]
         boxes, scores = r["face_boxes"], r["face_scores"]
         num_people[t] = len(scores)
         if len(scores) == 0:
@@ -193,19 +219,30 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
     return arrays
 
 
-def _interpolate(stack: np.ndarray, idx: np.ndarray, T: int) -> np.ndarray:
-    if len(idx) == T:
-        return stack.astype(np.float32)
-    flat = stack.reshape(len(idx), -1)
-    out = np.empty((T, flat.shape[1]), np.float32)
-    for j in range(flat.shape[1]):
-        col = flat[:, j]
-        ok = ~np.isnan(col)
-        out[:, j] = np.interp(np.arange(T), idx[ok], col[ok]) if ok.sum() >= 1 else np.nan
-        # do not invent a part across frames where it was absent on either side
-        absent = np.interp(np.arange(T), idx, (~ok).astype(float)) > 0
-        out[absent, j] = np.nan
-    return out.reshape((T,) + stack.shape[1:])
+def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
+    """A NaN-filled float32 array: in memory, or a memory-mapped ``.npy`` file in ``scratch_dir``."""
+    if scratch_dir is None:
+        return np.full(shape, np.nan, np.float32)
+    array = np.lib.format.open_memmap(os.path.join(scratch_dir, f"{name}.npy"), mode="w+", dtype=np.float32, shape=shape)
+    array[:] = np.nan
+    return array
+
+
+def _interpolate_in_place(array: np.ndarray, idx: np.ndarray, block: int = 16) -> None:
+    """Fill the rows not in ``idx`` linearly from the analysed rows ``idx``, ``block`` columns at a
+    time (bounded temporaries). A value stays NaN where it was absent on either side."""
+    T = len(array)
+    flat = array.reshape(T, -1)
+    frames = np.arange(T)
+    for c0 in range(0, flat.shape[1], block):
+        known = np.asarray(flat[idx, c0: c0 + block])
+        out = np.empty((T, known.shape[1]), np.float32)
+        for j in range(known.shape[1]):
+            ok = ~np.isnan(known[:, j])
+            out[:, j] = np.interp(frames, idx[ok], known[ok, j]) if ok.any() else np.nan
+            # do not invent a part across frames where it was absent on either side
+            out[np.interp(frames, idx, (~ok).astype(float)) > 0, j] = np.nan
+        flat[:, c0: c0 + block] = out
 
 
 def _box(points: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -262,3 +299,43 @@ def slice_pose(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[str,
     """Arrays of frames ``[start, end)`` (per-frame arrays sliced, constants kept) for a clip's pose.npz."""
     T = len(arrays["part_confidences"])
     return {k: (v[start:end] if v.ndim >= 1 and len(v) == T and k != "part_names" else v) for k, v in arrays.items()}
+
+
+def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write a video's pose arrays as an *uncompressed* ``.npz`` (atomically): its members can be
+    memory-mapped by ``load_pose``, so the clip stages read a clip's frames, not the whole video.
+    Landmark floats barely compress (zlib saved ~10 % on them), so little disk is given up."""
+    from .errors import temp_name
+
+    tmp = temp_name(path, ".npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # streams each array in 16 MiB chunks: memory-mapped inputs stay on disk
+    os.replace(tmp, path)
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarray]:
+    """A video's pose arrays; members of ``min_mapped_bytes`` or more stored uncompressed (as
+    ``save_pose`` writes them) come back as read-only memory maps, everything else is read. An
+    older compressed ``pose.npz`` loads whole. Maps stay valid after ``path`` is removed (POSIX)."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type == zipfile.ZIP_STORED and info.file_size >= min_mapped_bytes:
+                # the member's data starts after its local header: 30 bytes + name + extra field
+                raw.seek(info.header_offset + 26)
+                name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+                raw.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+                read_header = _NPY_HEADERS.get(np.lib.format.read_magic(raw))
+                if read_header is not None:
+                    shape, fortran, dtype = read_header(raw)
+                    if not dtype.hasobject:
+                        out[key] = np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape,
+                                             order="F" if fortran else "C")
+                        continue
+            with zf.open(info) as member:
+                out[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return out

@@ -311,3 +311,15 @@ def test_vae_latent_loaded_by_path(shards, tmp_path):
     assert run_training(cfg)["step"] == 2
     state = torch.load(tmp_path / "paha-tiny" / "checkpoints" / "step_00000002" / "model.pt", weights_only=False)
     assert not any(k.startswith("latent.vae.") for k in state["model"]) and "unet.inp.weight" in state["model"]
+    # a PCE in the same latent space, loaded to guide that video model, shares its VAE and front end
+    pce_cfg = load_paha_config("tiny", _sets(shards["train"][:2], f"run.storage_path={tmp_path}", f"model.vae={tmp_path / 'vae'}",
+                                             "train.steps=2", "train.checkpoint_every=2", "train.target=pce", "run.name=pce"))
+    assert run_training(pce_cfg)["step"] == 2
+    from trainers.paha.generate import load_checkpoint
+
+    video, _, _ = load_checkpoint(tmp_path / "paha-tiny", "univdm")
+    pce = load_checkpoint(tmp_path / "pce", "pce", share_with=video)[0]
+    assert pce.latent is video.latent and pce.frontend is video.frontend
+    alone = load_checkpoint(tmp_path / "pce", "pce")[0]
+    assert alone.latent is not video.latent
+    assert torch.equal(pce.latent.encode(frames), alone.latent.encode(frames))

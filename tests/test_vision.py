@@ -11,7 +11,9 @@ from pipeline.demo import _encode, _photo
 from schemas import Segment, Transcript, Word
 from stages.clips import ClipOptions, make_clips
 from stages.normalize import NormalizeOptions, count_frames, normalize, probe
-from stages.pose import PoseModels, PoseOptions, extract_pose, pose_track, slice_pose
+from stages.errors import StageError
+from stages.pose import (PoseModels, PoseOptions, _interpolate_in_place, extract_pose, load_pose, pose_track, save_pose,
+                          slice_pose)
 from stages.select import SelectOptions, select_clips
 from stages.shots import detect_shots
 
@@ -82,6 +84,43 @@ def test_frontal_upper_body_and_blank_frames(tmp_path, pose_models):
     assert box[0] < 223 - 32 < box[2] and box[1] < 147 - 32 < box[3]
     clip = slice_pose(arrays, 5, 15)
     assert clip["part_confidences"].shape == (10, 5) and list(clip["part_names"]) == names
+
+
+def test_pose_on_disk_matches_pose_in_memory_and_maps_back_lazily(tmp_path):
+    media = _video(tmp_path, "astro", _sway(_photo("astronaut", False), 24))
+    models = PoseModels(PoseOptions(stride=2))
+    in_memory = extract_pose(models, media.video_path, media.width, media.height, media.fps, media.num_frames)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mapped = extract_pose(models, media.video_path, media.width, media.height, media.fps, media.num_frames, str(scratch))
+    assert isinstance(mapped["face"], np.memmap) and sorted(p.name for p in scratch.iterdir())[0] == "body.npy"
+    assert in_memory.keys() == mapped.keys()
+    for k in in_memory:
+        np.testing.assert_array_equal(in_memory[k], mapped[k], err_msg=k)
+    assert in_memory["interpolated"][1::2][:-1].all() and not in_memory["interpolated"][::2].any()
+    save_pose(str(tmp_path / "pose.npz"), mapped)
+    loaded = load_pose(str(tmp_path / "pose.npz"), min_mapped_bytes=1024)  # default 1 MiB: more frames than here
+    assert isinstance(loaded["face"], np.memmap) and not isinstance(loaded["part_names"], np.memmap)
+    assert loaded.keys() == in_memory.keys() and loaded["fps"] == 25 and list(loaded["part_names"]) == list(in_memory["part_names"])
+    for k in in_memory:
+        np.testing.assert_array_equal(loaded[k], in_memory[k], err_msg=k)
+    # an older, compressed pose.npz loads whole, with the same values
+    np.savez_compressed(tmp_path / "old.npz", **in_memory)
+    old = load_pose(str(tmp_path / "old.npz"))
+    assert not isinstance(old["face"], np.memmap)
+    np.testing.assert_array_equal(old["face"], in_memory["face"])
+    with pytest.raises(StageError, match="more than the 10 frames probed"):
+        extract_pose(models, media.video_path, media.width, media.height, media.fps, 10)
+    with pytest.raises(StageError, match="decoded 24 of 30 frames"):
+        extract_pose(models, media.video_path, media.width, media.height, media.fps, 30)
+
+
+def test_skipped_frames_are_interpolated_but_never_across_an_absence():
+    a = np.full((7, 2), np.nan, np.float32)
+    a[[0, 2, 4, 6]] = [[0, 0], [2, np.nan], [4, 4], [6, 6]]
+    _interpolate_in_place(a, np.array([0, 2, 4, 6]), block=1)
+    np.testing.assert_array_equal(a[:, 0], [0, 1, 2, 3, 4, 5, 6])
+    assert np.isnan(a[[1, 2, 3], 1]).all() and a[5, 1] == 5 and a[0, 1] == 0
 
 
 def test_two_people_are_counted_and_rejected(tmp_path, pose_models):

@@ -16,6 +16,8 @@ from torch import nn
 
 from trainers.audio import PretrainedSpeechEncoder, Spectrogram  # noqa: F401  (re-exported)
 
+from .diffusion import pair_valid
+
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """Symmetric InfoNCE between two batches of embeddings (B, D): row i of ``a`` and of ``b``
@@ -47,8 +49,14 @@ class MotionEncoder(nn.Module):
         self.proj = nn.Linear(hidden, dim)
 
     def forward(self, motion: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.net(motion.transpose(1, 2)).mean(dim=-1)
-        return self.proj(h)
+        """``valid`` (B, T): pool only over time steps whose frames had a FLAME fit (the others are
+        zeros in the shards and would pull every clip with gaps towards the neutral face)."""
+        h = self.net(motion.transpose(1, 2))  # (B, H, T/2)
+        if valid is None:
+            return self.proj(h.mean(dim=-1))
+        w = pair_valid(valid, h.shape[-1]).to(h.dtype)
+        w = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))  # no valid step: plain mean
+        return self.proj((h * w[:, None]).sum(-1) / w.sum(-1)[:, None])
 
 
 class AudioFrameEncoder(nn.Module):

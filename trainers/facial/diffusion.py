@@ -98,15 +98,32 @@ class Denoiser(nn.Module):
         return self.out(x)
 
 
-def diffusion_loss(denoiser: Denoiser, schedule: NoiseSchedule, z0, audio_feats, emotion, p_drop_audio=0.1, p_drop_emotion=0.1):
-    """DDPM loss on the x₀ prediction, with independent condition dropout for classifier-free guidance."""
+def pair_valid(valid: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Frame validity (B, T) at half the frame rate (B, ⌈T/2⌉, or ``n``): a latent frame counts only
+    when both motion frames it stands for (2i, 2i+1) have a FLAME fit."""
+    pooled = -F.max_pool1d(-valid.float()[:, None], 2, 2, ceil_mode=True)[:, 0]
+    if n is not None and pooled.shape[1] != n:
+        pooled = F.interpolate(pooled[:, None], size=n, mode="nearest")[:, 0]
+    return pooled > 0.5
+
+
+def diffusion_loss(denoiser: Denoiser, schedule: NoiseSchedule, z0, audio_feats, emotion, p_drop_audio=0.1, p_drop_emotion=0.1,
+                   mask: torch.Tensor | None = None):
+    """DDPM loss on the x₀ prediction, with independent condition dropout for classifier-free guidance.
+
+    ``mask`` (B, N) keeps the loss to latent frames whose motion frames had a FLAME fit: frames
+    without one are zeros in the shards, and a model trained on them learns to snap to them."""
     B = z0.shape[0]
     t = torch.randint(0, schedule.steps, (B,), device=z0.device)
     noise = torch.randn_like(z0)
     drop_a = torch.rand(B, device=z0.device) < p_drop_audio
     drop_e = torch.rand(B, device=z0.device) < p_drop_emotion
     pred = denoiser(schedule.q_sample(z0, t, noise), t, audio_feats, emotion, drop_a, drop_e)
-    return F.mse_loss(pred, z0)
+    if mask is None:
+        return F.mse_loss(pred, z0)
+    w = mask[..., None].to(pred.dtype)
+    # an all-invalid batch gives 0 through the same graph (DDP needs every worker's graph alike)
+    return ((pred - z0) ** 2 * w).sum() / (w.sum() * z0.shape[-1]).clamp(min=1)
 
 
 @torch.no_grad()

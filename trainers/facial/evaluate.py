@@ -56,7 +56,8 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32,
                                        torch.randn((1, W // 2, cfg.model.latent_dim), generator=g).to(device))[0].cpu().numpy()
                         for _ in range(samples)])
         gen_emb = model.emotion_embedding(motion=torch.from_numpy(gen).to(device)).cpu().numpy()
-        gt_emb = model.emotion_embedding(motion=torch.from_numpy(gt)[None].to(device)).cpu().numpy()
+        gt_emb = model.emotion_embedding(motion=torch.from_numpy(gt)[None].to(device),
+                                         valid=torch.from_numpy(valid)[None].to(device)).cpu().numpy()
         emo = emo.cpu()
         rows["emotion_similarity"].append(M.emotion_similarity(gen_emb, emo.numpy()))
         rows["gt_emotion_similarity"].append(M.emotion_similarity(gt_emb, emo.numpy()))

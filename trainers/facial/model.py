@@ -24,7 +24,7 @@ from trainers.data import EMOTIONS
 from .binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, PretrainedSpeechEncoder, PretrainedTextEncoder,
                       Spectrogram, TextEncoder, info_nce, recall_at_k)
 from .config import FacialModelConfig
-from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, sample
+from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, pair_valid, sample
 
 MOTION_DIM = 53  # FLAME expression 50 + jaw 3
 FPS = 25.0
@@ -41,10 +41,11 @@ class BindingPhase(nn.Module):
         self.label = LabelEncoder(len(EMOTIONS), 4, D)
         self.autoencoder = MotionAutoencoder(MOTION_DIM, cfg.ae_hidden, cfg.latent_dim)
 
-    def embed(self, modality: str, *, motion=None, audio_feats=None, text=None, label=None, intensity=None) -> torch.Tensor:
-        """The bound (unit-norm) emotion embedding of one modality."""
+    def embed(self, modality: str, *, motion=None, valid=None, audio_feats=None, text=None, label=None,
+              intensity=None) -> torch.Tensor:
+        """The bound (unit-norm) emotion embedding of one modality (``valid``: motion frames with a fit)."""
         if modality == "motion":
-            e = self.motion(motion)
+            e = self.motion(motion, valid)
         elif modality == "audio":
             e = self.audio(audio_feats)
         elif modality == "text":
@@ -56,7 +57,7 @@ class BindingPhase(nn.Module):
         return F.normalize(e, dim=-1)
 
     def forward(self, motion, valid, audio_feats, text, label, intensity, temperature: float, velocity_weight: float):
-        m = self.embed("motion", motion=motion)
+        m = self.embed("motion", motion=motion, valid=valid)
         others = {"audio": self.embed("audio", audio_feats=audio_feats), "text": self.embed("text", text=text),
                   "label": self.embed("label", label=label, intensity=intensity)}
         terms = {f"binding/{k}_nce": info_nce(m, e, temperature) for k, e in others.items()}
@@ -81,9 +82,10 @@ class DiffusionPhase(nn.Module):
                                  audio_dim=cfg.audio_hidden, emotion_dim=cfg.emotion_dim, latent_fps=FPS / 2,
                                  audio_fps=FPS, align_slope=cfg.align_slope)
 
-    def forward(self, z0, audio_feats, emotion, schedule: NoiseSchedule, p_drop_audio: float, p_drop_emotion: float):
+    def forward(self, z0, audio_feats, emotion, schedule: NoiseSchedule, p_drop_audio: float, p_drop_emotion: float,
+                latent_valid: torch.Tensor | None = None):
         loss = diffusion_loss(self.denoiser, schedule, z0, self.content.frame_features(audio_feats), emotion,
-                              p_drop_audio, p_drop_emotion)
+                              p_drop_audio, p_drop_emotion, latent_valid)
         return loss, {"diffusion/loss": loss.detach()}
 
 
@@ -119,8 +121,10 @@ class FacialModel(nn.Module):
         self.stats_ready.fill_(True)
 
     @torch.no_grad()
-    def measure_latent_scale(self, motion: torch.Tensor) -> None:
+    def measure_latent_scale(self, motion: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         z = self.binding.autoencoder.encode(self.normalise(motion))
+        if valid is not None and pair_valid(valid, z.shape[1]).any():
+            z = z[pair_valid(valid, z.shape[1])]  # latent frames of fitted motion only
         self.latent_scale.copy_(z.std().clamp(min=1e-3))
 
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:
@@ -136,8 +140,9 @@ class FacialModel(nn.Module):
     @torch.no_grad()
     def emotion_embedding(self, *, text: list[str] | None = None, label: torch.Tensor | None = None,
                           intensity: torch.Tensor | None = None, wave: torch.Tensor | None = None,
-                          motion: torch.Tensor | None = None) -> torch.Tensor:
-        """The bound emotion embedding from exactly one of: text, (label, intensity), a waveform, motion."""
+                          motion: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The bound emotion embedding from exactly one of: text, (label, intensity), a waveform, motion
+        (``valid`` (B, T): the motion frames with a FLAME fit; default all)."""
         given = [n for n, v in (("text", text), ("label", label), ("audio", wave), ("motion", motion)) if v is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one emotion source (text, label, audio or motion), got {given or 'none'}")
@@ -148,7 +153,7 @@ class FacialModel(nn.Module):
             n = max(2, int(round(wave.shape[-1] / 16000 * FPS)))
             return self.binding.embed("audio", audio_feats=self.audio_features(wave, n))
         if kind == "motion":
-            return self.binding.embed("motion", motion=self.normalise(motion))
+            return self.binding.embed("motion", motion=self.normalise(motion), valid=valid)
         return self.binding.embed("text", text=text)
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames
              seed: int = 0, fid_weights: str | None = None, fvd_weights: str | None = None, lpips_weights: str | None = None,
              syncnet_weights: str | None = None, hands: bool = True, device: str = "cpu") -> dict[str, Any]:
     model, cfg, step = load_checkpoint(checkpoint, "univdm", device=device)
-    pce = load_checkpoint(pce_checkpoint, "pce", device=device)[0] if pce_checkpoint else None
+    pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     W = frames or cfg.data.window_frames
     lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False)
     gen, real, waves, mouths_g = [], [], [], []

@@ -33,14 +33,29 @@ from .train import load_state
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module, PahaConfig, int]:
-    """The network of a trainer-2 checkpoint (``kind`` univdm or pce), with EMA weights by default."""
+def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: str = "cpu",
+                    share_with: VideoModel | None = None) -> tuple[torch.nn.Module, PahaConfig, int]:
+    """The network of a trainer-2 checkpoint (``kind`` univdm or pce), with EMA weights by default.
+
+    A PCE checkpoint loaded with ``share_with`` (the video model it guides) reuses that model's
+    frozen audio front end and latent space when both were configured alike, instead of loading a
+    second speech encoder and VAE."""
     ckpt = find_checkpoint(path)
     state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=False)
     cfg = PahaConfig.model_validate(state["config"])
     if cfg.train.target != kind:
         raise ValueError(f"{ckpt} is a {cfg.train.target!r} checkpoint, expected {kind!r}")
-    model = VideoModel(cfg.model) if kind == "univdm" else ClassifierModel(cfg.model)
+    if kind == "univdm":
+        model = VideoModel(cfg.model)
+    else:
+        shared = {}
+        if share_with is not None:
+            mine, theirs = cfg.model, share_with.cfg
+            if (mine.audio_backbone, mine.audio_backbone_layer) == (theirs.audio_backbone, theirs.audio_backbone_layer):
+                shared["frontend"] = share_with.frontend
+            if (mine.vae, mine.latent_factor) == (theirs.vae, theirs.latent_factor):
+                shared["latent"] = share_with.latent
+        model = ClassifierModel(cfg.model, **shared)
     load_state(model, state["model"])
     if use_ema:
         model.load_state_dict({**model.state_dict(), **state["ema"]})
@@ -121,7 +136,7 @@ def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave
 def generate_to_file(checkpoint: str, ref: str, audio: str, out: str, guidance: str = "none", pce_checkpoint: str | None = None,
                      regions_file: str | None = None, device: str = "cpu", **kw) -> Path:
     model, cfg, _ = load_checkpoint(checkpoint, "univdm", device=device)
-    pce = load_checkpoint(pce_checkpoint, "pce", device=device)[0] if pce_checkpoint else None
+    pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     square, ref_rgb = load_reference(ref, cfg.data.image_size)
     regions = None
     region_scale = 1.0

@@ -94,13 +94,16 @@ class VideoModel(nn.Module):
 
 
 class ClassifierModel(nn.Module):
-    """PCE with the same audio front end and latent space as the video model."""
+    """PCE with the same audio front end and latent space as the video model.
 
-    def __init__(self, cfg: PahaModel):
+    ``frontend`` and ``latent`` may be given to share a video model's frozen modules (at sampling,
+    one VAE and one speech encoder in memory instead of two)."""
+
+    def __init__(self, cfg: PahaModel, frontend: nn.Module | None = None, latent: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.frontend = make_frontend(cfg)
-        self.latent = make_latent(cfg.vae, cfg.latent_factor)
+        self.frontend = frontend if frontend is not None else make_frontend(cfg)
+        self.latent = latent if latent is not None else make_latent(cfg.vae, cfg.latent_factor)
         self.pce = PCE(self.latent.channels, self.frontend.out_dim, cfg.pce_crop, cfg.pce_hidden, tuple(cfg.pce_regions))
         self.schedule = NoiseSchedule(cfg.noise_steps)
 
