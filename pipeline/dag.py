@@ -131,15 +131,18 @@ def _run_pose(item: SourceItem, row: dict, cfg: Config, work: WorkDir, models: A
 
     media = NormalizedMedia.model_validate_json(row["normalize"])
     with work.fetch(media.video_path) as v, work.local_dir("media", item.video_id) as out:
-        # landmarks go to memory-mapped files beside the output, not the heap (hours of video)
-        scratch = tempfile.mkdtemp(prefix=".pose-", dir=out)
+        # landmarks go to memory-mapped files on this node's local disk (TMPDIR), not the heap
+        # (hours of video) nor the work dir (maybe a shared mount)
+        scratch = tempfile.mkdtemp(prefix=f"cnas-pose-{item.video_id}-")
         try:
             arrays = extract_pose(models, v, media.width, media.height, media.fps, media.num_frames, scratch)
-            pose_track(arrays)  # validate ranges and lengths before anything is written
+            for start in range(0, len(arrays["part_confidences"]), 9000):  # validate before writing, 6 min at a time
+                pose_track(arrays, start, start + 9000)
             save_pose(os.path.join(out, "pose.npz"), arrays)
+            conf = np.array(arrays["part_confidences"])
+            del arrays  # unmap before the files go (NFS would keep .nfs* files of mapped ones)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    conf = arrays["part_confidences"]
     return {"path": work.path("media", item.video_id, "pose.npz"), "num_frames": int(len(conf)),
             "mean_part_confidence": [round(float(x), 4) for x in np.mean(conf, axis=0)]}
 

@@ -304,7 +304,8 @@ def slice_pose(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[str,
 def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write a video's pose arrays as an *uncompressed* ``.npz`` (atomically): its members can be
     memory-mapped by ``load_pose``, so the clip stages read a clip's frames, not the whole video.
-    Landmark floats barely compress (zlib saved ~10 % on them), so little disk is given up."""
+    Landmark floats compress poorly: the file was 16 % larger than ``savez_compressed``'s on
+    landmark-like data (benchmarks/pose_memory.py); runs of NaN (absent hands) compress better."""
     from .errors import temp_name
 
     tmp = temp_name(path, ".npz")
@@ -333,7 +334,8 @@ def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarra
                 if read_header is not None:
                     shape, fortran, dtype = read_header(raw)
                     if not dtype.hasobject:
-                        out[key] = np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape,
+                        # mapped through the open file: a concurrent os.replace of path cannot swap it
+                        out[key] = np.memmap(raw, dtype=dtype, mode="r", offset=raw.tell(), shape=shape,
                                              order="F" if fortran else "C")
                         continue
             with zf.open(info) as member:

@@ -6,7 +6,7 @@ import torch
 
 from trainers.facial.binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, Spectrogram, TextEncoder, binding_loss, info_nce,
                                      recall_at_k)
-from trainers.facial.diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, pair_valid, sample
+from trainers.facial.diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, latent_valid, sample
 
 
 def _paired(n: int, g: torch.Generator, maps):
@@ -52,7 +52,17 @@ def test_encoders_shapes_and_binding_loss():
 
 
 def test_frames_without_a_flame_fit_are_left_out_of_pooling_and_the_diffusion_loss():
-    assert pair_valid(torch.tensor([[1, 1, 1, 0, 1, 1, 0]], dtype=torch.bool)).tolist() == [[True, False, True, False]]
+    # a latent frame is kept exactly when nothing in its receptive field is a frame without a fit
+    torch.manual_seed(0)
+    ae = MotionAutoencoder(latent=8)
+    motion = torch.randn(1, 40, 53)
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    valid[:, 17:21] = False
+    other = motion.clone()
+    other[:, 17:21] = 0.0  # what the shards hold for frames without a fit
+    keep = latent_valid(valid, 20)[0]
+    changed = (ae.encode(motion) - ae.encode(other)).abs().amax(-1)[0] > 0
+    assert torch.equal(keep, ~changed) and keep.sum() == 15, (keep, changed)  # frames 17-20 reach latents 7-11
     # loss: a "denoiser" predicting 0 has loss mean(z0²) over the kept latent frames only
     z0 = torch.ones(2, 6, 4)
     z0[0, 4:] = 100.0  # the frames a mask drops
@@ -62,14 +72,12 @@ def test_frames_without_a_flame_fit_are_left_out_of_pooling_and_the_diffusion_lo
     assert diffusion_loss(zero, NoiseSchedule(10), z0, None, None, 0, 0, mask).item() == 1.0
     assert diffusion_loss(zero, NoiseSchedule(10), z0, None, None, 0, 0).item() > 100
     assert diffusion_loss(zero, NoiseSchedule(10), z0, None, None, 0, 0, torch.zeros_like(mask)).item() == 0.0
-    # motion encoder: frames far (> its receptive field of ±6 frames) from every fitted frame do not count
-    torch.manual_seed(0)
+    # motion encoder: pooled only over time steps that see fitted frames alone (receptive field ±6 frames)
     enc = MotionEncoder(dim=8)
-    motion = torch.randn(1, 40, 53)
     valid = torch.zeros(1, 40, dtype=torch.bool)
     valid[:, :20] = True
     other = motion.clone()
-    other[:, 30:] = 0.0  # what the shards hold for frames without a fit
+    other[:, 20:] = 0.0
     assert torch.allclose(enc(motion, valid), enc(other, valid), atol=1e-6)
     assert not torch.allclose(enc(motion), enc(other), atol=1e-3)
     assert torch.allclose(enc(motion, torch.zeros_like(valid)), enc(motion))  # nothing fitted: plain mean

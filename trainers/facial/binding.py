@@ -16,7 +16,7 @@ from torch import nn
 
 from trainers.audio import PretrainedSpeechEncoder, Spectrogram  # noqa: F401  (re-exported)
 
-from .diffusion import pair_valid
+from .diffusion import valid_steps
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -54,7 +54,7 @@ class MotionEncoder(nn.Module):
         h = self.net(motion.transpose(1, 2))  # (B, H, T/2)
         if valid is None:
             return self.proj(h.mean(dim=-1))
-        w = pair_valid(valid, h.shape[-1]).to(h.dtype)
+        w = valid_steps(valid, 13, 6, h.shape[-1]).to(h.dtype)  # step j sees frames 2j−6 … 2j+6
         w = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))  # no valid step: plain mean
         return self.proj((h * w[:, None]).sum(-1) / w.sum(-1)[:, None])
 

@@ -98,13 +98,20 @@ class Denoiser(nn.Module):
         return self.out(x)
 
 
-def pair_valid(valid: torch.Tensor, n: int | None = None) -> torch.Tensor:
-    """Frame validity (B, T) at half the frame rate (B, ⌈T/2⌉, or ``n``): a latent frame counts only
-    when both motion frames it stands for (2i, 2i+1) have a FLAME fit."""
-    pooled = -F.max_pool1d(-valid.float()[:, None], 2, 2, ceil_mode=True)[:, 0]
+def valid_steps(valid: torch.Tensor, kernel: int, padding: int, n: int | None = None) -> torch.Tensor:
+    """Frame validity (B, T) → validity of the stride-2 steps of a network whose step i sees frames
+    ``2i − padding … 2i − padding + kernel − 1`` (B, n): a step counts only when every frame it sees
+    had a FLAME fit (frames beyond the clip's ends are the network's zero padding, not gaps)."""
+    pooled = -F.max_pool1d(-valid.float()[:, None], kernel, 2, padding=padding)[:, 0]
     if n is not None and pooled.shape[1] != n:
         pooled = F.interpolate(pooled[:, None], size=n, mode="nearest")[:, 0]
     return pooled > 0.5
+
+
+def latent_valid(valid: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Which latent frames of ``MotionAutoencoder.encode`` depend only on fitted motion frames
+    (its receptive field: frames 2i−2 … 2i+3)."""
+    return valid_steps(valid, 6, 2, n)
 
 
 def diffusion_loss(denoiser: Denoiser, schedule: NoiseSchedule, z0, audio_feats, emotion, p_drop_audio=0.1, p_drop_emotion=0.1,

@@ -24,7 +24,7 @@ from trainers.data import EMOTIONS
 from .binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, PretrainedSpeechEncoder, PretrainedTextEncoder,
                       Spectrogram, TextEncoder, info_nce, recall_at_k)
 from .config import FacialModelConfig
-from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, pair_valid, sample
+from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, latent_valid, sample
 
 MOTION_DIM = 53  # FLAME expression 50 + jaw 3
 FPS = 25.0
@@ -123,8 +123,8 @@ class FacialModel(nn.Module):
     @torch.no_grad()
     def measure_latent_scale(self, motion: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         z = self.binding.autoencoder.encode(self.normalise(motion))
-        if valid is not None and pair_valid(valid, z.shape[1]).any():
-            z = z[pair_valid(valid, z.shape[1])]  # latent frames of fitted motion only
+        if valid is not None and latent_valid(valid, z.shape[1]).any():
+            z = z[latent_valid(valid, z.shape[1])]  # latent frames of fitted motion only
         self.latent_scale.copy_(z.std().clamp(min=1e-3))
 
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:

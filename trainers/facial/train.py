@@ -22,7 +22,7 @@ from trainers.runtime import (EMA, Reporter, Session, batch_stream, current_sess
                               seed_everything, trainable_params, trainable_state, wrap_ddp)
 
 from .config import FacialConfig
-from .diffusion import pair_valid
+from .diffusion import latent_valid
 from .model import FacialModel
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
                 emotion = model.mixed_emotion(feats, text, label, intensity)
             with autocast:
                 loss, terms = diffusion(z0.float(), feats, emotion.float(), model.schedule,
-                                        cfg.model.p_drop_audio, cfg.model.p_drop_emotion, pair_valid(valid, z0.shape[1]))
+                                        cfg.model.p_drop_audio, cfg.model.p_drop_emotion, latent_valid(valid, z0.shape[1]))
             opt, params = opt2, trainable_params(model.diffusion)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: s
             mine, theirs = cfg.model, share_with.cfg
             if (mine.audio_backbone, mine.audio_backbone_layer) == (theirs.audio_backbone, theirs.audio_backbone_layer):
                 shared["frontend"] = share_with.frontend
-            if (mine.vae, mine.latent_factor) == (theirs.vae, theirs.latent_factor):
+            if mine.vae == theirs.vae and (mine.vae or mine.latent_factor == theirs.latent_factor):  # a VAE ignores the factor
                 shared["latent"] = share_with.latent
         model = ClassifierModel(cfg.model, **shared)
     load_state(model, state["model"])
