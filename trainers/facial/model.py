@@ -83,9 +83,9 @@ class DiffusionPhase(nn.Module):
                                  audio_fps=FPS, align_slope=cfg.align_slope)
 
     def forward(self, z0, audio_feats, emotion, schedule: NoiseSchedule, p_drop_audio: float, p_drop_emotion: float,
-                latent_valid: torch.Tensor | None = None):
+                mask: torch.Tensor | None = None):
         loss = diffusion_loss(self.denoiser, schedule, z0, self.content.frame_features(audio_feats), emotion,
-                              p_drop_audio, p_drop_emotion, latent_valid)
+                              p_drop_audio, p_drop_emotion, mask)
         return loss, {"diffusion/loss": loss.detach()}
 
 
@@ -123,8 +123,9 @@ class FacialModel(nn.Module):
     @torch.no_grad()
     def measure_latent_scale(self, motion: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         z = self.binding.autoencoder.encode(self.normalise(motion))
-        if valid is not None and latent_valid(valid, z.shape[1]).any():
-            z = z[latent_valid(valid, z.shape[1])]  # latent frames of fitted motion only
+        keep = latent_valid(valid, z.shape[1]) if valid is not None else None
+        if keep is not None and keep.any():
+            z = z[keep]  # latent frames of fitted motion only
         self.latent_scale.copy_(z.std().clamp(min=1e-3))
 
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:
