@@ -30,7 +30,7 @@ $(STAMP): requirements/main.txt requirements/constraints.txt pyproject.toml scri
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m pipeline.cli demo
+	$(PY) -m cnas demo
 
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu" -q

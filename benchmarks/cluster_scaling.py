@@ -57,7 +57,7 @@ def stop_cluster(address: str, temp: str) -> None:
 
 
 def ingest(sources: str, out: str, sets: list[str], extra: list[str], env: dict) -> tuple[float, dict]:
-    args = [sys.executable, "-m", "pipeline.cli", "ingest", "--sources", sources, "--out", out,
+    args = [sys.executable, "-m", "cnas", "ingest", "--sources", sources, "--out", out,
             *sum((["--set", s] for s in sets), []), *extra]
     t0 = time.perf_counter()
     r = subprocess.run(args, env=env, capture_output=True, text=True)

@@ -19,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from model_builders import build_flame_files  # noqa: E402
-from stages.flame import load_flame_pickle, load_landmark_embedding  # noqa: E402
-from stages.flame_model import FlameLayer, load_deca_encoder  # noqa: E402
+from geometry.flame import load_flame_pickle, load_landmark_embedding  # noqa: E402
+from geometry.flame_layer import FlameLayer  # noqa: E402
+from stages.flame_model import load_deca_encoder  # noqa: E402
 
 
 def bench(fn, repeats: int) -> float:

@@ -136,7 +136,7 @@ def main() -> None:
         sets = ["shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "flame.enabled=false",
                 "clips.mode=fixed", "clips.window_s=2", "normalize.max_height=360"]
         t0 = time.perf_counter()
-        ours = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--sources", str(root / "s.txt"), "--out",
+        ours = subprocess.run([sys.executable, "-m", "cnas", "ingest", "--sources", str(root / "s.txt"), "--out",
                                str(root / "cnas"), "--num-cpus", "2", *sum((["--set", s] for s in sets), [])],
                               capture_output=True, text=True)
         cnas_wall = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""``cnas`` command line.
+"""The data commands of the ``cnas`` command line (the product CLI that registers them is ``cnas/cli.py``).
 
 Exit status of ``cnas ingest``: 0 all videos ok; 3 the run finished but some videos failed
 (see failures.jsonl); 1 the run could not run (bad config, unreadable sources file, …); 2 usage.
@@ -7,7 +7,6 @@ Exit status of ``cnas ingest``: 0 all videos ok; 3 the run finished but some vid
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -92,15 +91,13 @@ def cmd_assets_check(args) -> int:
     """What model assets are present, and where to obtain the rest."""
     from stages.errors import StageError
     from stages.flame import check_flame_assets
-    from stages.speech import check_speech_assets
-
-    from .dag import speech_options
+    from stages.speech_assets import check_speech_assets
 
     cfg = _load(args)
     ok = True
     print("speech:")
     try:
-        for line in check_speech_assets(speech_options(cfg)):
+        for line in check_speech_assets(cfg.speech):
             print(f"  ok: {line}")
     except StageError as e:
         ok = False
@@ -132,11 +129,8 @@ def cmd_adapt_mead(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnas", description="CNAS toolkit: videos -> WebDataset shards -> models")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(sub) -> None:
+    """Register the data commands (ingest, demo, release, validate, schema, assets, sources, adapt)."""
     p = sub.add_parser("ingest", help="run the ingestion DAG: sources -> shards, manifest, failures, stats")
     p.add_argument("--sources", required=True, help="txt / csv / jsonl of URLs or local paths")
     p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
@@ -184,23 +178,3 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--view", default="front", help="camera views, comma-separated, or 'all' (default: front)")
     a.add_argument("--language", default="en")
     a.set_defaults(func=cmd_adapt_mead)
-
-    from trainers.cli import add_commands
-
-    add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cnas {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,12 +10,13 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, TextIO
+from typing import Callable
 
 from schemas import ClipRecord, FailureRecord, ManifestRow, NormalizedMedia, RunStats, StageTiming
 
 from .config import Config, dump_config
-from .dag import STAGES, build_plan, clips_of
+from .dag import DAG
+from .executor import build_plan, clips_of
 from .sink import MANIFEST, SHARDS_DIR, write_shards
 from .sources import make_video_id, read_sources
 from .workdir import WorkDir
@@ -53,16 +54,17 @@ def init_ray(cfg: Config) -> str:
 
 def preflight(cfg: Config) -> None:
     """Fail before any work when a configured model is missing (a clear error, not N failed videos)."""
-    if cfg.speech.enabled:
-        from stages.errors import StageError
-        from stages.speech import check_speech_assets
+    from stages.errors import StageError
 
-        from .dag import speech_options
-
+    for name in DAG.active(cfg):
+        spec = DAG[name]
+        if spec.preflight is None:
+            continue
         try:
-            check_speech_assets(speech_options(cfg))
+            spec.preflight(DAG.options(cfg, name))
         except StageError as e:
-            raise ValueError(f"speech stage: {e.message} (or disable it: --set speech.enabled=false)") from None
+            hint = f" (or disable it: --set {name}.enabled=false)" if spec.optional else ""
+            raise ValueError(f"{name} stage: {e.message}{hint}") from None
 
 
 def run_ingest(
@@ -176,13 +178,8 @@ def run_ingest(
 
 
 def skipped_stages(cfg: Config) -> dict[str, str]:
-    from .dag import OPTIONAL_STAGES, active_stages, flame_skip_reason
-
-    active = active_stages(cfg)
-    out = {}
-    for stage in sorted(OPTIONAL_STAGES - set(active)):
-        out[stage] = flame_skip_reason(cfg) if stage == "flame" else f"disabled in config ({stage}.enabled=false)"
-    return out
+    """Stages this config does not run, by name, with the reason."""
+    return dict(sorted(DAG.skip_reasons(cfg).items()))
 
 
 def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:

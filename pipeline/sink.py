@@ -16,6 +16,7 @@ import tempfile
 import webdataset as wds
 
 from schemas import ClipRecord, ManifestRow
+from schemas import shard as layout
 
 from .workdir import WorkDir
 
@@ -24,11 +25,9 @@ SHARDS_DIR, MANIFEST, DIGEST = "shards", "manifest.jsonl", "manifest.digest"
 
 def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
     """The bytes of every member of a clip's sample."""
-    members = {"json": clip.model_dump_json().encode("utf-8")}
-    for suffix in clip.members:
-        if suffix == "json":
-            continue
-        with work.fs.open(work.path("clips", clip.video_id, f"{clip.key}.{suffix}"), "rb") as f:
+    members = {layout.JSON: clip.model_dump_json().encode("utf-8")}
+    for suffix in layout.file_members(clip.members):
+        with work.fs.open(work.path(*layout.clip_member_parts(clip.video_id, clip.key, suffix)), "rb") as f:
             members[suffix] = f.read()
     return members
 
@@ -45,10 +44,9 @@ def content_digest(clips: list[ClipRecord], work: WorkDir, max_count: int, max_s
     h = hashlib.sha256(json.dumps([max_count, max_size_mb, prefix]).encode())
     for clip in clips:
         h.update(clip.model_dump_json().encode())
-        for suffix in clip.members:
-            if suffix != "json":
-                info = work.fs.info(work.path("clips", clip.video_id, f"{clip.key}.{suffix}"))
-                h.update(f"{suffix}:{info.get('size')}:{info.get('mtime', info.get('LastModified', ''))}".encode())
+        for suffix in layout.file_members(clip.members):
+            info = work.fs.info(work.path(*layout.clip_member_parts(clip.video_id, clip.key, suffix)))
+            h.update(f"{suffix}:{info.get('size')}:{info.get('mtime', info.get('LastModified', ''))}".encode())
     return h.hexdigest()
 
 

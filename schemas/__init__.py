@@ -1,10 +1,11 @@
 """Pydantic records: the contract between stages, the pipeline, shards and consumers."""
 
 from .base import SAFE_ID_PATTERN, SCHEMA_VERSION, Record
-from .clip import CLIP_KEY_PATTERN, ClipRecord
+from . import shard
+from .clip import CLIP_KEY_PATTERN, ClipRecord, ClipSet
 from .flame import FlameFit
 from .media import NormalizedMedia, ProbeInfo, Shot, ShotList
-from .pose import PART_NAMES, PoseTrack
+from .pose import PART_NAMES, PoseResult, PoseTrack
 from .run import FailureRecord, LedgerEntry, ManifestRow, RunStats, StageTiming
 from .source import DownloadResult, SourceItem
 from .speech import Segment, Transcript, Word
@@ -18,8 +19,10 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "shot_list": ShotList,
     "transcript": Transcript,
     "pose_track": PoseTrack,
+    "pose_result": PoseResult,
     "flame_fit": FlameFit,
     "clip": ClipRecord,
+    "clip_set": ClipSet,
     "manifest_row": ManifestRow,
     "failure": FailureRecord,
     "ledger_entry": LedgerEntry,
@@ -28,9 +31,9 @@ ALL_RECORDS: dict[str, type[Record]] = {
 
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
-    "ClipRecord", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
-    "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
-    "Transcript", "Word", "export_json_schemas",
+    "ClipRecord", "ClipSet", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
+    "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
+    "Transcript", "Word", "export_json_schemas", "shard",
 ]
 
 

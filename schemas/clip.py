@@ -58,3 +58,11 @@ class ClipRecord(Record):
         if not self.key.startswith(self.video_id + "-"):
             raise ValueError(f"key {self.key!r} does not start with the video id {self.video_id!r}")
         return self
+
+
+class ClipSet(Record):
+    """The clips of one video, as the clip stages record them, and the clip-level rejects."""
+
+    clips: list[ClipRecord] = Field(default_factory=list)
+    rejects: dict[str, int] = Field(default_factory=dict, description="reason -> clips (or stretches) rejected")
+    rejected_s: dict[str, float] = Field(default_factory=dict, description="reason -> seconds rejected")

@@ -9,8 +9,16 @@ from .base import Record
 SHAPE_DIM, EXP_DIM, POSE_DIM, CAM_DIM = 100, 50, 6, 3
 
 
+#: The arrays of a clip's ``flame.npz`` member, as ``FlameFit`` names its fields.
+NPZ_MEMBERS = ("shape", "exp", "pose", "cam", "valid")
+
+
 class FlameFit(Record):
-    """Identity shape (100,), per-frame expression (T,50), pose (T,6: global+jaw), camera (T,3), validity (T,)."""
+    """Identity shape (100,), per-frame expression (T,50), pose (T,6: global+jaw), camera (T,3), validity (T,).
+
+    The FLAME stage validates every fit through this record before it writes ``flame.npz``, and the
+    trainers' loader validates every ``flame.npz`` it reads (``from_arrays``).
+    """
 
     num_frames: int = Field(gt=0)
     shape: list[float]
@@ -33,3 +41,13 @@ class FlameFit(Record):
         if len(self.valid) != self.num_frames:
             raise ValueError(f"valid has {len(self.valid)} frames, expected {self.num_frames}")
         return self
+
+    @classmethod
+    def from_arrays(cls, arrays, backend: str = "deca", smoothing: str | None = None) -> "FlameFit":
+        """Validate the arrays of a ``flame.npz`` (a mapping of array-likes with ``tolist``); a
+        missing member or a wrong shape is a ``ValueError`` naming it."""
+        missing = [k for k in NPZ_MEMBERS if k not in arrays]
+        if missing:
+            raise ValueError(f"flame.npz lacks {missing}")
+        lists = {k: arrays[k].tolist() for k in NPZ_MEMBERS}
+        return cls(num_frames=len(lists["valid"]), backend=backend, smoothing=smoothing, **lists)

@@ -47,6 +47,15 @@ class PoseTrack(Record):
         return self
 
 
+class PoseResult(Record):
+    """What the pose stage records for one video: where its landmark arrays are (an uncompressed
+    ``pose.npz`` in the work dir, memory-mapped by readers) and a summary of its part confidences."""
+
+    path: str = Field(description="work-dir path or URI of the video's pose.npz")
+    num_frames: int = Field(gt=0)
+    mean_part_confidence: list[float] = Field(description="mean confidence per part, in PART_NAMES order")
+
+
 def _check_frames(seq: list, num_frames: int, what: str) -> None:
     if len(seq) != num_frames:
         raise ValueError(f"{what} has {len(seq)} frames, expected {num_frames}")

@@ -20,7 +20,7 @@ import importlib, sys
 mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
         "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
         "resemblyzer", "opencc", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
-        "schemas", "pipeline", "stages", "trainers.facial.train", "trainers.paha.train"]
+        "schemas", "geometry.flame_layer", "pipeline", "stages", "cnas.cli", "trainers.facial.train", "trainers.paha.train"]
 bad = []
 for m in mods:
     try:

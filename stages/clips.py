@@ -1,6 +1,7 @@
-"""Clip stage (fixed windows): cut the normalised media into equal windows on exact frame and sample
-boundaries. Later stages (speech, shots, pose) replace the fixed windows with selected ones; the
-cutting itself (``cut_clip``) stays.
+"""Clip stage: cut the normalised media into clips on exact frame and sample boundaries — the
+windows ``stages.select`` chose (shots × speech turns × visibility) or, in fixed mode, equal
+windows (``fixed_windows``). ``make_clips`` writes each clip's ``mp4`` and ``wav`` members and
+returns its record; ``cut_video`` re-encodes one window.
 """
 
 from __future__ import annotations
@@ -8,28 +9,32 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import soundfile as sf
 
+from pydantic import Field
+
 from schemas import ClipRecord, NormalizedMedia
+from schemas import shard as layout
+from schemas.settings import runtime_field
 
 from .errors import StageError, temp_name
+from .select import SelectOptions
 
-#: Member suffixes of every sample, in shard order.
-CLIP_MEMBERS = ("json", "mp4", "wav")
+class ClipOptions(SelectOptions):
+    """Options of the clip stage (config section ``clips``): selection and crop (``SelectOptions``),
+    fixed windows, and how the clips are encoded."""
 
-
-@dataclass(frozen=True)
-class ClipOptions:
-    window_s: float = 2.0
-    min_last_clip_s: float = 0.0
-    max_clips_per_video: int | None = None
-    crf: int = 20
+    mode: str = Field("selected", pattern=r"^(selected|fixed)$", description="selected: shots x speech turns x visibility; fixed: equal windows")
+    window_s: float = Field(2.0, gt=0, description="clip length in fixed mode")
+    min_last_clip_s: float = Field(0.0, ge=0, description="fixed mode: keep a shorter tail clip if at least this long (0: drop)")
+    max_clips_per_video: int | None = Field(None, ge=1)
+    crop_size: int | None = Field(None, ge=16, multiple_of=2, description="side of a cropped clip in pixels, even (default: the crop's own size)")
+    crf: int = Field(20, ge=0, le=51, description="x264 quality of the cut clips")
     preset: str = "veryfast"
-    encode_threads: int = 1
-    timeout_s: float = 600.0
+    encode_threads: int = Field(1, ge=1, description="one thread keeps re-cut clips byte-identical")
+    timeout_s: float = runtime_field(600.0, gt=0, description="per-clip ffmpeg time limit")
 
 
 def clip_key(video_id: str, index: int) -> str:
@@ -79,8 +84,8 @@ def make_clips(
         if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
             break
         size = (crop_size or crop[2]) if crop else None
-        cut_video(media.video_path, os.path.join(out_dir, f"{key}.mp4"), start_s, count, media.fps, opts, crop, size)
-        _write_wav(os.path.join(out_dir, f"{key}.wav"), audio[s0 : s0 + n], sr)
+        cut_video(media.video_path, os.path.join(out_dir, layout.member_name(key, layout.MP4)), start_s, count, media.fps, opts, crop, size)
+        _write_wav(os.path.join(out_dir, layout.member_name(key, layout.WAV)), audio[s0 : s0 + n], sr)
         records.append(
             ClipRecord(
                 key=key,
@@ -101,7 +106,7 @@ def make_clips(
                 crop_box=list(crop) if crop else None,
                 language=meta.get("language"),
                 licence=meta.get("licence") or meta.get("license"),
-                members=list(CLIP_MEMBERS),
+                members=list(layout.BASE_MEMBERS),
             )
         )
     return records

@@ -11,10 +11,12 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
+
 from schemas import DownloadResult, SourceItem
+from schemas.settings import Settings, runtime_field
 
 from .errors import StageError
 
@@ -23,17 +25,18 @@ log = logging.getLogger(__name__)
 MEDIA_BASENAME = "source"  # yt-dlp writes source.<ext> and source.info.json
 
 
-@dataclass(frozen=True)
-class DownloadOptions:
-    max_height: int = 720
-    retries: int = 3
-    backoff_s: float = 2.0
-    rate_limit: str | None = None
-    cookies_file: str | None = None
-    archive_file: str | None = None
-    socket_timeout_s: float = 30.0
-    max_filesize_mb: int | None = None
-    allow_file_urls: bool = True
+class DownloadOptions(Settings):
+    """Options of the download stage (config section ``download``)."""
+
+    max_height: int = Field(720, ge=144, description="yt-dlp format height cap")
+    retries: int = runtime_field(3, ge=0, description="attempts after the first, with exponential backoff")
+    backoff_s: float = runtime_field(2.0, ge=0, description="first backoff; doubles each retry")
+    rate_limit: str | None = runtime_field(None, description="yt-dlp rate limit, e.g. '2M' (bytes/s)")
+    cookies_file: str | None = runtime_field(None, description="Netscape cookies file for sites that ask for a sign-in")
+    use_download_archive: bool = runtime_field(True, description="yt-dlp download archive in the work dir: a re-run skips finished URLs")
+    socket_timeout_s: float = runtime_field(30.0, gt=0)
+    max_filesize_mb: int | None = Field(4096, ge=1, description="refuse larger downloads")
+    allow_file_urls: bool = runtime_field(True)
 
 
 # Messages yt-dlp gives for failures that a retry will not fix.
@@ -60,12 +63,13 @@ def classify_download_error(message: str) -> tuple[str, bool]:
     return "network", True
 
 
-def download(item: SourceItem, dest_dir: str, options: DownloadOptions = DownloadOptions()) -> DownloadResult:
+def download(item: SourceItem, dest_dir: str, options: DownloadOptions = DownloadOptions(), archive_file: str | None = None) -> DownloadResult:
     """Make ``item`` available as a local media file.
 
     Local paths are checked and returned as they are (no copy). URLs (http, https, file, any site
     yt-dlp supports) are downloaded to ``dest_dir/source.<ext>`` with the format capped at
     ``options.max_height``; transient errors are retried with exponential backoff and jitter.
+    ``archive_file`` is yt-dlp's download archive (None: none).
     Raises ``StageError`` with reason ``not_found``, ``unsupported_url``, ``network``, … .
     """
     if item.kind == "file":
@@ -76,7 +80,7 @@ def download(item: SourceItem, dest_dir: str, options: DownloadOptions = Downloa
     attempt = 0
     while True:
         try:
-            return _ytdlp_download(item, dest_dir, options)
+            return _ytdlp_download(item, dest_dir, options, archive_file)
         except StageError as e:
             retryable = e.reason == "network"
             if not retryable or attempt >= options.retries:
@@ -98,7 +102,7 @@ def _local(item: SourceItem) -> DownloadResult:
     )
 
 
-def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions) -> DownloadResult:
+def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions, archive_file: str | None) -> DownloadResult:
     import yt_dlp
 
     h = options.max_height
@@ -127,8 +131,8 @@ def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions) -
         ydl_opts["ratelimit"] = parse_bytes(options.rate_limit)
     if options.cookies_file:
         ydl_opts["cookiefile"] = options.cookies_file
-    if options.archive_file:
-        ydl_opts["download_archive"] = options.archive_file
+    if archive_file:
+        ydl_opts["download_archive"] = archive_file
     if options.max_filesize_mb:
         ydl_opts["max_filesize"] = options.max_filesize_mb * 1024 * 1024
     try:
@@ -142,10 +146,10 @@ def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions) -
         raise StageError(reason, f"{type(e).__name__}: {_clean(str(e))}") from None
     media = _find_media(dest_dir)
     if media is None:
-        if info is None and options.archive_file:
+        if info is None and archive_file:
             raise StageError(
                 "archived_without_file",
-                f"{item.uri} is in the download archive {options.archive_file} but its file is gone; remove that line to re-download",
+                f"{item.uri} is in the download archive {archive_file} but its file is gone; remove that line to re-download",
             )
         raise StageError("no_media", f"yt-dlp finished but wrote no media file for {item.uri}")
     info_path = os.path.join(dest_dir, f"{MEDIA_BASENAME}.info.json")

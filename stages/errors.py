@@ -1,4 +1,4 @@
-"""The one exception type stages raise for bad input: it carries a machine-readable reason."""
+"""The one exception type stages raise for bad input (it carries a machine-readable reason), and atomic file writes."""
 
 from __future__ import annotations
 
@@ -22,3 +22,15 @@ def temp_name(path: str, suffix: str) -> str:
     import uuid
 
     return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part{suffix}"
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """``np.savez_compressed`` to a temporary name, then moved into place (never a half-written file)."""
+    import os
+
+    import numpy as np
+
+    tmp = temp_name(path, ".npz")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)

@@ -10,84 +10,41 @@ absent and the pipeline reports the stage as skipped.
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from pydantic import Field, model_validator
+
+from geometry.flame import (CODE_SIZES, DECA_CROP_SCALE, DECA_INPUT, SHAPE, WHERE_TO_GET, AssetError, load_flame_pickle,
+                            load_landmark_embedding)
+from schemas.settings import Settings, runtime_field
+
 from .errors import StageError
 
-SHAPE, TEX, EXP, POSE, CAM, LIGHT = 100, 50, 50, 6, 3, 27
-CODE_SIZES = {"shape": SHAPE, "tex": TEX, "exp": EXP, "pose": POSE, "cam": CAM, "light": LIGHT}  # DECA's order
-DECA_INPUT = 224
-DECA_CROP_SCALE = 1.25
 
-WHERE_TO_GET = {
-    "flame_model": "FLAME 2020/2023 generic_model.pkl from https://flame.is.tue.mpg.de (free registration, non-commercial licence)",
-    "landmark_embedding": "landmark_embedding.npy from the DECA repository's data/ folder (download script in DECA's README)",
-    "deca_checkpoint": "deca_model.tar from the DECA project (link in DECA's README; registration at the FLAME site)",
-}
+class FlameOptions(Settings):
+    """Options of the FLAME stage (config section ``flame``)."""
 
+    enabled: bool = Field(True, description="runs when the assets below exist; otherwise reported as skipped")
+    flame_model: str | None = Field(None, description="FLAME 2020/2023 generic_model.pkl")
+    deca_checkpoint: str | None = Field(None, description="DECA deca_model.tar")
+    landmark_embedding: str | None = Field(None, description="DECA landmark_embedding.npy (optional: only for refinement/landmarks)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    batch_size: int = runtime_field(32, ge=1, description="face crops per DECA forward pass")
+    smooth_window: int = Field(5, ge=3, description="Savitzky-Golay window over time (frames, odd)")
+    smooth_order: int = Field(2, ge=1, description="Savitzky-Golay polynomial order (< smooth_window)")
 
-# ---------------------------------------------------------------------------------------------
-# loading the official files
-
-
-class _ChumpyStub:
-    """Stands in for chumpy's ``Ch`` objects while unpickling; keeps the array they wrap."""
-
-    def __init__(self, *args, **kwargs):
-        self.x = args[0] if args else None
-
-    def __setstate__(self, state):
-        self.__dict__.update(state if isinstance(state, dict) else {"x": state})
-
-
-class _FlameUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module.split(".")[0] == "chumpy":
-            return _ChumpyStub
-        return super().find_class(module, name)
-
-
-def _array(value: Any) -> np.ndarray:
-    if isinstance(value, _ChumpyStub):
-        value = value.x if "x" in value.__dict__ else value.__dict__.get("a")
-    if hasattr(value, "toarray"):  # scipy sparse (J_regressor)
-        value = value.toarray()
-    return np.asarray(value)
-
-
-FLAME_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
-
-
-def load_flame_pickle(path: str) -> dict[str, np.ndarray]:
-    """The arrays of an official FLAME ``generic_model.pkl``, without chumpy installed."""
-    if not os.path.isfile(path):
-        raise StageError("missing_asset", f"FLAME model not found: {path} ({WHERE_TO_GET['flame_model']})")
-    with open(path, "rb") as f:
-        data = _FlameUnpickler(f, encoding="latin1").load()
-    missing = [k for k in FLAME_KEYS if k not in data]
-    if missing:
-        raise StageError("bad_asset", f"{path} is not a FLAME model: missing {missing}")
-    out = {k: _array(data[k]) for k in FLAME_KEYS}
-    V = out["v_template"].shape[0]
-    if out["shapedirs"].shape[:2] != (V, 3) or out["shapedirs"].shape[2] < SHAPE + EXP or out["posedirs"].shape[:2] != (V, 3):
-        raise StageError("bad_asset", f"{path}: shapedirs {out['shapedirs'].shape} / posedirs {out['posedirs'].shape} do not fit {V} vertices")
-    return out
-
-
-def load_landmark_embedding(path: str) -> dict[str, np.ndarray]:
-    """DECA's ``landmark_embedding.npy`` (a pickled dict, values numpy arrays or torch tensors)."""
-    if not os.path.isfile(path):
-        raise StageError("missing_asset", f"landmark embedding not found: {path} ({WHERE_TO_GET['landmark_embedding']})")
-    data = np.load(path, allow_pickle=True, encoding="latin1")[()]
-    return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in data.items()}
+    @model_validator(mode="after")
+    def _savgol(self) -> "FlameOptions":
+        if self.smooth_window % 2 == 0 or self.smooth_order >= self.smooth_window:
+            raise ValueError(f"flame.smooth_window must be odd and above flame.smooth_order, got {self.smooth_window} and {self.smooth_order}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
-# the FLAME layer
+# DECA codes
 
 
 def split_codes(codes) -> dict[str, Any]:
@@ -146,14 +103,33 @@ class FlameModels:
     flame: Any
     device: str
     batch_size: int = 32
+    smooth_window: int = 5
+    smooth_order: int = 2
 
 
-def load_flame_models(flame_model: str, deca_checkpoint: str, landmark_embedding: str | None, device: str = "cpu", batch_size: int = 32) -> FlameModels:
-    from .flame_model import FlameLayer, load_deca_encoder
+def load_flame_models(flame_model: str, deca_checkpoint: str, landmark_embedding: str | None, device: str = "cpu", batch_size: int = 32,
+                      smooth_window: int = 5, smooth_order: int = 2) -> FlameModels:
+    """DECA's encoder and the FLAME layer on ``device``; a missing or wrong file is a ``StageError``."""
+    from geometry.flame_layer import FlameLayer
 
-    flame = load_flame_pickle(flame_model)
-    lmk = load_landmark_embedding(landmark_embedding) if landmark_embedding else None
-    return FlameModels(encoder=load_deca_encoder(deca_checkpoint, device), flame=FlameLayer(flame, lmk).to(device), device=device, batch_size=batch_size)
+    from .flame_model import load_deca_encoder
+
+    try:
+        flame = load_flame_pickle(flame_model)
+        lmk = load_landmark_embedding(landmark_embedding) if landmark_embedding else None
+    except AssetError as e:
+        raise StageError(e.reason, e.message) from None
+    return FlameModels(encoder=load_deca_encoder(deca_checkpoint, device), flame=FlameLayer(flame, lmk).to(device), device=device,
+                       batch_size=batch_size, smooth_window=smooth_window, smooth_order=smooth_order)
+
+
+def setup_flame(opts: FlameOptions) -> FlameModels:
+    """The stage's models from its options (``device: auto`` picks CUDA when there is one)."""
+    import torch
+
+    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_flame_models(opts.flame_model, opts.deca_checkpoint, opts.landmark_embedding, device, opts.batch_size,
+                             opts.smooth_window, opts.smooth_order)
 
 
 def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[np.ndarray | None]) -> dict[str, np.ndarray]:
@@ -175,13 +151,45 @@ def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[n
     shape = np.median(parts["shape"][valid], axis=0) if valid.any() else np.zeros(SHAPE, np.float32)
     out = {"shape": shape.astype(np.float32), "valid": valid}
     for name in ("exp", "pose", "cam"):
-        out[name] = np.where(valid[:, None], smooth(parts[name], valid), 0.0).astype(np.float32)
+        out[name] = np.where(valid[:, None], smooth(parts[name], valid, models.smooth_window, models.smooth_order), 0.0).astype(np.float32)
     return out
+
+
+def fit_video_clips(models: FlameModels, video_path: str, width: int, height: int, face_mesh: np.ndarray,
+                    ranges: list[tuple[int, int]]) -> Iterator[dict[str, np.ndarray]]:
+    """``fit_clip`` for every frame range ``[a, b)`` of a video, decoding it once.
+
+    ``face_mesh`` is the pose stage's (T, 478, 3) face landmarks in [0, 1] (may be memory-mapped: one
+    clip's frames are read at a time); ``ranges`` are in time order and do not overlap, so only one
+    clip's frames are held in memory.
+    """
+    from .pose import read_frames
+
+    need = max((b for _, b in ranges), default=0)
+    if len(face_mesh) < need:
+        raise StageError("pose_mismatch", f"pose has {len(face_mesh)} frames, the clips need {need}")
+    size = np.array([width, height], np.float32)
+    frames_iter = enumerate(read_frames(video_path, width, height))
+    for a, b in ranges:
+        frames: dict[int, np.ndarray] = {}
+        for t, rgb in frames_iter:
+            if t >= a:
+                frames[t] = rgb.copy()
+            if t >= b - 1:
+                break
+        boxes = [face_crop_box(face_mesh[t, :, :2] * size, width, height) for t in range(a, b)]
+        yield fit_clip(models, [frames.get(t) if boxes[t - a] is not None else None for t in range(a, b)], boxes)
 
 
 def missing_flame_assets(flame_model: str | None, deca_checkpoint: str | None) -> list[str]:
     """Names of the assets the stage cannot run without."""
     return [n for n, p in (("flame_model", flame_model), ("deca_checkpoint", deca_checkpoint)) if not (p and os.path.isfile(p))]
+
+
+def flame_unavailable(opts: FlameOptions) -> str | None:
+    """Why the stage cannot run with these options (missing assets), or None."""
+    missing = missing_flame_assets(opts.flame_model, opts.deca_checkpoint)
+    return f"missing assets: {', '.join(missing)} (see `cnas assets check`)" if missing else None
 
 
 def check_flame_assets(flame_model: str | None, deca_checkpoint: str | None, landmark_embedding: str | None) -> dict[str, str]:

@@ -8,29 +8,34 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
 
 import ffmpeg
 import soundfile as sf
 
+from pydantic import Field
+
 from schemas import NormalizedMedia, ProbeInfo
+from schemas.settings import Settings, runtime_field
 
 from .errors import StageError, temp_name
 
 VIDEO_NAME, AUDIO_NAME = "video.mp4", "audio.wav"
 
 
-@dataclass(frozen=True)
-class NormalizeOptions:
-    fps: int = 25
-    max_height: int = 720
-    sample_rate_hz: int = 16000
-    min_duration_s: float = 2.0
-    max_duration_s: float = 4 * 3600.0
-    crf: int = 20
+class NormalizeOptions(Settings):
+    """Options of the normalize stage (config section ``normalize``)."""
+
+    fps: int = Field(25, ge=1)
+    max_height: int = Field(720, ge=64)
+    sample_rate_hz: int = Field(16000, ge=8000)
+    min_duration_s: float = Field(2.0, ge=0)
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+    crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
-    encode_threads: int = 1
-    timeout_s: float = 3600.0
+    # x264 with frame threads was seen to encode the last frames differently between identical runs;
+    # one thread per encode keeps re-runs byte-identical (parallelism comes from Ray, across videos).
+    encode_threads: int = Field(1, ge=1)
+    timeout_s: float = runtime_field(3600.0, gt=0, description="per-video ffmpeg time limit")
 
 
 def probe(path: str) -> ProbeInfo:

@@ -1,17 +1,8 @@
 """Pose stage: MediaPipe body / hands / face landmarks per frame, part confidences, people count,
 face track. Ray-free; ``PoseModels`` holds the MediaPipe graphs (load once per worker).
 
-Part confidences (the inputs of PAHA's parts-aware re-weighting), per frame, each in [0, 1]; a
-part not found is 0 with ``present = False``:
-
-* ``face``      = BlazeFace (full-range) detection score of the tracked face.
-* ``mouth``     = face × mean visibility of the pose's mouth corners (landmarks 9, 10).
-* ``left_hand`` = handedness score of the subject's left hand × visibility of the left wrist
-                  (pose 15) when a body was found; ``right_hand`` likewise (pose 16).
-                  MediaPipe labels hands as seen in a mirror; frames here are not mirrored, so
-                  its "Right" is the subject's left hand.
-* ``torso``     = mean visibility of the shoulders (pose 11, 12): the upper torso, which is what
-                  a half-body news shot shows (hips are usually out of frame).
+Part confidences and boxes (the inputs of PAHA's parts-aware re-weighting) are computed by
+``geometry.landmarks.part_arrays``; its docstring gives the formula per part.
 
 Visibility and scores from the legacy solutions are probabilities already (sigmoid applied in
 the graphs; checked: all values in [0, 1]). The legacy pose graph does not fill ``presence``
@@ -23,47 +14,35 @@ from __future__ import annotations
 import os
 import subprocess
 import zipfile
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
+from pydantic import Field
+
+from geometry.landmarks import BACKEND, LandmarkModels, analyse_frame, part_arrays
 from schemas import PART_NAMES, PoseTrack
+from schemas.settings import Settings
 
 from .errors import StageError
 
-# Lip contour of the 478-point face mesh (MediaPipe FACEMESH_LIPS vertices).
-LIPS = sorted({61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
-               78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415})
-BACKEND = "mediapipe-0.10.21:pose-full+hands-full+face-mesh-478+blazeface-full-range"
+
+class PoseOptions(Settings):
+    """Options of the pose stage (config section ``pose``)."""
+
+    enabled: bool = True
+    stride: int = Field(1, ge=1, description="analyse every n-th frame, interpolate the rest (flagged)")
+    min_detection_confidence: float = Field(0.5, ge=0, le=1)
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1)
+    track_iou: float = Field(0.3, ge=0, le=1, description="a face in the next frame with at least this IoU continues the track")
 
 
-@dataclass(frozen=True)
-class PoseOptions:
-    stride: int = 1  # run the models on every stride-th frame; frames between are interpolated
-    min_detection_confidence: float = 0.5
-    min_tracking_confidence: float = 0.5
-    track_iou: float = 0.3  # a face in the next frame with at least this IoU continues the track
+class PoseModels(LandmarkModels):
+    """The MediaPipe graphs the pose stage runs, configured by its options (load once per worker)."""
 
-
-class PoseModels:
-    """The four MediaPipe graphs, created once (video mode: they track between frames)."""
-
-    def __init__(self, opts: PoseOptions = PoseOptions()):
-        import mediapipe as mp
-
-        s = mp.solutions
-        c = opts.min_detection_confidence
-        self.options = opts
-        self.pose = s.pose.Pose(static_image_mode=False, model_complexity=1, min_detection_confidence=c,
-                                min_tracking_confidence=opts.min_tracking_confidence)
-        self.hands = s.hands.Hands(static_image_mode=False, max_num_hands=2, model_complexity=1, min_detection_confidence=c)
-        self.mesh = s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True, min_detection_confidence=c)
-        self.faces = s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c)
-
-    def reset(self) -> None:
-        """Forget tracking state (call between videos)."""
-        self.__init__(self.options)
+    def __init__(self, opts: PoseOptions | None = None):
+        self.options = opts or PoseOptions()
+        super().__init__(self.options.min_detection_confidence, self.options.min_tracking_confidence)
 
 
 def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray]:
@@ -83,59 +62,12 @@ def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray
         proc.wait()
 
 
-def _lm(landmarks, n: int, fields: str = "xyz") -> np.ndarray:
-    if landmarks is None:
-        return np.full((n, len(fields)), np.nan, np.float32)
-    return np.array([[getattr(p, f) for f in fields] for p in landmarks.landmark], np.float32)
-
-
-def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey face crop: low for motion blur and defocus."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    x0, y0 = int(max(0, box[0])), int(max(0, box[1]))
-    x1, y1 = int(min(w, box[2])), int(min(h, box[3]))
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        return float("nan")
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def analyse_frame(models: PoseModels, rgb: np.ndarray) -> dict[str, Any]:
-    """Raw MediaPipe results of one frame, as arrays in pixel coordinates for boxes."""
-    h, w = rgb.shape[:2]
-    pose = models.pose.process(rgb).pose_landmarks
-    hands = models.hands.process(rgb)
-    mesh = models.mesh.process(rgb).multi_face_landmarks
-    dets = models.faces.process(rgb).detections or []
-    out = {
-        "body": _lm(pose, 33, "xyz"),
-        "body_visibility": _lm(pose, 33, ("visibility",))[:, 0],
-        "face": _lm(mesh[0] if mesh else None, 478, "xyz"),
-        "left_hand": np.full((21, 3), np.nan, np.float32), "right_hand": np.full((21, 3), np.nan, np.float32),
-        "left_hand_score": 0.0, "right_hand_score": 0.0,
-        "face_boxes": np.array([[d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
-                                  (d.location_data.relative_bounding_box.xmin + d.location_data.relative_bounding_box.width) * w,
-                                  (d.location_data.relative_bounding_box.ymin + d.location_data.relative_bounding_box.height) * h]
-                                 for d in dets], np.float32).reshape(-1, 4),
-        "face_scores": np.array([d.score[0] for d in dets], np.float32),
-    }
-    out["face_sharpness"] = _sharpness(rgb, out["face_boxes"][out["face_scores"].argmax()]) if dets else np.nan
-    for lms, cls in zip(hands.multi_hand_landmarks or [], hands.multi_handedness or []):
-        label, score = cls.classification[0].label, cls.classification[0].score
-        side = "left_hand" if label == "Right" else "right_hand"  # MediaPipe assumes a mirrored image
-        if score > out[f"{side}_score"]:
-            out[side], out[f"{side}_score"] = _lm(lms, 21), float(score)
-    return out
 
 
 #: Per-frame landmark arrays: their shape per frame. ``face`` (the 478-point mesh) is 80 % of the bytes.
@@ -245,44 +177,6 @@ def _interpolate_in_place(array: np.ndarray, idx: np.ndarray, block: int = 16) -
         flat[:, c0: c0 + block] = out
 
 
-def _box(points: np.ndarray, w: int, h: int) -> np.ndarray:
-    pts = points[~np.isnan(points).any(axis=1)]
-    if len(pts) == 0:
-        return np.full(4, np.nan, np.float32)
-    x0, y0 = np.clip(pts[:, 0].min() * w, 0, w), np.clip(pts[:, 1].min() * h, 0, h)
-    x1, y1 = np.clip(pts[:, 0].max() * w, 0, w), np.clip(pts[:, 1].max() * h, 0, h)
-    return np.array([x0, y0, x1, y1], np.float32)
-
-
-def part_arrays(a: dict[str, np.ndarray], face_score: np.ndarray, face_box: np.ndarray, w: int, h: int) -> dict[str, np.ndarray]:
-    """``part_confidences`` (T,P), ``part_present`` (T,P), ``part_boxes`` (T,P,4, NaN = absent) by the formula above."""
-    T = len(face_score)
-    vis = np.nan_to_num(a["body_visibility"], nan=0.0)
-    body_found = ~np.isnan(a["body"][:, 0, 0])
-    conf = np.zeros((T, len(PART_NAMES)), np.float32)
-    boxes = np.full((T, len(PART_NAMES), 4), np.nan, np.float32)
-    conf[:, 0] = face_score
-    boxes[:, 0] = face_box
-    conf[:, 1] = face_score * np.where(body_found, vis[:, [9, 10]].mean(axis=1), 0.0)
-    for p, side, wrist in ((2, "left_hand", 15), (3, "right_hand", 16)):
-        hand_found = ~np.isnan(a[side][:, 0, 0])
-        score = np.where(hand_found, a[f"{side}_score"], 0.0)
-        conf[:, p] = score * np.where(body_found, vis[:, wrist], 1.0)
-    conf[:, 4] = np.where(body_found, vis[:, [11, 12]].mean(axis=1), 0.0)
-    for t in range(T):
-        if not np.isnan(a["face"][t, 0, 0]):
-            boxes[t, 1] = _box(a["face"][t, LIPS], w, h)
-        boxes[t, 2] = _box(a["left_hand"][t], w, h)
-        boxes[t, 3] = _box(a["right_hand"][t], w, h)
-        if body_found[t]:
-            boxes[t, 4] = _box(a["body"][t, [11, 12, 23, 24]], w, h)
-    conf = np.clip(conf, 0.0, 1.0)
-    present = (conf > 0) & ~np.isnan(boxes[..., 0])
-    conf[~present] = 0.0
-    boxes[~present] = np.nan
-    return {"part_confidences": conf, "part_present": present, "part_boxes": boxes}
-
-
 def pose_track(arrays: dict[str, np.ndarray], start: int = 0, end: int | None = None) -> PoseTrack:
     """The validated ``PoseTrack`` record of frames ``[start, end)`` (checks ranges and lengths)."""
     sl = slice(start, end)
@@ -341,3 +235,18 @@ def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarra
             with zf.open(info) as member:
                 out[key] = np.lib.format.read_array(member, allow_pickle=False)
     return out
+
+
+def pose_quality(pose: dict[str, np.ndarray], f0: int, f1: int, height: int) -> dict[str, float]:
+    """Quality figures of frames ``[f0, f1)`` for a clip record: mean part confidences, median face
+    height (fraction of the frame) and sharpness, most people seen in one frame."""
+    conf = pose["part_confidences"][f0:f1]
+    face = pose["part_boxes"][f0:f1, 0]
+    q = {f"mean_{name}_confidence": round(float(conf[:, i].mean()), 4) for i, name in enumerate(pose["part_names"])}
+    if not np.isnan(face[:, 0]).all():
+        q["face_height_frac"] = round(float(np.nanmedian(face[:, 3] - face[:, 1]) / height), 4)
+    sharp = pose["face_sharpness"][f0:f1]
+    if not np.isnan(sharp).all():
+        q["face_sharpness"] = round(float(np.nanmedian(sharp)), 2)
+    q["max_people"] = float(pose["num_people"][f0:f1].max())
+    return q

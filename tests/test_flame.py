@@ -10,9 +10,11 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from model_builders import build_flame_files
+from geometry.flame import AssetError, load_flame_pickle, load_landmark_embedding
+from geometry.flame_layer import FlameLayer, project_orthographic
 from stages.errors import StageError
-from stages.flame import fit_clip, load_flame_models, load_flame_pickle, load_landmark_embedding, smooth, split_codes
-from stages.flame_model import FlameLayer, build_deca_encoder, load_deca_encoder, project_orthographic, refine_with_landmarks
+from stages.flame import fit_clip, load_flame_models, smooth, split_codes
+from stages.flame_model import build_deca_encoder, load_deca_encoder, refine_with_landmarks
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,11 @@ def test_loads_official_layout_without_chumpy(assets):
     assert m["shapedirs"].shape[1:] == (3, 400) and m["posedirs"].shape[1:] == (3, 36) and m["J_regressor"].shape[0] == 5
     lmk = load_landmark_embedding(assets["landmark_embedding"])
     assert lmk["full_lmk_faces_idx"].shape == (1, 68) and lmk["dynamic_lmk_faces_idx"].shape == (79, 17)
-    with pytest.raises(StageError, match="FLAME model not found"):
+    with pytest.raises(AssetError, match="FLAME model not found"):
         load_flame_pickle(assets["flame_model"] + ".missing")
+    with pytest.raises(StageError, match="FLAME model not found") as e:  # the stage reports it with its reason
+        load_flame_models(assets["flame_model"] + ".missing", assets["deca_checkpoint"], None)
+    assert e.value.reason == "missing_asset"
 
 
 def test_lbs_matches_numpy_reference_and_zero_is_template(assets, flame):

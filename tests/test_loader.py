@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from clip_records import clip_json
 
 from trainers.data import LoaderConfig, make_loader
 
@@ -19,7 +18,7 @@ def toy_shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
     with wds.ShardWriter(str(d / "toy-%06d.tar"), maxcount=2, verbose=0) as w:
         for i in range(10):
-            w.write({"__key__": f"v{i:02d}-0000", "json": json.dumps({"num_frames": 50, "i": i}).encode()})
+            w.write({"__key__": f"v{i:02d}-0000", "json": clip_json(f"v{i:02d}-0000", 50, ["json"])})
     return sorted(str(p) for p in d.glob("*.tar"))
 
 
@@ -43,6 +42,33 @@ def test_fixed_epoch_length_and_deterministic_shuffle_and_resume(toy_shards, mon
     assert a == _keys(cfg, monkeypatch, 0, 1, epoch=0) and sorted(a) == sorted(set(a)) and len(a) == 10
     assert a != _keys(cfg, monkeypatch, 0, 1, epoch=1)  # a new epoch, a new order
     assert _keys(cfg, monkeypatch, 0, 1, epoch=0, skip=4) == a[4:]  # resume mid-epoch
+
+
+def test_a_sample_off_the_clip_contract_fails_naming_it(tmp_path):
+    shard = str(tmp_path / "bad-000000.tar")
+    with wds.TarWriter(shard) as w:
+        w.write({"__key__": "v00-0000", "json": clip_json("v00-0000", 50, ["json"])})
+        w.write({"__key__": "v01-0000", "json": json.dumps({"num_frames": 50, "fps": 25}).encode()})
+    with pytest.raises(ValueError, match=r"sample 'v01-0000' of .*bad-000000\.tar: .*clip record.*\n.*key"):
+        list(make_loader(LoaderConfig(urls=[shard], view="raw")))
+
+
+def test_a_flame_npz_off_the_contract_fails_naming_it(tmp_path):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(32000, np.float32), 16000, format="WAV", subtype="PCM_16")
+    npz = io.BytesIO()
+    np.savez(npz, shape=np.zeros(100), exp=np.zeros((50, 50)), pose=np.zeros((50, 6)), valid=np.ones(50, bool))  # no cam
+    shard = str(tmp_path / "flame-000000.tar")
+    with wds.TarWriter(shard) as w:
+        w.write({"__key__": "v00-0000", "json": clip_json("v00-0000", 50, ["json", "wav", "flame.npz"]), "wav": wav.getvalue(),
+                 "flame.npz": npz.getvalue()})
+    with pytest.raises(ValueError, match=r"v00-0000: flame.npz does not match schemas.FlameFit: flame.npz lacks \['cam'\]"):
+        list(make_loader(LoaderConfig(urls=[shard], view="facial", window_frames=25)))
 
 
 def test_facial_and_paha_views(view_shards):

@@ -263,19 +263,20 @@ def test_reference_regions_from_mediapipe_on_a_real_photo():
 
 def test_eval_reports_each_metric_or_says_what_is_missing(runs, shards, tmp_path):
     from model_builders import build_metric_weights
-    from trainers.paha.evaluate import evaluate
+    from trainers.paha.evaluate import PahaEvalOptions, evaluate
 
-    bare = evaluate(str(runs / "univdm"), shards["test"][:1], max_clips=2, frames=8, steps=2, hands=False)
+    bare = evaluate(str(runs / "univdm"), shards["test"][:1], PahaEvalOptions(max_clips=2, frames=8, steps=2, hands=False))
     assert bare["clips"] == 2 and bare["psnr"] > 0 and 0 < bare["ssim"] <= 1
     assert bare["fid"] is None and bare["fvd"] is None and bare["sync_c"] is None and len(bare["notes"]) == 4
     w = build_metric_weights(str(tmp_path / "w"))
-    full = evaluate(str(runs / "univdm"), shards["test"][:1], max_clips=2, frames=16, steps=2, fid_weights=w["fid"],
-                    fvd_weights=w["fvd"], lpips_weights=w["lpips"], syncnet_weights=w["syncnet"])
+    full = evaluate(str(runs / "univdm"), shards["test"][:1],
+                    PahaEvalOptions(max_clips=2, frames=16, steps=2, fid_weights=w["fid"], fvd_weights=w["fvd"],
+                                    lpips_weights=w["lpips"], syncnet_weights=w["syncnet"]))
     assert not full["notes"] and full["lpips"] >= 0 and full["fid"] >= 0 and full["fvd"] >= 0
     assert full["sync_d"] >= 0 and full["sync_c"] >= 0 and full["real_hkc"] >= 0
     with pytest.raises(FileNotFoundError, match="FID: weights file not found"):
-        evaluate(str(runs / "univdm"), shards["test"][:1], max_clips=1, frames=8, steps=1, fid_weights=str(tmp_path / "no.pth"),
-                 hands=False)
+        evaluate(str(runs / "univdm"), shards["test"][:1],
+                 PahaEvalOptions(max_clips=1, frames=8, steps=1, fid_weights=str(tmp_path / "no.pth"), hands=False))
 
 
 def test_metric_known_answers():

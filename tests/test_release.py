@@ -105,11 +105,11 @@ def test_cli_release_and_validate(run_dir, tmp_path):
     import sys
 
     out = tmp_path / "rel"
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "release", str(run_dir), "--version", "0.1", "--out", str(out)],
+    p = subprocess.run([sys.executable, "-m", "cnas", "release", str(run_dir), "--version", "0.1", "--out", str(out)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(out)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "cnas", "validate", str(out)], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1].startswith("OK"), p.stdout
     (out / "stats.json").write_text("{}")
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(out), "--quick"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "cnas", "validate", str(out), "--quick"], capture_output=True, text=True)
     assert p.returncode == 1 and "INVALID" in p.stdout and "stats.json: sha256 differs" in p.stdout

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stages.speech import (
-    SAMPLE_RATE, SpeechOptions, Turn, _words, assign_speakers, check_speech_assets, load_speech_models, slice_transcript, transcribe,
-)
+from stages.diarization import Turn, assign_speakers
+from stages.speech import SAMPLE_RATE, SpeechOptions, _words, load_speech_models, slice_transcript, transcribe
+from stages.speech_assets import check_speech_assets
 from stages.errors import StageError
 from stages.text import error_rate, normalize_text
 from schemas import Segment, Transcript, Word

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CNAS = [sys.executable, "-m", "pipeline.cli"]
+CNAS = [sys.executable, "-m", "cnas"]
 
 
 def cnas_train(model: str, sets: list[str]) -> subprocess.Popen:

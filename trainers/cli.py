@@ -1,4 +1,4 @@
-"""``cnas train|generate|eval`` sub-commands (registered by ``pipeline.cli``; imports are lazy so
+"""``cnas train|generate|eval`` sub-commands (registered by ``cnas.cli``; imports are lazy so
 the ingestion commands do not load the trainers)."""
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ def _report(report: dict, out: str | None) -> int:
 
 
 def cmd_eval_paha(args) -> int:
-    from trainers.paha.evaluate import evaluate
+    from trainers.paha.evaluate import PahaEvalOptions, evaluate
 
-    return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.frames, args.steps, args.audio_scale, args.guidance,
-                            args.pce_checkpoint, args.guidance_scale, args.seed, args.fid_weights, args.fvd_weights,
-                            args.lpips_weights, args.syncnet_weights, hands=not args.no_hands, device=_device(args.device)),
-                   args.out)
+    options = PahaEvalOptions(max_clips=args.max_clips, frames=args.frames, steps=args.steps, audio_scale=args.audio_scale,
+                              guidance=args.guidance, pce_checkpoint=args.pce_checkpoint, guidance_scale=args.guidance_scale,
+                              seed=args.seed, fid_weights=args.fid_weights, fvd_weights=args.fvd_weights,
+                              lpips_weights=args.lpips_weights, syncnet_weights=args.syncnet_weights, hands=not args.no_hands,
+                              device=_device(args.device))
+    return _report(evaluate(args.checkpoint, args.data, options), args.out)
 
 
 def cmd_generate_facial(args) -> int:
@@ -89,8 +91,8 @@ def cmd_generate_facial(args) -> int:
     save_sequence(args.out, motion, info)
     print(f"wrote {args.out}: {len(motion)} frames at 25 fps")
     if args.flame_model:
-        from stages.flame import load_flame_pickle
-        from stages.flame_model import FlameLayer
+        from geometry.flame import load_flame_pickle
+        from geometry.flame_layer import FlameLayer
         from trainers.facial.render import flame_vertices, write_preview
 
         flame = FlameLayer(load_flame_pickle(args.flame_model))
@@ -103,11 +105,12 @@ def cmd_generate_facial(args) -> int:
 
 
 def cmd_eval_facial(args) -> int:
-    from trainers.facial.evaluate import evaluate
+    from trainers.facial.evaluate import FacialEvalOptions, evaluate
 
-    return _report(evaluate(args.checkpoint, args.data, args.max_clips, args.samples, args.steps, args.audio_scale,
-                            args.emotion_scale, args.seed, args.flame_model, args.flame_masks, device=_device(args.device)),
-                   args.out)
+    options = FacialEvalOptions(max_clips=args.max_clips, samples=args.samples, steps=args.steps, audio_scale=args.audio_scale,
+                                emotion_scale=args.emotion_scale, seed=args.seed, flame_model=args.flame_model,
+                                flame_masks=args.flame_masks, device=_device(args.device))
+    return _report(evaluate(args.checkpoint, args.data, options), args.out)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

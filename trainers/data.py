@@ -11,7 +11,10 @@
 * ``fps`` and ``sample_rate_hz`` are what the model wants: clips at another frame rate are
   resampled by frame index, audio by polyphase filtering.
 * Resuming mid-epoch: ``make_loader(cfg, epoch, skip=n)`` drops the first ``n`` samples the
-  DataLoader would have yielded in that epoch (same seed → same order), see ``LoaderState``.
+  DataLoader would have yielded in that epoch (same seed → same order), see ``LoaderState``;
+  ``batch_stream`` does this bookkeeping for a training loop.
+* Every sample's ``json`` member is read as a ``schemas.ClipRecord``: a shard that does not follow
+  the clip contract fails at the first such sample, naming it, instead of deep in a view.
 
 Views: ``facial`` — FLAME expression + jaw sequence (T,53), audio window, emotion label/intensity/
 text; ``paha`` — video frames (T,3,S,S) in [0,1], audio window, part confidences/masks (T,5) and
@@ -30,6 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+from pydantic import ValidationError
+
+from schemas import ClipRecord, FlameFit
+from schemas import shard as layout
+from schemas.flame import NPZ_MEMBERS
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt")
 _INTENSITY_WORDS = {1: "slightly", 2: "clearly", 3: "very"}
@@ -139,30 +147,59 @@ class _Skipping:
         return itertools.islice(iter(self.loader), self.skip, None)
 
 
+def batch_stream(lcfg: LoaderConfig, position: dict[str, int], rank: int) -> Iterator[dict[str, Any]]:
+    """Endless batches from ``make_loader``, epoch after epoch; ``position`` (epoch, batches) is
+    kept current so a checkpoint can resume the data exactly where it was."""
+    while True:
+        got = 0
+        for batch in make_loader(lcfg, epoch=position["epoch"], skip=position["batches"]):
+            got += 1
+            position["batches"] += 1
+            yield batch
+        if got == 0 and position["batches"] == 0:
+            raise RuntimeError(f"training worker {rank} got no usable {lcfg.window_frames}-frame windows ({lcfg.view} view) "
+                               f"from the shards {lcfg.urls!r}: every worker needs at least one shard with such clips")
+        position["epoch"] += 1
+        position["batches"] = 0
+
+
 # ---------------------------------------------------------------------------------------------
 # decoding
 
 
+def clip_record(sample: dict[str, Any]) -> ClipRecord:
+    """The sample's ``json`` member as a clip record; a ValueError naming the sample (and its
+    shard) when the member is missing or does not match the contract."""
+    where = f"sample {sample.get('__key__')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+    if "json" not in sample:
+        raise ValueError(f"{where} has no json member (the clip record)")
+    try:
+        return ClipRecord.model_validate_json(sample[layout.JSON])
+    except ValidationError as e:
+        raise ValueError(f"{where}: its json does not match the clip record (schemas.ClipRecord): {e}") from e
+
+
 def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any]) -> dict[str, Any] | None:
     """Raw tar members → tensors of the configured view; None when the sample cannot serve it."""
-    meta = json.loads(sample["json"])
+    clip = clip_record(sample)
     key = sample["__key__"]
     rng = random.Random(_seed(cfg.seed, epoch, key))
-    if cfg.view == "raw":
-        return {"__key__": key, "json": meta, **{k: v for k, v in sample.items() if k in ("mp4", "wav", "pose.npz", "flame.npz")}}
+    if cfg.view == "raw":  # the record as a plain dict: the DataLoader's default collate batches dicts, not models
+        return {"__key__": key, "json": clip.model_dump(mode="json"),
+                **{k: v for k, v in sample.items() if k in layout.ALL_MEMBERS and k != layout.JSON}}
     # the window is counted in frames at cfg.fps; clips at another rate are resampled by index
-    src_fps, T = float(meta["fps"]), meta["num_frames"]
+    src_fps, T = clip.fps, clip.num_frames
     W = cfg.window_frames
     available = int(np.floor(T / src_fps * cfg.fps + 1e-6))
     if available < W:
         return None
     start = rng.randrange(0, available - W + 1) if cfg.random_window else 0
     idx = np.minimum(np.floor((start + np.arange(W)) * src_fps / cfg.fps + 1e-6).astype(int), T - 1)
-    audio = _audio_window(sample["wav"], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
+    audio = _audio_window(sample[layout.WAV], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
     if cfg.view == "facial":
-        return facial_view(meta, sample, idx, audio, cfg)
+        return facial_view(clip, sample, idx, audio, cfg)
     if cfg.view == "paha":
-        return paha_view(meta, sample, idx, audio, cfg, rng)
+        return paha_view(clip, sample, idx, audio, cfg, rng)
     raise ValueError(f"unknown view {cfg.view!r}")
 
 
@@ -185,24 +222,33 @@ def _audio_window(wav: bytes, start_s: float, length_s: float, sr: int):
     return torch.from_numpy(out)
 
 
-def emotion_of(meta: dict, default: str) -> tuple[str, int, str]:
-    m = meta.get("source_metadata", {})
+def emotion_of(clip: ClipRecord, default: str) -> tuple[str, int, str]:
+    """(label, intensity 1-3, text) of a clip from its source metadata, ``default`` when unlabelled."""
+    m = clip.source_metadata
     label = str(m.get("emotion") or default).lower()
     intensity = int(m.get("emotion_intensity") or 1)
     text = m.get("emotion_text") or f"a {_INTENSITY_WORDS.get(intensity, 'clearly')} {label} face"
     return label, intensity, text
 
 
-def facial_view(meta, sample, idx: np.ndarray, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
+def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
+    """The ``facial`` view of a sample's window ``idx``; None without (enough) FLAME parameters."""
     import torch
 
-    if "flame.npz" not in sample:
+    if layout.FLAME not in sample:
         return None  # the facial model needs FLAME parameters
-    with np.load(io.BytesIO(sample["flame.npz"])) as z:
-        exp, pose, valid = z["exp"][idx], z["pose"][idx], z["valid"][idx]
+    with np.load(io.BytesIO(sample[layout.FLAME])) as z:
+        fit = {k: z[k] for k in NPZ_MEMBERS if k in z.files}
+    try:
+        FlameFit.from_arrays(fit)
+    except ValueError as e:
+        raise ValueError(f"sample {sample['__key__']}: flame.npz does not match schemas.FlameFit: {e}") from None
+    if len(fit["valid"]) != clip.num_frames:
+        raise ValueError(f"sample {sample['__key__']}: flame.npz has {len(fit['valid'])} frames, the clip {clip.num_frames}")
+    exp, pose, valid = fit["exp"][idx], fit["pose"][idx], fit["valid"][idx]
     if valid.mean() < cfg.min_valid_frames:
         return None
-    label, intensity, text = emotion_of(meta, cfg.default_emotion)
+    label, intensity, text = emotion_of(clip, cfg.default_emotion)
     return {
         "__key__": sample["__key__"],
         "motion": torch.from_numpy(np.concatenate([exp, pose[:, 3:6]], axis=1).astype(np.float32)),  # (W, 50 + 3 jaw)
@@ -231,19 +277,21 @@ def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
     return np.stack([got[i] for i in indices])
 
 
-def paha_view(meta, sample, idx: np.ndarray, audio, cfg: LoaderConfig, rng: random.Random) -> dict[str, Any] | None:
+def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig,
+              rng: random.Random) -> dict[str, Any] | None:
+    """The ``paha`` view of a sample's window ``idx``; None without pose data."""
     import torch
 
-    if "pose.npz" not in sample:
+    if layout.POSE not in sample:
         return None  # PAR needs part confidences
     W = len(idx)
-    ref = rng.randrange(0, meta["num_frames"])
-    frames = decode_frames(sample["mp4"], idx.tolist() + [ref], cfg.image_size)
-    with np.load(io.BytesIO(sample["pose.npz"])) as z:
+    ref = rng.randrange(0, clip.num_frames)
+    frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], cfg.image_size)
+    with np.load(io.BytesIO(sample[layout.POSE])) as z:
         conf, present, boxes = z["part_confidences"][idx], z["part_present"][idx], z["part_boxes"][idx]
     # part boxes are in the normalised video's pixels; map them into the (cropped, resized) clip frame
-    crop = meta.get("crop_box")
-    x0, y0, side_w, side_h = (crop[0], crop[1], crop[2], crop[2]) if crop else (0, 0, meta["width"], meta["height"])
+    crop = clip.crop_box
+    x0, y0, side_w, side_h = (crop[0], crop[1], crop[2], crop[2]) if crop else (0, 0, clip.width, clip.height)
     scale = np.array([cfg.image_size / side_w, cfg.image_size / side_h] * 2, np.float32)
     b = (np.nan_to_num(boxes, nan=0.0) - np.array([x0, y0, x0, y0], np.float32)) * scale
     masks = np.zeros((W, conf.shape[1], cfg.image_size, cfg.image_size), np.float32)

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from trainers.runtime import DataSection, RunSection, Section, load_preset_config
+from schemas.settings import Settings
+from trainers.run_config import DataSection, RunSection, load_preset_config
 
 
 class FacialData(DataSection):
@@ -26,7 +27,7 @@ class FacialData(DataSection):
         return self
 
 
-class FacialModelConfig(Section):
+class FacialModelConfig(Settings):
     emotion_dim: int = Field(64, ge=8, description="width of the bound emotion space")
     encoder_hidden: int = 128
     latent_dim: int = 32
@@ -45,7 +46,7 @@ class FacialModelConfig(Section):
     p_drop_emotion: float = Field(0.1, ge=0, le=1)
 
 
-class FacialTrain(Section):
+class FacialTrain(Settings):
     binding_steps: int = Field(2000, ge=0, description="phase 1: emotion binding + motion autoencoder")
     diffusion_steps: int = Field(20000, ge=0, description="phase 2: latent denoiser (binding and autoencoder frozen)")
     lr: float = 2e-4
@@ -64,7 +65,7 @@ class FacialTrain(Section):
         return self.binding_steps + self.diffusion_steps
 
 
-class FacialConfig(Section):
+class FacialConfig(Settings):
     preset: str | None = None
     data: FacialData = Field(default_factory=FacialData)
     model: FacialModelConfig = Field(default_factory=FacialModelConfig)

@@ -5,6 +5,8 @@ then scored against the ground truth with the functions of ``metrics.py``; the g
 sequence is scored by the same code where a metric applies to one sequence (emotion similarity).
 Vertex metrics (LVE, FDD) need ``flame_model`` and ``flame_masks``; without them they are
 reported as ``null`` with the reason.
+
+    evaluate("runs/facial-tiny", "shards/test-{000000..000003}.tar", FacialEvalOptions(samples=2, steps=10))
 """
 
 from __future__ import annotations
@@ -14,26 +16,47 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
+from schemas.settings import Settings
 from trainers.data import LoaderConfig, make_loader
 
 from . import metrics as M
 from .generate import load_trained
 
 
-def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32, samples: int = 3, steps: int = 50,
-             audio_scale: float = 2.0, emotion_scale: float = 1.5, seed: int = 0, flame_model: str | None = None,
-             flame_masks: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
+class FacialEvalOptions(Settings):
+    """How ``evaluate`` samples and scores (the ``cnas eval facial`` options)."""
+
+    max_clips: int = Field(32, description="clips to score, each from its first window")
+    samples: int = Field(3, ge=1, description="samples per clip (diversity needs 2+)")
+    steps: int = Field(50, description="DDIM steps")
+    audio_scale: float = Field(2.0, description="classifier-free guidance scale for audio")
+    emotion_scale: float = Field(1.5, description="classifier-free guidance scale for emotion")
+    seed: int = 0
+    flame_model: str | None = Field(None, description="FLAME generic_model.pkl (for LVE/FDD)")
+    flame_masks: str | None = Field(None, description="FLAME_masks.pkl (regions 'lips', 'forehead', 'eye_region')")
+    device: str = Field("cpu", description="where to sample: cpu, cuda or cuda:<index>")
+
+    @model_validator(mode="after")
+    def _flame_pair(self) -> "FacialEvalOptions":
+        # checked here so a half-given pair fails before the checkpoint is loaded
+        if bool(self.flame_model) != bool(self.flame_masks):
+            raise ValueError("vertex metrics need both --flame-model and --flame-masks")
+        return self
+
+
+def evaluate(checkpoint: str | Path, urls: str | list[str], options: FacialEvalOptions = FacialEvalOptions()) -> dict[str, Any]:
+    """Score the checkpoint (a run folder or one ``step_*``) on the clips of ``urls``: a report
+    of mean metrics, ``null`` for those that could not be measured (with ``notes``)."""
+    samples, device = options.samples, options.device
     model, cfg, step = load_trained(checkpoint, device=device)
     W = cfg.data.window_frames
     flame = None
-    if flame_model or flame_masks:
-        if not (flame_model and flame_masks):
-            raise ValueError("vertex metrics need both --flame-model and --flame-masks")
-        from stages.flame import load_flame_pickle
-        from stages.flame_model import FlameLayer
+    flame_model, flame_masks = options.flame_model, options.flame_masks
+    if flame_model:  # the options ensure that the masks come with it
+        from geometry.flame import load_flame_pickle
+        from geometry.flame_layer import FlameLayer
 
         flame = FlameLayer(load_flame_pickle(flame_model))
         lips = M.load_region_indices(flame_masks, ("lips",))
@@ -42,17 +65,18 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], max_clips: int = 32,
                         min_valid_frames=cfg.data.min_valid_frames)
     rows: dict[str, list[float]] = {k: [] for k in ("emotion_similarity", "gt_emotion_similarity", "param_mse", "diversity",
                                                     "lve", "fdd", "gt_vs_generated_emotion_similarity")}
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(options.seed)
     clips = 0
     for ex in make_loader(lcfg):
-        if clips >= max_clips:
+        if clips >= options.max_clips:
             break
         clips += 1
         gt = ex["motion"].numpy()
         valid = ex["valid"].numpy()  # frames with a FLAME fit: only those are ground truth
         emo = model.emotion_embedding(label=torch.tensor([ex["emotion_label"]], device=device),
                                       intensity=torch.tensor([ex["emotion_intensity"]], device=device))
-        gen = np.stack([model.generate(ex["audio"][None].to(device), emo, W, steps, audio_scale, emotion_scale,
+        audio = ex["audio"][None].to(device)
+        gen = np.stack([model.generate(audio, emo, W, options.steps, options.audio_scale, options.emotion_scale,
                                        torch.randn((1, W // 2, cfg.model.latent_dim), generator=g).to(device))[0].cpu().numpy()
                         for _ in range(samples)])
         gen_emb = model.emotion_embedding(motion=torch.from_numpy(gen).to(device)).cpu().numpy()

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainers.checkpoint import find_checkpoint
 from trainers.data import EMOTIONS
 from trainers.media import SR, read_audio
-from trainers.runtime import find_checkpoint
 
 from .config import FacialConfig
 from .model import FPS, FacialModel

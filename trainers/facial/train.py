@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainers.data import LoaderConfig
-from trainers.runtime import (EMA, Reporter, Session, batch_stream, current_session, launch, load_trainable, restore_checkpoint,
-                              seed_everything, trainable_params, trainable_state, wrap_ddp)
+from trainers.checkpoint import restore_checkpoint, seed_everything
+from trainers.data import LoaderConfig, batch_stream
+from trainers.reporting import Reporter
+from trainers.session import Session, current_session, launch, wrap_ddp
+from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
 from .config import FacialConfig
 from .diffusion import latent_valid

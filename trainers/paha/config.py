@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from trainers.runtime import DataSection, RunSection, Section, load_preset_config
+from schemas.settings import Settings
+from trainers.run_config import DataSection, RunSection, load_preset_config
 
 from .parts import PARTS, REGIONS
 
@@ -23,7 +24,7 @@ class PahaData(DataSection):
     shuffle_buffer: int = Field(64, ge=0)
 
 
-class PahaModel(Section):
+class PahaModel(Settings):
     vae: str | None = Field(None, description="diffusers AutoencoderKL folder; none: pixel-unshuffle latent (tiny only)")
     latent_factor: int = Field(4, ge=1, description="pixel-unshuffle factor when vae is none")
     channels: list[int] = Field(default_factory=lambda: [32, 64])
@@ -54,7 +55,7 @@ class PahaModel(Section):
         return self
 
 
-class PahaTrain(Section):
+class PahaTrain(Settings):
     target: str = Field("univdm", pattern=r"^(univdm|pce)$")
     steps: int = Field(100000, ge=0)
     lr: float = 1e-4
@@ -69,7 +70,7 @@ class PahaTrain(Section):
     pce_noise_buckets: int = Field(4, ge=1, description="accuracy is logged per equal share of the timesteps")
 
 
-class PahaConfig(Section):
+class PahaConfig(Settings):
     preset: str | None = None
     data: PahaData = Field(default_factory=PahaData)
     model: PahaModel = Field(default_factory=PahaModel)

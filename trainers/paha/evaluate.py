@@ -4,15 +4,19 @@ metric takes one video (hand keypoints), so their levels can be compared.
 
 Metrics whose weights are not given are reported as ``null`` with a note; weights given but not
 found are an error.
+
+    evaluate("runs/paha-tiny", "shards/test-000000.tar", PahaEvalOptions(frames=8, fid_weights="pt_inception.pth"))
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from schemas.settings import Settings
 from trainers.data import LoaderConfig, make_loader
 
 from . import metrics as M
@@ -39,19 +43,39 @@ def _mouth_crops(video: np.ndarray, masks: torch.Tensor, size: int = 96) -> np.n
     return np.stack([cv2.resize(f[y0:y1, x0:x1], (size, size)) for f in video])
 
 
-def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames: int | None = None, steps: int = 25,
-             audio_scale: float = 3.5, guidance: str = "none", pce_checkpoint: str | None = None, guidance_scale: float = 0.05,
-             seed: int = 0, fid_weights: str | None = None, fvd_weights: str | None = None, lpips_weights: str | None = None,
-             syncnet_weights: str | None = None, hands: bool = True, device: str = "cpu") -> dict[str, Any]:
+class PahaEvalOptions(Settings):
+    """How ``evaluate`` generates and scores (the ``cnas eval paha`` options)."""
+
+    max_clips: int = Field(16, description="clips to score, each from its first window")
+    frames: int | None = Field(None, description="frames per clip (default: the training window)")
+    steps: int = Field(25, description="DDIM steps")
+    audio_scale: float = Field(3.5, description="classifier-free guidance scale for audio")
+    guidance: Literal["none", "sg", "dg"] = Field("none", description="PCE classifier guidance")
+    pce_checkpoint: str | None = Field(None, description="PCE run folder (needed for guidance sg|dg)")
+    guidance_scale: float = Field(0.05, description="PCE guidance step, a share of the latents' spread")
+    seed: int = 0
+    fid_weights: str | None = Field(None, description="pt_inception-2015-12-05-6726825d.pth")
+    fvd_weights: str | None = Field(None, description="i3d_torchscript.pt")
+    lpips_weights: str | None = Field(None, description="torchvision alexnet state dict (alexnet-owt-7be5be79.pth)")
+    syncnet_weights: str | None = Field(None, description="SyncNet exported to TorchScript (docs/paha.md)")
+    hands: bool = Field(True, description="score the MediaPipe hand keypoint metrics")
+    device: str = Field("cpu", description="where to sample: cpu, cuda or cuda:<index>")
+
+
+def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = PahaEvalOptions()) -> dict[str, Any]:
+    """Score the UniVDM checkpoint (a run folder or one ``step_*``) on the clips of ``urls``: a
+    report of mean metrics, ``null`` for those whose weights were not given (with ``notes``)."""
+    guidance, device, pce_checkpoint = options.guidance, options.device, options.pce_checkpoint
+    lpips_weights, fid_weights, fvd_weights = options.lpips_weights, options.fid_weights, options.fvd_weights
     model, cfg, step = load_checkpoint(checkpoint, "univdm", device=device)
     pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
-    W = frames or cfg.data.window_frames
+    W = options.frames or cfg.data.window_frames
     lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False)
     gen, real, waves, mouths_g = [], [], [], []
     rows: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
     unguided = 0
     for ex in make_loader(lcfg):
-        if len(gen) >= max_clips:
+        if len(gen) >= options.max_clips:
             break
         ref = _uint8(ex["reference"][None])[0]
         regions = None
@@ -65,7 +89,8 @@ def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames
                     regions[r] = box[0].tolist()
         clip_guidance = guidance if regions or guidance == "none" else "none"
         unguided += clip_guidance != guidance  # no region box in its first frame: generated without PCE guidance
-        g = generate_video(model, cfg, ref, ex["audio"], clip_guidance, pce, regions, 1.0, steps, audio_scale, guidance_scale, seed)
+        g = generate_video(model, cfg, ref, ex["audio"], clip_guidance, pce, regions, 1.0, options.steps, options.audio_scale,
+                           options.guidance_scale, options.seed)
         r = _uint8(ex["video"])
         gen.append(g)
         real.append(r)
@@ -90,14 +115,14 @@ def evaluate(checkpoint: str, urls: str | list[str], max_clips: int = 16, frames
     out["fvd"] = M.fvd(gen, real, fvd_weights, clip_frames=min(16, W)) if fvd_weights else None
     if not fvd_weights:
         out["notes"].append("fvd: give --fvd-weights (i3d_torchscript.pt)")
-    if syncnet_weights:
-        s = [M.sync_scores(m, w, syncnet_weights) for m, w in zip(mouths_g, waves) if m is not None and len(m) >= 5]
+    if options.syncnet_weights:
+        s = [M.sync_scores(m, w, options.syncnet_weights) for m, w in zip(mouths_g, waves) if m is not None and len(m) >= 5]
         out["sync_c"] = float(np.mean([x["sync_c"] for x in s])) if s else None
         out["sync_d"] = float(np.mean([x["sync_d"] for x in s])) if s else None
     else:
         out["sync_c"] = out["sync_d"] = None
         out["notes"].append("sync_c/sync_d: give --syncnet-weights (SyncNet exported to TorchScript)")
-    if hands:
+    if options.hands:
         hg = [M.hand_keypoints(v) for v in gen]
         hr = [M.hand_keypoints(v) for v in real]
         out.update(hkc=float(np.mean([h["hkc"] for h in hg])), hkv=float(np.mean([h["hkv"] for h in hg])),

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from trainers.checkpoint import find_checkpoint
 from trainers.media import SR, read_audio, write_video
-from trainers.runtime import find_checkpoint
 
 from .config import PahaConfig
 from .model import FPS, ClassifierModel, VideoModel
@@ -83,9 +83,9 @@ def reference_regions(square: np.ndarray, regions_file: str | None = None) -> di
         if unknown:
             raise ValueError(f"{regions_file}: unknown region(s) {sorted(unknown)}; known: {list(REGIONS)}")
         return {k: [float(x) for x in v] for k, v in given.items()}
-    from stages.pose import PoseModels, analyse_frame, part_arrays
+    from geometry.landmarks import LandmarkModels, analyse_frame, part_arrays
 
-    a = analyse_frame(PoseModels(), square)
+    a = analyse_frame(LandmarkModels(), square)
     h, w = square.shape[:2]
     arrays = {k: np.asarray(v)[None] for k, v in a.items() if k not in ("face_boxes", "face_scores", "face_sharpness")}
     face_box = a["face_boxes"][a["face_scores"].argmax()] if len(a["face_scores"]) else np.full(4, np.nan, np.float32)

@@ -51,9 +51,9 @@ def hand_keypoints(video: np.ndarray) -> dict[str, float]:
     """Hand keypoint confidence (HKC: mean MediaPipe hand score over frames and both hands, 0 when
     a hand is not found) and variance (HKV: variance over time of the detected hand keypoints'
     positions, in pixels², averaged over keypoints) — CyberHost's hand metrics."""
-    from stages.pose import PoseModels, analyse_frame
+    from geometry.landmarks import LandmarkModels, analyse_frame
 
-    models = PoseModels()
+    models = LandmarkModels()
     scores, points = [], {"left_hand": [], "right_hand": []}
     for frame in video:
         a = analyse_frame(models, frame)

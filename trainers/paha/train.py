@@ -1,5 +1,5 @@
 """The training loop of trainer 2 — UniVDM or the PCE classifiers (``train.target``), run by every
-Ray Train worker (or in-process), resumable exactly like trainer 1 (see ``trainers/runtime.py``).
+Ray Train worker (or in-process), resumable exactly like trainer 1 (see ``trainers/checkpoint.py``).
 
     cnas train paha --config tiny --set data.urls=... --set train.target=univdm
     cnas train paha --config tiny --set data.urls=... --set train.target=pce --set run.name=paha-tiny-pce
@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
-from trainers.data import LoaderConfig
-from trainers.runtime import (EMA, Reporter, batch_stream, current_session, launch, load_trainable, restore_checkpoint,
-                              seed_everything, trainable_params, trainable_state, wrap_ddp)
+from trainers.checkpoint import restore_checkpoint, seed_everything
+from trainers.data import LoaderConfig, batch_stream
+from trainers.reporting import Reporter
+from trainers.session import current_session, launch, wrap_ddp
+from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
 from .config import PahaConfig
 from .model import ClassifierModel, VideoModel

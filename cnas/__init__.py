@@ -1,0 +1,1 @@
+"""The ``cnas`` command: one entry point above the ingestion pipeline and the trainers."""

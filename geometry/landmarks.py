@@ -1,0 +1,135 @@
+"""MediaPipe landmarks of one frame and the body-part confidences and boxes derived from them.
+
+Shared by the pose stage (every frame of a video) and the PAHA trainer (region boxes of a
+reference image, hand keypoint metrics), so neither imports the other.
+
+Part confidences (the inputs of PAHA's parts-aware re-weighting), per frame, each in [0, 1]; a
+part not found is 0 with ``present = False``:
+
+* ``face``      = BlazeFace (full-range) detection score of the tracked face.
+* ``mouth``     = face × mean visibility of the pose's mouth corners (landmarks 9, 10).
+* ``left_hand`` = handedness score of the subject's left hand × visibility of the left wrist
+                  (pose 15) when a body was found; ``right_hand`` likewise (pose 16).
+                  MediaPipe labels hands as seen in a mirror; frames here are not mirrored, so
+                  its "Right" is the subject's left hand.
+* ``torso``     = mean visibility of the shoulders (pose 11, 12): the upper torso, which is what
+                  a half-body news shot shows (hips are usually out of frame).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from schemas import PART_NAMES
+
+# Lip contour of the 478-point face mesh (MediaPipe FACEMESH_LIPS vertices).
+LIPS = sorted({61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
+               78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415})
+BACKEND = "mediapipe-0.10.21:pose-full+hands-full+face-mesh-478+blazeface-full-range"
+
+
+class LandmarkModels:
+    """The four MediaPipe graphs, created once (video mode: they track between frames)."""
+
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
+        import mediapipe as mp
+
+        s = mp.solutions
+        c = self.min_detection_confidence = min_detection_confidence
+        self.min_tracking_confidence = min_tracking_confidence
+        self.pose = s.pose.Pose(static_image_mode=False, model_complexity=1, min_detection_confidence=c,
+                                min_tracking_confidence=min_tracking_confidence)
+        self.hands = s.hands.Hands(static_image_mode=False, max_num_hands=2, model_complexity=1, min_detection_confidence=c)
+        self.mesh = s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True, min_detection_confidence=c)
+        self.faces = s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c)
+
+    def reset(self) -> None:
+        """Forget tracking state (call between videos)."""
+        LandmarkModels.__init__(self, self.min_detection_confidence, self.min_tracking_confidence)
+
+
+def _lm(landmarks, n: int, fields: str = "xyz") -> np.ndarray:
+    if landmarks is None:
+        return np.full((n, len(fields)), np.nan, np.float32)
+    return np.array([[getattr(p, f) for f in fields] for p in landmarks.landmark], np.float32)
+
+
+def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey face crop: low for motion blur and defocus."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    x0, y0 = int(max(0, box[0])), int(max(0, box[1]))
+    x1, y1 = int(min(w, box[2])), int(min(h, box[3]))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return float("nan")
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
+    """Raw MediaPipe results of one frame, as arrays in pixel coordinates for boxes."""
+    h, w = rgb.shape[:2]
+    pose = models.pose.process(rgb).pose_landmarks
+    hands = models.hands.process(rgb)
+    mesh = models.mesh.process(rgb).multi_face_landmarks
+    dets = models.faces.process(rgb).detections or []
+    out = {
+        "body": _lm(pose, 33, "xyz"),
+        "body_visibility": _lm(pose, 33, ("visibility",))[:, 0],
+        "face": _lm(mesh[0] if mesh else None, 478, "xyz"),
+        "left_hand": np.full((21, 3), np.nan, np.float32), "right_hand": np.full((21, 3), np.nan, np.float32),
+        "left_hand_score": 0.0, "right_hand_score": 0.0,
+        "face_boxes": np.array([[d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
+                                  (d.location_data.relative_bounding_box.xmin + d.location_data.relative_bounding_box.width) * w,
+                                  (d.location_data.relative_bounding_box.ymin + d.location_data.relative_bounding_box.height) * h]
+                                 for d in dets], np.float32).reshape(-1, 4),
+        "face_scores": np.array([d.score[0] for d in dets], np.float32),
+    }
+    out["face_sharpness"] = _sharpness(rgb, out["face_boxes"][out["face_scores"].argmax()]) if dets else np.nan
+    for lms, cls in zip(hands.multi_hand_landmarks or [], hands.multi_handedness or []):
+        label, score = cls.classification[0].label, cls.classification[0].score
+        side = "left_hand" if label == "Right" else "right_hand"  # MediaPipe assumes a mirrored image
+        if score > out[f"{side}_score"]:
+            out[side], out[f"{side}_score"] = _lm(lms, 21), float(score)
+    return out
+
+
+def _box(points: np.ndarray, w: int, h: int) -> np.ndarray:
+    pts = points[~np.isnan(points).any(axis=1)]
+    if len(pts) == 0:
+        return np.full(4, np.nan, np.float32)
+    x0, y0 = np.clip(pts[:, 0].min() * w, 0, w), np.clip(pts[:, 1].min() * h, 0, h)
+    x1, y1 = np.clip(pts[:, 0].max() * w, 0, w), np.clip(pts[:, 1].max() * h, 0, h)
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
+def part_arrays(a: dict[str, np.ndarray], face_score: np.ndarray, face_box: np.ndarray, w: int, h: int) -> dict[str, np.ndarray]:
+    """``part_confidences`` (T,P), ``part_present`` (T,P), ``part_boxes`` (T,P,4, NaN = absent) by the formula above."""
+    T = len(face_score)
+    vis = np.nan_to_num(a["body_visibility"], nan=0.0)
+    body_found = ~np.isnan(a["body"][:, 0, 0])
+    conf = np.zeros((T, len(PART_NAMES)), np.float32)
+    boxes = np.full((T, len(PART_NAMES), 4), np.nan, np.float32)
+    conf[:, 0] = face_score
+    boxes[:, 0] = face_box
+    conf[:, 1] = face_score * np.where(body_found, vis[:, [9, 10]].mean(axis=1), 0.0)
+    for p, side, wrist in ((2, "left_hand", 15), (3, "right_hand", 16)):
+        hand_found = ~np.isnan(a[side][:, 0, 0])
+        score = np.where(hand_found, a[f"{side}_score"], 0.0)
+        conf[:, p] = score * np.where(body_found, vis[:, wrist], 1.0)
+    conf[:, 4] = np.where(body_found, vis[:, [11, 12]].mean(axis=1), 0.0)
+    for t in range(T):
+        if not np.isnan(a["face"][t, 0, 0]):
+            boxes[t, 1] = _box(a["face"][t, LIPS], w, h)
+        boxes[t, 2] = _box(a["left_hand"][t], w, h)
+        boxes[t, 3] = _box(a["right_hand"][t], w, h)
+        if body_found[t]:
+            boxes[t, 4] = _box(a["body"][t, [11, 12, 23, 24]], w, h)
+    conf = np.clip(conf, 0.0, 1.0)
+    present = (conf > 0) & ~np.isnan(boxes[..., 0])
+    conf[~present] = 0.0
+    boxes[~present] = np.nan
+    return {"part_confidences": conf, "part_present": present, "part_boxes": boxes}

@@ -1,0 +1,69 @@
+"""The config sections both trainers share (``data``, ``run``) and preset loading.
+
+Each trainer composes its config from these and its own sections (``trainers/<name>/config.py``);
+every section is a ``schemas.settings.Settings``, so unknown keys are errors and ``--set`` overrides
+use the same ``section.key=value`` syntax as the ingestion config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import Field
+
+from schemas.settings import Settings, apply_overrides
+
+ConfigT = TypeVar("ConfigT", bound=Settings)
+
+
+class DataSection(Settings):
+    """What every trainer reads from the shards (each trainer adds its own keys)."""
+
+    urls: str | list[str] | None = Field(None, description="shards: paths, brace pattern, or a release's <split>.index.json")
+    window_frames: int = Field(50, ge=2, description="frames per training window at 25 fps")
+    batch_size: int = Field(16, ge=1, description="per worker")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    shuffle_buffer: int = Field(256, ge=0)
+
+
+class RunSection(Settings):
+    """Where a run keeps its checkpoints and logs, and how many workers train it."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name: folder under storage_path")
+    storage_path: str = Field("runs", description="checkpoints and logs: local path or URI (s3://, gs://) Ray Train can write")
+    use_ray: bool = Field(True, description="false: train in this process without Ray (debugging, tests)")
+    address: str | None = Field(None, description="Ray cluster address; default: an embedded local Ray")
+    num_workers: int = Field(1, ge=1, description="data-parallel workers (DDP)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig: worker-group restarts from the last checkpoint")
+    keep_checkpoints: int = Field(3, ge=1)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, nested mappings merged key by key (a YAML file edits a preset)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_preset_config(model_cls: type[ConfigT], presets: dict[str, dict[str, Any]], config: str | None,
+                       overrides: list[str] | None = None) -> ConfigT:
+    """``config`` is a preset name or a YAML path (whose optional ``preset:`` key picks the starting
+    point); overrides go last."""
+    data: dict[str, Any] = {}
+    if config in presets:
+        data = {"preset": config, **copy.deepcopy(presets[config])}  # overrides must not edit the preset
+    elif config:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config}: expected a mapping at the top level")
+        name = loaded.get("preset")
+        if name is not None and name not in presets:
+            raise ValueError(f"{config}: unknown preset {name!r} (known: {', '.join(presets)})")
+        data = _merge(copy.deepcopy(presets.get(name, {})), loaded)
+    return model_cls.model_validate(apply_overrides(data, overrides or []))

@@ -1,0 +1,166 @@
+"""A training session — rank, device, checkpoint storage and metric reports of one worker — under
+Ray Train or in this process, and the launcher that starts the workers.
+
+What a checkpoint holds and how a run resumes from one: ``trainers/checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from trainers.run_config import RunSection
+
+
+class Session:
+    """Rank, device, checkpoints and metric logging for one training worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def latest_checkpoint(self) -> Path | None:
+        """The folder of the newest checkpoint of this run, or None for a fresh run."""
+        raise NotImplementedError
+
+    def save(self, step: int, files: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write ``files`` (name → object for torch.save) as this worker's part of checkpoint ``step``."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, float]) -> None:
+        """Hand ``metrics`` to the launcher without a checkpoint."""
+        raise NotImplementedError
+
+    def log_dir(self) -> Path:
+        """Where this worker writes TensorBoard files and ``metrics.jsonl``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the session holds (restored checkpoint copies)."""
+
+
+def _write_files(folder: Path, files: dict[str, Any]) -> None:
+    for name, obj in files.items():
+        torch.save(obj, folder / name)
+
+
+class LocalSession(Session):
+    """One process, no Ray: checkpoints in ``<storage>/<name>/checkpoints/step_<N>`` (atomic rename)."""
+
+    def __init__(self, run: RunSection):
+        self.root = Path(run.storage_path).expanduser().resolve() / run.name
+        self.ckpt_root = self.root / "checkpoints"
+        self.keep = run.keep_checkpoints
+        self.device = torch.device("cuda" if run.use_gpu and torch.cuda.is_available() else "cpu")
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(self.ckpt_root.glob("step_*[0-9]")) if self.ckpt_root.is_dir() else []
+        return done[-1] if done else None
+
+    def save(self, step: int, files: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        final = self.ckpt_root / f"step_{step:08d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=self.ckpt_root))
+        _write_files(tmp, files)
+        if final.exists():  # a re-run after a crash between rename and prune: same step, same content
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # a kill leaves either no folder or a whole one
+        for old in sorted(self.ckpt_root.glob("step_*[0-9]"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def report(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_dir(self) -> Path:
+        return self.root / "tensorboard"
+
+
+class RaySession(Session):
+    """Inside a Ray Train worker: checkpoints go through ``ray.train.report``."""
+
+    def __init__(self, run: RunSection):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.run = run
+        self._restored: tempfile.TemporaryDirectory | None = None
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._restored = tempfile.TemporaryDirectory(prefix="cnas-restore-")
+        name = os.path.basename(ckpt.path.rstrip("/")) or "checkpoint"
+        return Path(ckpt.to_directory(os.path.join(self._restored.name, name)))
+
+    def save(self, step: int, files: dict[str, Any], metrics: dict[str, float]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="cnas-ckpt-") as tmp:
+            _write_files(Path(tmp), files)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:08d}")
+
+    def report(self, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
+
+    def log_dir(self) -> Path:
+        storage = self.run.storage_path
+        if "://" in storage:  # TensorBoard files go next to the worker; metrics also reach Ray's results
+            return Path(tempfile.gettempdir()) / "cnas-tensorboard" / self.run.name
+        return Path(storage).expanduser().resolve() / self.run.name / "tensorboard"
+
+    def close(self) -> None:
+        if self._restored is not None:
+            self._restored.cleanup()
+
+
+def current_session(run: RunSection) -> Session:
+    """The session of this worker: a Ray Train worker's, or this process's when ``run.use_ray`` is off."""
+    if run.use_ray:
+        return RaySession(run)
+    return LocalSession(run)
+
+
+def wrap_ddp(module: torch.nn.Module, session: Session) -> torch.nn.Module:
+    """DistributedDataParallel around ``module`` when there are several workers."""
+    if session.world_size == 1:
+        return module
+    ids = [session.device.index] if session.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> Any:
+    """Run ``train_fn(config)`` on ``run.num_workers`` Ray Train workers (DDP), or in this process."""
+    if not run.use_ray:
+        if run.num_workers != 1:
+            raise ValueError("run.use_ray=false trains in this process: set run.num_workers=1")
+        return train_fn(config)
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=run.address, log_to_driver=True)
+    storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).expanduser().resolve())
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
+                                     resources_per_worker={"CPU": run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})}),
+        run_config=RunConfig(name=run.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints)),
+    )
+    return trainer.fit()
