@@ -93,7 +93,7 @@ def main() -> None:
             lines.append(f"{good[i % 2]},good{i:04d}")
     with open(os.path.join(d, "s.csv"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    sets = ["normalize.max_height=240", "clips.min_clip_s=1"]
+    sets = ["normalize.max_height=240", "clips.min_clip_s=1", "clips.min_face_px=0"]
     if not args.models:
         sets += ["clips.mode=fixed", "pose.enabled=false", "speech.enabled=false"]
     peaks: dict[str, float] = defaultdict(float)

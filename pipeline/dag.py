@@ -65,7 +65,7 @@ def _run_normalize(ctx: StageContext) -> NormalizedMedia:
     dl: DownloadResult = ctx.inputs["download"]
     work, video_id = ctx.work, ctx.item.video_id
     with work.fetch(dl.media_path) as src, work.local_dir("media", video_id) as out:
-        media = normalize(video_id, src, out, ctx.options)
+        media = normalize(video_id, src, out, ctx.options, language=ctx.item.metadata.get("language"))
     media.video_path = work.path("media", video_id, "video.mp4")
     media.audio_path = work.path("media", video_id, "audio.wav")
     return media
@@ -138,7 +138,9 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
             local = media.model_copy(update={"video_path": v, "audio_path": a})
-            clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size)
+            download: DownloadResult | None = ctx.inputs.get("download")
+            clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size,
+                               download.provenance if download else None)
             for clip in clips:
                 f0 = round(clip.start_s * media.fps)
                 f1 = f0 + clip.num_frames
@@ -215,7 +217,7 @@ DAG = Registry([
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
-              uses=("shots", "pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True),
+              uses=("download", "shots", "pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True),
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import traceback
+import warnings
 from typing import Any
 
 from schemas import ClipRecord, ClipSet, FailureRecord, SourceItem
@@ -173,7 +174,8 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
         share = total / (len(actor_cpus) + 1)
         actor_cpus = {k: min(v, share) for k, v in actor_cpus.items()}
         task_cpus = {k: min(v, share) for k, v in task_cpus.items()}
-        log.warning("only %.1f CPUs: model actors get %s, file stages at most %.2f each", total, actor_cpus, share)
+        log.warning("only %.1f CPUs: model actors get %s, file stages at most %.2f each", total,
+                    {k: round(v, 2) for k, v in actor_cpus.items()}, share)
     for stage in stages:
         if registry[stage].is_model_stage:
             r = res[stage]
@@ -185,7 +187,9 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
         else:
             # ray_remote_args_fn keeps Ray Data from fusing this stage into the next operator;
             # fused into a model actor, normalize would run one video at a time inside it.
-            ds = ds.map(StageTask(stage, cfg, work_uri, registry), ray_remote_args_fn=functools.partial(_cpus, task_cpus[stage]))
+            with warnings.catch_warnings():  # deprecated in Ray 2.60, but the only way to keep it unfused today
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ds = ds.map(StageTask(stage, cfg, work_uri, registry), ray_remote_args_fn=functools.partial(_cpus, task_cpus[stage]))
     return ds
 
 

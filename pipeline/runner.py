@@ -45,11 +45,31 @@ def init_ray(cfg: Config) -> str:
     if ray.is_initialized():
         return "existing ray session"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The workers' output (MediaPipe, torchaudio and Ray warnings) goes to the Ray session's log
+    # files, not this terminal: the terminal shows progress; the summary names the log folder.
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
-        return cfg.ray.address
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    return "local"
+        ray.init(address=cfg.ray.address, **quiet)
+        where = cfg.ray.address
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+        where = "local"
+    import ray.data  # noqa: F401  (configures its loggers: a file handler and a console handler)
+
+    for handler in logging.getLogger("ray.data").handlers:  # Ray Data's own log file keeps everything
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    return where
+
+
+def ray_log_dir() -> str | None:
+    """The Ray session's log folder on this machine (worker output lands there), if known."""
+    try:
+        from ray._private.worker import global_worker
+
+        return os.path.join(global_worker.node.get_session_dir_path(), "logs")
+    except Exception:  # a client connection or another Ray version: no local session folder
+        return None
 
 
 def preflight(cfg: Config) -> None:
@@ -93,6 +113,8 @@ def run_ingest(
     out_dir.write_text("".join(s.to_json() + "\n" for s in sources), SOURCES)
     where = init_ray(cfg)
     say(f"cnas ingest: {len(sources)} videos, ray={where}, work dir {work.uri}")
+    if ray_log_dir():
+        say(f"worker logs: {ray_log_dir()}")
 
     import ray.data
 

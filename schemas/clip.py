@@ -7,10 +7,28 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .base import SAFE_ID_PATTERN, Record
+from .source import SourceProvenance
 from .speech import Transcript
 
 #: Sample key: ``<video_id>-<index:04d>``; no dots (WebDataset splits key and suffix at the first dot).
 CLIP_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}-[0-9]{4,}$"
+
+
+class SourceMedia(Record):
+    """The source's media as probed, and what normalisation did to it (see ``NormalizeDecisions``)."""
+
+    width: int | None = Field(None, description="coded width of the source video")
+    height: int | None = None
+    fps: float | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    rotation_deg: int = 0
+    sample_aspect_ratio: float = 1.0
+    interlaced: bool = False
+    deinterlaced: bool = False
+    tone_mapped: bool = False
+    audio_track: int = 0
+    video_start_s: float = Field(0.0, description="source time of the normalised t=0: a clip's source time is start_s + this")
 
 
 class ClipRecord(Record):
@@ -43,6 +61,10 @@ class ClipRecord(Record):
     stages: list[str] = Field(default_factory=list)
     skipped_stages: dict[str, str] = Field(default_factory=dict)
     members: list[str] = Field(description="member suffixes of this sample in its shard, e.g. json, mp4, wav")
+    provenance: SourceProvenance | None = Field(None, description="where the source came from (platform, channel, date, licence)")
+    source_media: SourceMedia | None = None
+    clip_to_source: list[list[float]] | None = Field(
+        None, description="2x3 affine: clip pixel (x, y, 1) -> pixel of the coded source frame (crop, scale, pixel aspect, rotation undone)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClipRecord":

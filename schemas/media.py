@@ -7,8 +7,21 @@ from pydantic import Field, model_validator
 from .base import SAFE_ID_PATTERN, Record
 
 
+class AudioTrack(Record):
+    """One audio stream of an input, as ffprobe describes it."""
+
+    index: int = Field(ge=0, description="position among the file's audio streams (ffmpeg's a:<index>)")
+    language: str | None = Field(None, description="the stream's language tag, as the file states it (e.g. 'chi', 'eng')")
+    codec: str | None = None
+    channels: int | None = Field(None, ge=1)
+    sample_rate_hz: int | None = Field(None, gt=0)
+    start_s: float | None = Field(None, description="presentation time of its first sample")
+    duration_s: float | None = Field(None, ge=0)
+
+
 class ProbeInfo(Record):
-    """What ffprobe found in an input file."""
+    """What ffprobe found in an input file. ``width``/``height`` are the coded size of the first video
+    stream; ``display_width``/``display_height`` what a player shows (pixel aspect and rotation applied)."""
 
     duration_s: float = Field(ge=0)
     has_video: bool
@@ -21,6 +34,45 @@ class ProbeInfo(Record):
     audio_sample_rate_hz: int | None = Field(default=None, gt=0)
     format_name: str | None = None
     size_bytes: int = Field(ge=0)
+    sample_aspect_ratio: float = Field(1.0, gt=0, description="pixel width / pixel height of the coded frame")
+    rotation_deg: int = Field(0, description="clockwise display rotation from the display matrix: 0, 90, 180 or 270")
+    display_width: int | None = Field(default=None, ge=1)
+    display_height: int | None = Field(default=None, ge=1)
+    variable_frame_rate: bool = Field(False, description="r_frame_rate and avg_frame_rate differ")
+    pix_fmt: str | None = None
+    bit_depth: int | None = Field(default=None, ge=1)
+    color_transfer: str | None = None
+    field_order: str | None = Field(None, description="as the container states it (progressive, tt, bb, ...); often absent")
+    video_start_s: float | None = None
+    video_duration_s: float | None = Field(default=None, ge=0)
+    format_start_s: float = 0.0
+    audio_tracks: list[AudioTrack] = Field(default_factory=list)
+
+
+class NormalizeDecisions(Record):
+    """What normalisation did to one source, and why: enough to map a normalised pixel or second back
+    to the source and to audit every choice (docs/normalize.md)."""
+
+    rotation_deg: int = Field(0, description="clockwise rotation applied (the source's display matrix)")
+    sample_aspect_ratio: float = Field(1.0, gt=0, description="source pixel aspect undone by the scale (output pixels are square)")
+    display_width: int = Field(ge=1, description="source width as displayed (pixel aspect and rotation applied)")
+    display_height: int = Field(ge=1)
+    interlace_frames: dict[str, int] = Field(default_factory=dict, description="idet counts on the sampled frames: tff, bff, progressive, undetermined")
+    interlaced: bool = False
+    deinterlaced: bool = Field(False, description="bwdif applied")
+    source_bit_depth: int | None = None
+    tone_mapped: bool = Field(False, description="HDR (PQ/HLG) tone-mapped to 8-bit BT.709")
+    variable_frame_rate: bool = False
+    source_fps: float | None = None
+    audio_track: int = Field(0, ge=0, description="index of the audio stream used")
+    audio_track_language: str | None = None
+    audio_track_reason: str = Field("first", description="'language' (its tag matched the source's language) or 'first'")
+    audio_channels_used: list[int] = Field(default_factory=list, description="source channels averaged into the mono wav (dead channels left out)")
+    video_start_s: float = Field(0.0, description="source presentation time of normalised frame 0 (and of audio sample 0)")
+    audio_offset_s: float = Field(0.0, description="audio start minus video start in the source: >0 padded with silence, <0 trimmed")
+    video_length_s: float | None = Field(None, description="source video length")
+    audio_length_s: float | None = Field(None, description="source audio length")
+    trimmed_to_s: float | None = Field(None, description="both streams cut to this common length (they differed)")
 
 
 class NormalizedMedia(Record):
@@ -37,6 +89,7 @@ class NormalizedMedia(Record):
     sample_rate_hz: int = Field(gt=0)
     num_audio_samples: int = Field(gt=0)
     source_probe: ProbeInfo
+    decisions: NormalizeDecisions | None = None
 
     @model_validator(mode="after")
     def _lengths_agree(self) -> "NormalizedMedia":

@@ -9,6 +9,20 @@ from pydantic import Field
 from .base import SAFE_ID_PATTERN, Record
 
 
+class SourceProvenance(Record):
+    """Where a video came from, as the platform states it (yt-dlp's info.json); what a release cites."""
+
+    source_uri: str = Field(description="URL or path as given in the sources file")
+    webpage_url: str | None = Field(None, description="the page the video was taken from")
+    extractor: str | None = Field(None, description="yt-dlp extractor (site) name")
+    original_id: str | None = Field(None, description="the platform's id of the video")
+    title: str | None = None
+    channel: str | None = None
+    uploader: str | None = None
+    upload_date: str | None = Field(None, description="YYYYMMDD, as the platform states it")
+    platform_licence: str | None = Field(None, description="licence as the platform states it")
+
+
 class SourceItem(Record):
     """One video to ingest: a URL (http/https/file/yt-dlp-supported site) or a local path."""
 
@@ -29,3 +43,4 @@ class DownloadResult(Record):
     size_bytes: int = Field(ge=0)
     backend: Literal["yt-dlp", "local"]
     title: str | None = None
+    provenance: SourceProvenance | None = Field(default=None, description="where the video came from (yt-dlp's info.json; local files: path and name)")

@@ -11,15 +11,18 @@ import subprocess
 import uuid
 from typing import Any
 
+import numpy as np
 import soundfile as sf
-
 from pydantic import Field
 
 from schemas import ClipRecord, NormalizedMedia
 from schemas import shard as layout
+from schemas.clip import SourceMedia
 from schemas.settings import runtime_field
+from schemas.source import SourceProvenance
 
 from .errors import StageError, temp_name
+from .normalize import normalised_to_source
 from .select import SelectOptions
 
 class ClipOptions(SelectOptions):
@@ -67,12 +70,16 @@ def make_clips(
     windows: list[tuple[int, int]] | None = None,
     crops: list[tuple[int, int, int] | None] | None = None,
     crop_size: int | None = None,
+    provenance: SourceProvenance | None = None,
 ) -> list[ClipRecord]:
     """Cut ``media`` into ``windows`` ``[(first_frame, frame_count)]`` (default: fixed windows);
     writes ``<key>.mp4`` and ``<key>.wav`` into ``out_dir``. A crop ``(x, y, side)`` cuts a square
-    from the frame, scaled to ``crop_size`` pixels."""
+    from the frame, scaled to ``crop_size`` pixels. Each record carries the source's ``provenance``,
+    what normalisation did to it, and the affine map from its pixels back to the coded source frame."""
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(source_metadata or {})
+    to_source = np.array(normalised_to_source(media) + [[0.0, 0.0, 1.0]])
+    source_media = source_media_of(media)
     audio, sr = sf.read(media.audio_path, dtype="int16", always_2d=False)
     records = []
     windows = fixed_windows(media.num_frames, media.fps, opts) if windows is None else windows
@@ -84,6 +91,8 @@ def make_clips(
         if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
             break
         size = (crop_size or crop[2]) if crop else None
+        scale = crop[2] / size if crop else 1.0  # normalised pixels per clip pixel
+        to_normalised = np.array([[scale, 0.0, crop[0] if crop else 0.0], [0.0, scale, crop[1] if crop else 0.0], [0.0, 0.0, 1.0]])
         cut_video(media.video_path, os.path.join(out_dir, layout.member_name(key, layout.MP4)), start_s, count, media.fps, opts, crop, size)
         _write_wav(os.path.join(out_dir, layout.member_name(key, layout.WAV)), audio[s0 : s0 + n], sr)
         records.append(
@@ -105,11 +114,26 @@ def make_clips(
                 height=size or media.height,
                 crop_box=list(crop) if crop else None,
                 language=meta.get("language"),
-                licence=meta.get("licence") or meta.get("license"),
+                # the sources file's licence column wins over what the platform states
+                licence=meta.get("licence") or meta.get("license") or (provenance.platform_licence if provenance else None),
                 members=list(layout.BASE_MEMBERS),
+                provenance=provenance,
+                source_media=source_media,
+                clip_to_source=[[round(float(x), 6) for x in row] for row in (to_source @ to_normalised)[:2]],
             )
         )
     return records
+
+
+def source_media_of(media: NormalizedMedia) -> SourceMedia:
+    """What a clip records of its source's media and of what normalisation did to it."""
+    p, d = media.source_probe, media.decisions
+    return SourceMedia(
+        width=p.width, height=p.height, fps=p.fps, video_codec=p.video_codec, audio_codec=p.audio_codec,
+        rotation_deg=d.rotation_deg if d else 0, sample_aspect_ratio=d.sample_aspect_ratio if d else 1.0,
+        interlaced=d.interlaced if d else False, deinterlaced=d.deinterlaced if d else False, tone_mapped=d.tone_mapped if d else False,
+        audio_track=d.audio_track if d else 0, video_start_s=d.video_start_s if d else 0.0,
+    )
 
 
 def cut_video(

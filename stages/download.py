@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from schemas import DownloadResult, SourceItem
+from schemas.source import SourceProvenance
 from schemas.settings import Settings, runtime_field
 
 from .errors import StageError
@@ -28,7 +29,7 @@ MEDIA_BASENAME = "source"  # yt-dlp writes source.<ext> and source.info.json
 class DownloadOptions(Settings):
     """Options of the download stage (config section ``download``)."""
 
-    max_height: int = Field(720, ge=144, description="yt-dlp format height cap")
+    max_height: int = Field(1080, ge=144, description="yt-dlp format height cap")
     retries: int = runtime_field(3, ge=0, description="attempts after the first, with exponential backoff")
     backoff_s: float = runtime_field(2.0, ge=0, description="first backoff; doubles each retry")
     rate_limit: str | None = runtime_field(None, description="yt-dlp rate limit, e.g. '2M' (bytes/s)")
@@ -98,7 +99,8 @@ def _local(item: SourceItem) -> DownloadResult:
     if not path.is_file():
         raise StageError("not_a_file", f"not a regular file: {path}")
     return DownloadResult(
-        video_id=item.video_id, source_uri=item.uri, media_path=str(path), size_bytes=path.stat().st_size, backend="local"
+        video_id=item.video_id, source_uri=item.uri, media_path=str(path), size_bytes=path.stat().st_size, backend="local",
+        provenance=SourceProvenance(source_uri=item.uri, title=path.stem),
     )
 
 
@@ -153,11 +155,11 @@ def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions, a
             )
         raise StageError("no_media", f"yt-dlp finished but wrote no media file for {item.uri}")
     info_path = os.path.join(dest_dir, f"{MEDIA_BASENAME}.info.json")
-    title = None
+    info: dict = {}
     if os.path.exists(info_path):
         try:
             with open(info_path, encoding="utf-8") as f:
-                title = json.load(f).get("title")
+                info = json.load(f) or {}
         except (OSError, ValueError):
             pass
     return DownloadResult(
@@ -167,7 +169,24 @@ def _ytdlp_download(item: SourceItem, dest_dir: str, options: DownloadOptions, a
         info_path=info_path if os.path.exists(info_path) else None,
         size_bytes=os.path.getsize(media),
         backend="yt-dlp",
-        title=title,
+        title=info.get("title"),
+        provenance=provenance_from_info(item.uri, info),
+    )
+
+
+def provenance_from_info(source_uri: str, info: dict) -> SourceProvenance:
+    """The provenance fields of a yt-dlp info dict (absent fields stay None)."""
+    def text(*keys: str) -> str | None:
+        for k in keys:
+            v = info.get(k)
+            if v not in (None, ""):
+                return str(v)
+        return None
+
+    return SourceProvenance(
+        source_uri=source_uri, webpage_url=text("webpage_url", "original_url"), extractor=text("extractor_key", "extractor"),
+        original_id=text("id"), title=text("title"), channel=text("channel"), uploader=text("uploader", "uploader_id"),
+        upload_date=text("upload_date"), platform_licence=text("license"),
     )
 
 

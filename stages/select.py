@@ -26,6 +26,7 @@ class SelectOptions(Settings):
     turn_gap_s: float = Field(0.6, ge=0, description="pauses shorter than this stay inside one speech turn")
     turn_pad_s: float = Field(0.2, ge=0)
     min_face_height_frac: float = Field(0.08, ge=0, le=1, description="face box height / frame height")
+    min_face_px: int = Field(160, ge=0, description="face box height in pixels of the normalised video (DECA and the 512-px PAHA crops need detail)")
     min_face_confidence: float = Field(0.6, ge=0, le=1)
     min_torso_confidence: float = Field(0.3, ge=0, le=1)
     min_speech_ratio: float = Field(0.3, ge=0, le=1, description="share of the clip covered by the main speaker's words")
@@ -145,6 +146,8 @@ def quality_reject(f0: int, f1: int, height: int, t: Transcript | None, pose: di
         face_h = np.nanmedian(boxes[:, 3] - boxes[:, 1]) if not np.isnan(boxes[:, 0]).all() else 0.0
         if face_h / height < opts.min_face_height_frac:
             return "face_too_small"
+        if face_h < opts.min_face_px:
+            return "face_too_small_px"
         if conf[:, 0].mean() < opts.min_face_confidence or conf[:, 4].mean() < opts.min_torso_confidence:
             return "low_landmark_confidence"
         sharp = pose.get("face_sharpness")

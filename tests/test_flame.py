@@ -147,7 +147,7 @@ def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, assets, ra
     from pipeline.runner import run_ingest
 
     (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
-    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240"]
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0"]
     result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
     assert result.stats.clips >= 1 and "flame" not in result.stats.skipped_stages
     import io
@@ -170,7 +170,7 @@ def test_missing_assets_are_reported_as_skipped(tmp_path, media_dir, ray_session
     from pipeline.runner import run_ingest
 
     (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
-    sets = ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", f"flame.flame_model={tmp_path / 'nope.pkl'}"]
+    sets = ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0", f"flame.flame_model={tmp_path / 'nope.pkl'}"]
     result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
     reason = result.stats.skipped_stages["flame"]
     assert "missing assets: flame_model, deca_checkpoint" in reason

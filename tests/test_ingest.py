@@ -21,7 +21,7 @@ from pipeline.config import load_config
 from pipeline.runner import run_ingest
 from schemas import ClipRecord, FailureRecord, ManifestRow, RunStats
 
-FAST = ["clips.min_clip_s=1", "normalize.max_height=240", "download.retries=0", "download.socket_timeout_s=5"]
+FAST = ["clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0", "download.socket_timeout_s=5"]
 # Resume and shard mechanics need no models: fixed windows, file stages only.
 FILES_ONLY = [*FAST, "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false"]
 EXPECTED_FAILURES = {
@@ -120,6 +120,10 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
     http_clips = [ClipRecord.model_validate_json(members[r.key]["json"]) for r in rows if r.video_id == "http_en"]
     words = [w for c in http_clips for s in c.transcript.segments for w in s.words]
     assert http_clips[0].transcript.language == "en" and len(words) >= 3
+    # provenance from yt-dlp's info.json: where the video came from, as the platform states it
+    prov = http_clips[0].provenance
+    assert prov.webpage_url == f"{http_server}/en_b.mp4" and prov.extractor and prov.original_id == "en_b" and prov.title == "en_b"
+    assert first.provenance.source_uri == str(media_dir / "zh_a.mp4") and first.source_media.width == 480
     assert all(0 <= w.start_s <= w.end_s <= c.end_s - c.start_s for c in http_clips for s in c.transcript.segments for w in s.words)
 
     # Re-running resumes from the ledger and changes nothing.

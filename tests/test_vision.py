@@ -144,7 +144,7 @@ def test_hard_cut_inside_a_speech_turn_gives_two_clips(tmp_path, pose_models):
     assert [s.start_frame for s in shots.shots] == [0, 75]
     arrays = extract_pose(pose_models, media.video_path, media.width, media.height, media.fps, media.num_frames)
     t = _transcript("cut", media.duration_s, [(0.2, 5.8)])  # one turn across the cut
-    opts = SelectOptions(min_clip_s=1.0, max_clip_s=10.0, crop="upper_body")
+    opts = SelectOptions(min_clip_s=1.0, max_clip_s=10.0, crop="upper_body", min_face_px=0)
     sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, t, arrays, opts)
     assert len(sel.windows) == 2
     for first, count in sel.windows:
@@ -169,17 +169,19 @@ def test_selection_filters_count_every_rejection():
     pose = {"part_confidences": conf, "part_present": present, "part_boxes": boxes, "num_people": np.ones(n, np.int32),
             "face_track": np.zeros(n, np.int32), "face_sharpness": np.full(n, 100.0), "part_names": np.array(["face", "mouth", "left_hand", "right_hand", "torso"])}
     t = _transcript("v", n / fps, [(0.0, 9.9)])
-    opts = SelectOptions(min_clip_s=2, max_clip_s=4)
+    opts = SelectOptions(min_clip_s=2, max_clip_s=4, min_face_px=0)
     sel = select_clips(n, fps, 480, h, None, t, pose, opts)
     # one ~10 s turn split into three equal clips of 2..4 s, back to back
     assert len(sel.windows) == 3 and not sel.rejects and all(50 <= c <= 100 for _, c in sel.windows)
     assert all(f0 + c0 == f1 for (f0, c0), (f1, _) in zip(sel.windows, sel.windows[1:]))
-    small = SelectOptions(min_clip_s=2, max_clip_s=4, min_face_height_frac=0.2)
+    small = SelectOptions(min_clip_s=2, max_clip_s=4, min_face_height_frac=0.2, min_face_px=0)
     assert select_clips(n, fps, 480, h, None, t, pose, small).rejects == {"face_too_small": 3}
+    few_pixels = SelectOptions(min_clip_s=2, max_clip_s=4)  # the default floor: 160 px; this face is 60 px
+    assert select_clips(n, fps, 480, h, None, t, pose, few_pixels).rejects == {"face_too_small_px": 3}
     blurry = {**pose, "face_sharpness": np.full(n, 3.0)}
     assert select_clips(n, fps, 480, h, None, t, blurry, opts).rejects == {"motion_blur": 3}
     sparse = _transcript("v", n / fps, [(0.0, 0.3), (1.0, 1.3), (2.0, 2.3), (3.0, 3.3), (4.0, 4.3)])
-    assert select_clips(n, fps, 480, h, None, sparse, pose, SelectOptions(min_clip_s=2, max_clip_s=10, turn_gap_s=1.0)).rejects == {"too_little_speech": 1}
+    assert select_clips(n, fps, 480, h, None, sparse, pose, SelectOptions(min_clip_s=2, max_clip_s=10, turn_gap_s=1.0, min_face_px=0)).rejects == {"too_little_speech": 1}
     hidden = {**pose, "part_present": present.copy()}
     hidden["part_present"][100:150, 0] = False
     sel = select_clips(n, fps, 480, h, None, t, hidden, opts)
