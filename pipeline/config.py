@@ -74,6 +74,9 @@ class RayConfig(Settings):
         if not isinstance(value, dict):
             return value
         merged = {k: v.model_dump() for k, v in _declared_resources().items()}
+        unknown = sorted(set(value) - set(merged))
+        if unknown:
+            raise ValueError(f"ray.resources: no stage named {unknown} (stages: {', '.join(merged)})")
         for stage, given in value.items():
             given = given.model_dump() if isinstance(given, BaseModel) else given
             merged[stage] = {**merged.get(stage, {}), **given} if isinstance(given, dict) else given

@@ -20,7 +20,7 @@ import numpy as np
 from schemas import ClipSet, DownloadResult, FlameFit, NormalizedMedia, PoseResult, ShotList, Transcript
 from schemas import shard as layout
 from stages.clips import ClipOptions, make_clips
-from stages.download import DownloadOptions, download
+from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import write_npz
 from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
 from stages.normalize import NormalizeOptions, normalize
@@ -42,6 +42,11 @@ def _run_download(ctx: StageContext) -> DownloadResult:
         return download(item, "", opts)
     archive = work.path("download_archive.txt") if opts.use_download_archive and work.is_local else None
     with work.local_dir("downloads", item.video_id) as dest:
+        # The ledger says this download must be (re)done: an archive line from an earlier attempt
+        # would make yt-dlp skip it.
+        info_json = os.path.join(dest, f"{MEDIA_BASENAME}.info.json")
+        if archive and os.path.exists(info_json):
+            forget_archived(archive, info_json)
         # a finished file here belongs to an earlier attempt (maybe of another URL for this id);
         # partial downloads (.part) stay so yt-dlp can continue them
         for name in os.listdir(dest):
@@ -208,16 +213,17 @@ def _run_flame(ctx: StageContext) -> ClipSet:
 
 DAG = Registry([
     StageSpec("download", DownloadOptions, DownloadResult, _run_download, outputs_exist=_download_exists,
-              resources=Resources(cpus=0.5)),  # I/O bound
+              resources=Resources(cpus=0.5), version=2),  # I/O bound; v2: provenance
     StageSpec("normalize", NormalizeOptions, NormalizedMedia, _run_normalize, requires={"download": "the source file"},
-              outputs_exist=_media_exists),
+              outputs_exist=_media_exists, version=2),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions)
     StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
               outputs_exist=_pose_exists),
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
-              uses=("download", "shots", "pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True),
+              uses=("download", "shots", "pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True,
+              version=2),  # v2: provenance, source_media, clip_to_source
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),

@@ -74,6 +74,9 @@ class StageSpec:
     preflight: Callable[[Any], Any] | None = None
     #: The output is the video's clip set (the shard sink reads the last such stage that ran).
     emits_clips: bool = False
+    #: Bump when the stage's code or output record changes what it writes for the same options:
+    #: the fingerprint covers it, so ledger entries of the older version are redone.
+    version: int = 1
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -162,7 +165,7 @@ class Registry:
         def parts(st: str) -> dict:
             opts = self.options(cfg, st)
             own = opts.model_dump(mode="json", include=set(output_fields(type(opts))))
-            return {"own": own, "deps": {d: parts(d) for d in self.specs[st].deps}}
+            return {"own": own, "version": self.specs[st].version, "deps": {d: parts(d) for d in self.specs[st].deps}}
 
         payload = {"stage": name, "config": parts(name), "source": source_digest(item) if item else None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -58,7 +58,7 @@ class NormalizeDecisions(Record):
     display_width: int = Field(ge=1, description="source width as displayed (pixel aspect and rotation applied)")
     display_height: int = Field(ge=1)
     interlace_frames: dict[str, int] = Field(default_factory=dict, description="idet counts on the sampled frames: tff, bff, progressive, undetermined")
-    interlaced: bool = False
+    interlaced: bool | None = Field(False, description="idet's verdict; null when not checked (normalize.deinterlace=always|never)")
     deinterlaced: bool = Field(False, description="bwdif applied")
     source_bit_depth: int | None = None
     tone_mapped: bool = Field(False, description="HDR (PQ/HLG) tone-mapped to 8-bit BT.709")
@@ -67,7 +67,8 @@ class NormalizeDecisions(Record):
     audio_track: int = Field(0, ge=0, description="index of the audio stream used")
     audio_track_language: str | None = None
     audio_track_reason: str = Field("first", description="'language' (its tag matched the source's language) or 'first'")
-    audio_channels_used: list[int] = Field(default_factory=list, description="source channels averaged into the mono wav (dead channels left out)")
+    audio_channels_used: list[int] = Field(
+        default_factory=list, description="channels averaged into the mono wav, dead ones left out (of the stereo downmix for sources with more than 2)")
     video_start_s: float = Field(0.0, description="source presentation time of normalised frame 0 (and of audio sample 0)")
     audio_offset_s: float = Field(0.0, description="audio start minus video start in the source: >0 padded with silence, <0 trimmed")
     video_length_s: float | None = Field(None, description="source video length")

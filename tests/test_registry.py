@@ -205,3 +205,14 @@ def test_every_option_invalidates_exactly_its_stage_and_dependants():
     assert checked == sum(len(s.options.model_fields) for s in DAG)
     assert DAG.dependents("normalize") == ["shots", "pose", "speech", "clips", "flame"]
     assert DAG.dependents("shots") == ["clips", "flame"] and DAG.dependents("flame") == []
+
+
+def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
+    import dataclasses
+
+    bumped = Registry([dataclasses.replace(s, version=s.version + 1) if s.name == "shots" else s for s in DAG])
+    cfg = Config()
+    changed = {s for s in DAG.names if DAG.fingerprint(cfg, s) != bumped.fingerprint(cfg, s)}
+    assert changed == {"shots", "clips", "flame"}
+    with pytest.raises(ValidationError, match="no stage named"):
+        load_config(None, ["ray.resources.speach.actors=2"])

@@ -102,6 +102,25 @@ def test_download_http_file_url_and_errors(media_dir, http_server, tmp_path):
     assert e.value.reason == "not_found"
 
 
+def test_a_redone_download_is_not_skipped_by_the_archive(http_server, tmp_path):
+    from stages.download import forget_archived
+
+    archive, dest = str(tmp_path / "archive.txt"), str(tmp_path / "h")
+    fast = DownloadOptions(retries=0, socket_timeout_s=5)
+    item = _url_item("h", f"{http_server}/zh_a.mp4")
+    first = download(item, dest, fast, archive)
+    assert open(archive).read().strip() == "generic zh_a"
+    os.remove(first.media_path)  # what the pipeline does before it redoes a download
+    with pytest.raises(StageError) as e:  # the archive alone would make yt-dlp skip it
+        download(item, dest, fast, archive)
+    assert e.value.reason in ("archived_without_file", "no_media")
+    with open(archive, "a") as f:
+        f.write("generic other\n")
+    assert forget_archived(archive, first.info_path) and open(archive).read() == "generic other\n"
+    again = download(item, dest, fast, archive)
+    assert os.path.getsize(again.media_path) == first.size_bytes and "generic zh_a" in open(archive).read()
+
+
 def test_download_retries_transient_errors_with_backoff(tmp_path):
     # Nothing listens on this port: a connection error is retried, then reported as a network failure.
     import socket
