@@ -29,6 +29,7 @@ CATALOGUE = {
     "video_much_longer": (lambda p: mf.flash_beep_video(p, video_extra_s=3.0), "mp4"),
     "audio_longer": (lambda p: mf.flash_beep_video(p, video_extra_s=-1.0), "mp4"),
     "ntsc_29_97": (lambda p: mf.flash_beep_video(p, fps="30000/1001"), "mp4"),
+    "fps_60": (lambda p: mf.flash_beep_video(p, fps="60", flash_t=1.65), "mp4"),
     "interlaced_pal": (lambda p: mf.interlaced_video(p), "mp4"),
     "two_audio_tracks": (lambda p: mf.two_track_video(p), "mp4"),
     "dead_right_channel": (lambda p: mf.dead_channel_video(p), "mp4"),
@@ -97,7 +98,7 @@ def _flash_and_beep_s(media: NormalizedMedia) -> tuple[float, float]:
     return int(np.argmax(frames.mean(axis=(1, 2)))) / media.fps, int(np.argmax(np.abs(audio) > 0.2)) / sr
 
 
-@pytest.mark.parametrize("name", ["audio_late", "audio_early", "video_longer", "audio_longer", "ntsc_29_97"])
+@pytest.mark.parametrize("name", ["audio_late", "audio_early", "video_longer", "audio_longer", "ntsc_29_97", "fps_60"])
 def test_a_flash_and_a_beep_stay_within_a_frame(catalogue, name):
     _, media = catalogue[name]
     flash, beep = _flash_and_beep_s(media)
