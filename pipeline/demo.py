@@ -1,7 +1,7 @@
 """Demo and test inputs: talking-person videos made from real photos and espeak-ng speech.
 
 The photos are the ones scikit-image ships (``astronaut``: a frontal upper body; ``camera``: a
-man in profile). The head sways a little and the mouth region darkens with the speech envelope,
+man in three-quarter profile, whose clips the head-pose filter rejects as ``non_frontal``). The head sways a little and the mouth region darkens with the speech envelope,
 so there is motion that is in sync with the audio.
 """
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from pydantic import Field
 
+from geometry.head_pose import head_poses_deg
 from geometry.landmarks import BACKEND, LandmarkModels, analyse_frame, part_arrays
 from schemas import PART_NAMES, PoseTrack
 from schemas.settings import Settings
@@ -145,6 +146,7 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
         prev_box = boxes[k]
     arrays.update(face_track=track, num_people=num_people, interpolated=~analysed)
     arrays.update(part_arrays(arrays, face_score, face_box, width, height))
+    arrays["head_pose"] = head_poses_deg(arrays["face"], width, height)  # (T, 3) yaw, pitch, roll in degrees
     arrays["body_presence"] = np.full((T, 33), np.nan, np.float32)
     arrays["part_names"] = np.array(PART_NAMES)
     arrays["fps"] = np.array(fps, np.float32)
@@ -249,4 +251,9 @@ def pose_quality(pose: dict[str, np.ndarray], f0: int, f1: int, height: int) -> 
     if not np.isnan(sharp).all():
         q["face_sharpness"] = round(float(np.nanmedian(sharp)), 2)
     q["max_people"] = float(pose["num_people"][f0:f1].max())
+    head = pose["head_pose"][f0:f1] if "head_pose" in pose else np.full((1, 3), np.nan)
+    for i, angle in enumerate(("yaw", "pitch", "roll")):
+        if not np.isnan(head[:, i]).all():
+            q[f"head_{angle}_mean_deg"] = round(float(np.nanmean(head[:, i])), 2)
+            q[f"head_{angle}_range_deg"] = round(float(np.nanmax(head[:, i]) - np.nanmin(head[:, i])), 2)
     return q

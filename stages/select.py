@@ -26,6 +26,8 @@ class SelectOptions(Settings):
     turn_gap_s: float = Field(0.6, ge=0, description="pauses shorter than this stay inside one speech turn")
     turn_pad_s: float = Field(0.2, ge=0)
     min_face_height_frac: float = Field(0.08, ge=0, le=1, description="face box height / frame height")
+    max_yaw_deg: float = Field(35.0, gt=0, le=90, description="median |yaw| of the head over the clip (0 = frontal); more is non_frontal")
+    max_pitch_deg: float = Field(30.0, gt=0, le=90, description="median |pitch| of the head over the clip; more is non_frontal")
     min_face_px: int = Field(160, ge=0, description="face box height in pixels of the normalised video (DECA and the 512-px PAHA crops need detail)")
     min_face_confidence: float = Field(0.6, ge=0, le=1)
     min_torso_confidence: float = Field(0.3, ge=0, le=1)
@@ -150,6 +152,10 @@ def quality_reject(f0: int, f1: int, height: int, t: Transcript | None, pose: di
             return "face_too_small_px"
         if conf[:, 0].mean() < opts.min_face_confidence or conf[:, 4].mean() < opts.min_torso_confidence:
             return "low_landmark_confidence"
+        head = pose["head_pose"][f0:f1] if "head_pose" in pose else None  # pose files before head pose lack it
+        if head is not None and not np.isnan(head[:, 0]).all():
+            if np.nanmedian(np.abs(head[:, 0])) > opts.max_yaw_deg or np.nanmedian(np.abs(head[:, 1])) > opts.max_pitch_deg:
+                return "non_frontal"
         sharp = pose.get("face_sharpness")
         if sharp is not None and np.nanmedian(sharp[f0:f1]) < opts.min_face_sharpness:
             return "motion_blur"

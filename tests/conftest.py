@@ -16,7 +16,7 @@ from pipeline.demo import DemoVideo, make_talking_video  # noqa: E402
 
 SHORT_VIDEOS = (
     DemoVideo("zh_a", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, jin1 tian1 tian1 qi4 hen3 hao3."),
-    DemoVideo("en_b", "camera", "en-us", "Good evening, here is the news."),
+    DemoVideo("en_b", "astronaut", "en-us", "Good evening, here is the news.", mirror=True),  # frontal (the camera photo is a profile: non_frontal)
 )
 
 

@@ -208,3 +208,53 @@ def test_odd_crop_size_is_refused():
 
     with pytest.raises(ValidationError, match="multiple of 2"):
         load_config(None, ["clips.crop_size=255"])
+
+
+# ---------------------------------------------------------------------------------------------
+# head pose (geometry/head_pose.py) and the non_frontal filter
+
+
+def test_head_pose_recovers_known_rotations_of_the_canonical_face():
+    from scipy.spatial.transform import Rotation
+
+    from geometry.head_pose import canonical_face, head_pose_deg
+
+    W, H, f = 640, 480, 640.0
+    for yaw, pitch, roll in [(0, 0, 0), (30, 0, 0), (-40, 10, 0), (15, -20, 10)]:
+        # a face turned to the image's right by `yaw`, tilted up by `pitch`, leaning clockwise by `roll`
+        R = Rotation.from_euler("ZYX", [roll, -yaw, -pitch], degrees=True).as_matrix()
+        P = canonical_face() @ R.T + [0.0, 0.0, 60.0]
+        xy = np.stack([f * P[:, 0] / P[:, 2] + W / 2, f * P[:, 1] / P[:, 2] + H / 2], 1) / [W, H]
+        assert np.allclose(head_pose_deg(xy, W, H), (yaw, pitch, roll), atol=0.5), (yaw, pitch, roll)
+
+
+def test_head_pose_of_real_photos_mirrored_and_turned(pose_models):
+    from geometry.head_pose import head_pose_deg
+    from geometry.landmarks import LandmarkModels, analyse_frame
+
+    astro = _photo("astronaut", False)
+    h, w = astro.shape[:2]
+    yaw, _, roll = head_pose_deg(analyse_frame(LandmarkModels(), astro)["face"][:, :2], w, h)
+    m_yaw, _, m_roll = head_pose_deg(analyse_frame(LandmarkModels(), np.ascontiguousarray(astro[:, ::-1]))["face"][:, :2], w, h)
+    assert abs(yaw) < 10 and abs(m_yaw + yaw) < 10 and abs(m_roll + roll) < 10  # frontal; a mirror flips yaw and roll
+    # the same face turned 30 degrees in 3D: its mesh (with MediaPipe's depth) rotated about the vertical axis
+    face = analyse_frame(LandmarkModels(), astro)["face"][:468] * [w, h, w]
+    centre = face.mean(axis=0)
+    a = np.radians(30)
+    turned = (face - centre) @ np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]]).T + centre
+    t_yaw = head_pose_deg(turned[:, :2] / [w, h], w, h)[0]
+    assert abs(abs(t_yaw - yaw) - 30) < 10, t_yaw
+
+
+def test_profile_anchor_is_rejected_as_non_frontal(tmp_path, pose_models):
+    camera = _photo("camera", False)  # scikit-image's cameraman: a three-quarter profile
+    media = _video(tmp_path, "profile", _sway(camera, 75))
+    arrays = extract_pose(pose_models, media.video_path, media.width, media.height, media.fps, media.num_frames)
+    assert arrays["head_pose"].shape == (media.num_frames, 3)
+    assert np.nanmedian(np.abs(arrays["head_pose"][:, 0])) > 35
+    t = _transcript("profile", media.duration_s, [(0.1, 2.9)])
+    opts = SelectOptions(min_clip_s=1.0, min_face_px=0, min_face_confidence=0.0, min_torso_confidence=0.0, min_face_sharpness=0.0)
+    sel = select_clips(media.num_frames, media.fps, media.width, media.height, None, t, arrays, opts)
+    assert sel.windows == [] and sel.rejects == {"non_frontal": 1}
+    wide = opts.model_copy(update={"max_yaw_deg": 90.0, "max_pitch_deg": 90.0})
+    assert len(select_clips(media.num_frames, media.fps, media.width, media.height, None, t, arrays, wide).windows) == 1
