@@ -11,6 +11,7 @@ registry on Ray Data; nothing here knows about Ray. Adding a stage: see docs/arc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -133,7 +134,7 @@ def _run_clips(ctx: StageContext) -> ClipSet:
     pose_out: PoseResult | None = ctx.inputs.get("pose")
     work, item = ctx.work, ctx.item
     result = ClipSet()
-    with work.fetch(pose_out.path) if pose_out else _nothing() as pose_file:
+    with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file:
         pose = load_pose(pose_file) if pose_file else None  # memory-mapped: a clip reads its own frames only
         windows = crops = None
         if opts.mode == "selected":
@@ -170,16 +171,6 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                     clip.skipped_stages["speech"] = ctx.skipped["speech"]
     result.clips = clips
     return result
-
-
-class _nothing:
-    """``with`` target for an input that is absent."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _clip_files_exist(out: ClipSet, ctx: StageContext) -> bool:
