@@ -33,21 +33,22 @@ BACKEND = "mediapipe-0.10.21:pose-full+hands-full+face-mesh-478+blazeface-full-r
 class LandmarkModels:
     """The four MediaPipe graphs, created once (video mode: they track between frames)."""
 
-    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5, max_faces: int = 1):
         import mediapipe as mp
 
         s = mp.solutions
         c = self.min_detection_confidence = min_detection_confidence
         self.min_tracking_confidence = min_tracking_confidence
+        self.max_faces = max_faces
         self.pose = s.pose.Pose(static_image_mode=False, model_complexity=1, min_detection_confidence=c,
                                 min_tracking_confidence=min_tracking_confidence)
         self.hands = s.hands.Hands(static_image_mode=False, max_num_hands=2, model_complexity=1, min_detection_confidence=c)
-        self.mesh = s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True, min_detection_confidence=c)
+        self.mesh = s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=max_faces, refine_landmarks=True, min_detection_confidence=c)
         self.faces = s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c)
 
     def reset(self) -> None:
         """Forget tracking state (call between videos)."""
-        LandmarkModels.__init__(self, self.min_detection_confidence, self.min_tracking_confidence)
+        LandmarkModels.__init__(self, self.min_detection_confidence, self.min_tracking_confidence, self.max_faces)
 
 
 def _lm(landmarks, n: int, fields: str = "xyz") -> np.ndarray:
@@ -70,7 +71,8 @@ def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
 
 
 def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
-    """Raw MediaPipe results of one frame, as arrays in pixel coordinates for boxes."""
+    """Raw MediaPipe results of one frame, as arrays in pixel coordinates for boxes. ``faces`` holds
+    up to ``models.max_faces`` face meshes (NaN rows for the missing), ``face`` the first of them."""
     h, w = rgb.shape[:2]
     pose = models.pose.process(rgb).pose_landmarks
     hands = models.hands.process(rgb)
@@ -79,7 +81,7 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
     out = {
         "body": _lm(pose, 33, "xyz"),
         "body_visibility": _lm(pose, 33, ("visibility",))[:, 0],
-        "face": _lm(mesh[0] if mesh else None, 478, "xyz"),
+        "faces": np.stack([_lm(mesh[k] if mesh and k < len(mesh) else None, 478, "xyz") for k in range(models.max_faces)]),
         "left_hand": np.full((21, 3), np.nan, np.float32), "right_hand": np.full((21, 3), np.nan, np.float32),
         "left_hand_score": 0.0, "right_hand_score": 0.0,
         "face_boxes": np.array([[d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
@@ -88,6 +90,7 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
                                  for d in dets], np.float32).reshape(-1, 4),
         "face_scores": np.array([d.score[0] for d in dets], np.float32),
     }
+    out["face"] = out["faces"][0]
     out["face_sharpness"] = _sharpness(rgb, out["face_boxes"][out["face_scores"].argmax()]) if dets else np.nan
     for lms, cls in zip(hands.multi_hand_landmarks or [], hands.multi_handedness or []):
         label, score = cls.classification[0].label, cls.classification[0].score
@@ -95,6 +98,27 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
         if score > out[f"{side}_score"]:
             out[side], out[f"{side}_score"] = _lm(lms, 21), float(score)
     return out
+
+
+#: Inner-lip mid points (upper, lower) and outer eye corners of the 478-point mesh.
+INNER_LIP_MID = (13, 14)
+EYE_CORNERS = (33, 263)
+
+
+def mouth_opening(face: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Inner-lip gap over the outer-eye-corner distance, per face, for meshes ``(..., 478, 2+)`` in
+    [0, 1] image coordinates (NaN where there is no face). Scaled by the eye distance, which does not
+    move when the jaw drops, so the series is comparable across face sizes and zoom."""
+    xy = np.asarray(face[..., :2], np.float64) * np.array([width, height])
+    gap = np.linalg.norm(xy[..., INNER_LIP_MID[0], :] - xy[..., INNER_LIP_MID[1], :], axis=-1)
+    eyes = np.linalg.norm(xy[..., EYE_CORNERS[0], :] - xy[..., EYE_CORNERS[1], :], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (gap / eyes).astype(np.float32)
+
+
+def mesh_box(face: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(4,) pixel box ``[x0, y0, x1, y1]`` of one face mesh (478, 2+) in [0, 1]; NaN when absent."""
+    return _box(np.asarray(face)[:, :2], width, height)
 
 
 def _box(points: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from stages.normalize import NormalizeOptions
 from stages.pose import PoseOptions
 from stages.shots import ShotOptions
 from stages.speech import SpeechOptions
+from stages.sync import SyncOptions
 
 from .registry import Resources
 
@@ -94,6 +95,7 @@ class Config(Settings):
     shots: ShotOptions = Field(default_factory=ShotOptions)
     pose: PoseOptions = Field(default_factory=PoseOptions)
     speech: SpeechOptions = Field(default_factory=SpeechOptions)
+    sync: SyncOptions = Field(default_factory=SyncOptions)
     clips: ClipOptions = Field(default_factory=ClipOptions)
     flame: FlameOptions = Field(default_factory=FlameOptions)
     shards: ShardConfig = Field(default_factory=ShardConfig)

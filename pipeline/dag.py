@@ -1,6 +1,6 @@
 """The ingestion DAG: one declaration per stage, in execution order.
 
-    download → normalize → shots → pose → speech → clips → flame   (→ shard sink in the driver)
+    download → normalize → shots → pose → speech → sync → clips → flame   (→ shard sink in the driver)
 
 Each ``StageSpec`` names a Ray-free stage function from ``stages/`` and a small adapter (``_run_*``)
 that moves that function's inputs and outputs in and out of the work dir (which may be shared
@@ -12,24 +12,26 @@ registry on Ray Data; nothing here knows about Ray. Adding a stage: see docs/arc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 
 import numpy as np
 
-from schemas import ClipSet, DownloadResult, FlameFit, NormalizedMedia, PoseResult, ShotList, Transcript
+from schemas import ClipSet, DownloadResult, FlameFit, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
 from stages.clips import ClipOptions, make_clips
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
-from stages.errors import write_npz
+from stages.errors import StageError, write_npz
 from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
 from stages.normalize import NormalizeOptions, normalize
-from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, save_pose, slice_pose
+from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, save_pose, slice_pose
 from stages.select import select_clips
 from stages.shots import ShotOptions, detect_shots
-from stages.speech import SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
+from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
 from stages.speech_assets import check_speech_assets
+from stages.sync import SyncNet, SyncOptions, sync_features, sync_unavailable
 
 from .registry import Registry, Resources, StageContext, StageSpec
 
@@ -123,6 +125,48 @@ def _run_speech(ctx: StageContext) -> Transcript:
 
 
 # ---------------------------------------------------------------------------------------------
+# sync: lips of every face track against the audio (active speaker, offsets)
+
+
+@functools.lru_cache(maxsize=2)
+def _syncnet(path: str, device: str) -> SyncNet:
+    return SyncNet(path, device)  # once per worker process (task workers are reused)
+
+
+def _run_sync(ctx: StageContext) -> SyncResult:
+    media: NormalizedMedia = ctx.inputs["normalize"]
+    opts: SyncOptions = ctx.options
+    work, video_id = ctx.work, ctx.item.video_id
+    with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.audio_path) as wav, \
+            work.local_dir("media", video_id) as out:
+        pose = load_pose(pose_file)
+        if "faces_track" not in pose:
+            raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
+        audio, sr = load_audio(wav), SAMPLE_RATE
+        if opts.backend == "syncnet":
+            with work.fetch(media.video_path) as v:
+                arrays = sync_features(audio, sr, media.fps, pose, opts, _syncnet(opts.syncnet_model, opts.device),
+                                       read_frames(v, media.width, media.height))
+        else:
+            arrays = sync_features(audio, sr, media.fps, pose, opts)
+        write_npz(os.path.join(out, "sync.npz"), arrays)
+    conf, ids = arrays["speaking_conf"], arrays["faces_track"]
+    speaking = (conf >= opts.min_confidence) & (ids >= 0)
+    tracks, counts = np.unique(ids[speaking], return_counts=True)
+    return SyncResult(path=work.path("media", video_id, "sync.npz"), backend=opts.backend, num_frames=len(ids),
+                      speaking_s={str(t): round(c / media.fps, 2) for t, c in zip(tracks, counts)})
+
+
+def _sync_exists(out: SyncResult, ctx: StageContext) -> bool:
+    return ctx.work.fs.exists(out.path)
+
+
+def _load_sync(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ---------------------------------------------------------------------------------------------
 # clips: select (shots × speech turns × visibility) and cut; then FLAME per clip
 
 
@@ -132,31 +176,42 @@ def _run_clips(ctx: StageContext) -> ClipSet:
     transcript: Transcript | None = ctx.inputs.get("speech")
     shots: ShotList | None = ctx.inputs.get("shots")
     pose_out: PoseResult | None = ctx.inputs.get("pose")
+    sync_out: SyncResult | None = ctx.inputs.get("sync")
     work, item = ctx.work, ctx.item
     result = ClipSet()
-    with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file:
+    with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file, \
+            work.fetch(sync_out.path) if sync_out else contextlib.nullcontext() as sync_file:
         pose = load_pose(pose_file) if pose_file else None  # memory-mapped: a clip reads its own frames only
-        windows = crops = None
+        sync = _load_sync(sync_file) if sync_file else None
+        windows = crops = syncs = None
         if opts.mode == "selected":
-            sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts)
-            windows, crops = sel.windows[: opts.max_clips_per_video], sel.crops[: opts.max_clips_per_video]
+            sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
+                               sync, ctx.input_options.get("sync"))
+            keep = slice(0, opts.max_clips_per_video)
+            windows, crops, syncs = sel.windows[keep], sel.crops[keep], sel.syncs[keep]
             result.rejects, result.rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
+            result.speaker_faces = {who: sorted(tracks) for who, tracks in sel.speaker_faces.items()}
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
             local = media.model_copy(update={"video_path": v, "audio_path": a})
             download: DownloadResult | None = ctx.inputs.get("download")
             clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size,
-                               download.provenance if download else None)
+                               download.provenance if download else None, syncs)
             for clip in clips:
                 f0 = round(clip.start_s * media.fps)
                 f1 = f0 + clip.num_frames
                 if pose is not None:
-                    write_npz(os.path.join(out, layout.member_name(clip.key, layout.POSE)), slice_pose(pose, f0, f1))
+                    view = slice_pose(pose, f0, f1, clip.sync.face_track if clip.sync else None)  # the speaker's face
+                    write_npz(os.path.join(out, layout.member_name(clip.key, layout.POSE)), view)
                     clip.members.append(layout.POSE)
                     clip.stages.append("pose")
-                    clip.quality.update(pose_quality(pose, f0, f1, media.height))
+                    clip.quality.update(pose_quality(view, 0, f1 - f0, media.height))
                 else:
                     clip.skipped_stages["pose"] = ctx.skipped["pose"]
+                if clip.sync is not None:
+                    clip.stages.append("sync")
+                elif "sync" in ctx.skipped:
+                    clip.skipped_stages["sync"] = ctx.skipped["sync"]
                 if shots is not None:
                     clip.stages.append("shots")
                 if "flame" in ctx.skipped:
@@ -188,8 +243,9 @@ def _run_flame(ctx: StageContext) -> ClipSet:
     work = ctx.work
     with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.video_path) as v, \
             work.local_dir(layout.CLIPS_DIR, ctx.item.video_id) as clip_dir:
-        mesh = load_pose(pose_file)["face"]  # memory-mapped (T, 478, 3): read one clip's frames at a time
-        for clip, fit in zip(out.clips, fit_video_clips(ctx.models, v, media.width, media.height, mesh, ranges)):
+        pose = load_pose(pose_file)  # memory-mapped: read one clip's frames at a time
+        meshes = (slice_pose(pose, a, b, c.sync.face_track if c.sync else None)["face"] for c, (a, b) in zip(out.clips, ranges))
+        for clip, fit in zip(out.clips, fit_video_clips(ctx.models, v, media.width, media.height, meshes, ranges)):
             FlameFit.from_arrays(fit)  # the shapes of the contract, before anything is written
             write_npz(os.path.join(clip_dir, layout.member_name(clip.key, layout.FLAME)), fit)
             clip.members.append(layout.FLAME)
@@ -209,12 +265,15 @@ DAG = Registry([
               outputs_exist=_media_exists, version=2),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions)
     StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
-              outputs_exist=_pose_exists, version=2),  # v2: head pose
+              outputs_exist=_pose_exists, version=3),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth)
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets),
+    StageSpec("sync", SyncOptions, SyncResult, _run_sync,
+              requires={"pose": "face tracks and lips", "normalize": "the normalised audio"},
+              outputs_exist=_sync_exists, unavailable=sync_unavailable),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
-              uses=("download", "shots", "pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=2),  # v2: provenance, source_media, clip_to_source
+              uses=("download", "shots", "pose", "speech", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
+              version=3),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),

@@ -1,12 +1,15 @@
 """Demo and test inputs: talking-person videos made from real photos and espeak-ng speech.
 
 The photos are the ones scikit-image ships (``astronaut``: a frontal upper body; ``camera``: a
-man in three-quarter profile, whose clips the head-pose filter rejects as ``non_frontal``). The head sways a little and the mouth region darkens with the speech envelope,
-so there is motion that is in sync with the audio.
+man in three-quarter profile, whose clips the head-pose filter rejects as ``non_frontal``). The
+head sways a little and the mouth opens with the loudness of the speech (``talking_face``: a
+piecewise-affine warp of the photo on its face mesh), so the lips are in sync with the audio; a dub
+(the lips say another sentence than the soundtrack) shows the sync check rejecting it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -17,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .talking_face import FaceWarp, face_warp, photo_mesh, speech_envelope
+
 FPS = 25
+DEMO_INPUTS_VERSION = "2"  # 2: talking faces (lips in sync) and a dub
 # Mouth centre and half-size in the 512x512 astronaut photo (MediaPipe face mesh lips 13/14, 61/291).
 ASTRONAUT_MOUTH = (223, 147, 21, 6)
 
@@ -29,12 +35,18 @@ class DemoVideo:
     voice: str  # espeak-ng voice
     text: str
     mirror: bool = False
+    dub_text: str | None = None  # heard instead of ``text`` (the lips still say ``text``): a dub
+    frozen: bool = False  # the mouth never moves: a voice-over on a still face
+    audio_lead_frames: int = 0  # the soundtrack comes this many frames early (> 0) or late (< 0)
 
 
 DEMO_VIDEOS: tuple[DemoVideo, ...] = (
     DemoVideo("anchor_zh_1", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2 lian2 bo1. jin1 tian1 tian1 qi4 hen3 hao3."),
     DemoVideo("anchor_zh_2", "astronaut", "cmn-latn-pinyin", "xia4 mian4 bo1 bao4 guo2 ji4 xin1 wen2. ke1 xue2 jia1 fa1 xian4 le5 xin1 de5 xing1 xing5.", mirror=True),
     DemoVideo("anchor_en", "camera", "en-us", "Good evening. Here is the news. Scientists report a new discovery today."),
+    # a dub: the anchor's lips say one sentence, the soundtrack is another (rejected: not_speaking)
+    DemoVideo("anchor_zh_dub", "astronaut", "cmn-latn-pinyin", "jin1 tian1 de5 tou2 tiao2 xin1 wen2 shi4 guan1 yu2 ke1 xue2 de5.",
+              dub_text="guan1 zhong4 peng2 you3 men5 wan3 shang4 hao3, huan1 ying2 shou1 kan4 wo3 men5 de5 jie2 mu4."),
 )
 
 
@@ -50,56 +62,90 @@ def synthesize(text: str, voice: str, path: str, speed_wpm: int = 150) -> None:
 
 
 def _photo(name: str, mirror: bool) -> np.ndarray:
+    """A scikit-image data photo by name, or an image file by path, as RGB uint8."""
     import skimage.data
+    import skimage.io
 
-    img = getattr(skimage.data, name)()
+    img = skimage.io.imread(name) if os.path.sep in name else getattr(skimage.data, name)()
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     img = img[..., :3]
     return img[:, ::-1].copy() if mirror else img
 
 
-def talking_frames(photo: np.ndarray, envelope: np.ndarray, size: int = 480, mouth=None) -> np.ndarray:
-    """(T, size, size, 3) uint8 frames: a window swaying over the photo, mouth darkened by ``envelope`` in [0,1]."""
-    h, w = photo.shape[:2]
+def talking_frames(warp: FaceWarp, envelope: np.ndarray, size: int = 480) -> np.ndarray:
+    """(T, size, size, 3) uint8 frames: a window swaying over the photo, the mouth opened by ``envelope`` in [0,1]."""
+    h, w = warp.photo.shape[:2]
     t = np.arange(len(envelope))
     dx = np.round((w - size) / 2 + (w - size) / 2 * 0.6 * np.sin(2 * np.pi * t / 75)).astype(int)
     dy = np.round((h - size) / 2 + (h - size) / 2 * 0.4 * np.sin(2 * np.pi * t / 110)).astype(int)
-    yy, xx = np.mgrid[0:h, 0:w]
     frames = np.empty((len(envelope), size, size, 3), np.uint8)
     for i, e in enumerate(envelope):
-        img = photo
-        if mouth is not None and e > 0.02:
-            cx, cy, rx, ry = mouth
-            open_ry = ry * (1 + 1.5 * e)  # the mouth opens vertically with loudness
-            inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / open_ry) ** 2 <= 1
-            img = photo.copy()
-            img[inside] = (img[inside] * (1 - 0.7 * e)).astype(np.uint8)
-        frames[i] = img[dy[i] : dy[i] + size, dx[i] : dx[i] + size]
+        frames[i] = warp.frame(e)[dy[i]: dy[i] + size, dx[i]: dx[i] + size]
     return frames
 
 
-def make_talking_video(path: str, video: DemoVideo, lead_s: float = 0.4, tail_s: float = 0.6) -> float:
-    """Write an mp4 (H.264 + AAC) of a photo speaking ``video.text``; returns its duration in seconds."""
+@functools.lru_cache(maxsize=8)
+def photo_warp(photo: str, mirror: bool = False) -> FaceWarp:
+    """The talking-face warps of a scikit-image photo (its largest face), computed once per process."""
+    img = _photo(photo, mirror)
+    meshes = photo_mesh(img)
+    if not meshes:
+        raise RuntimeError(f"no face found on the {photo} photo")
+    return face_warp(img, meshes[0])
+
+
+def speech_audio(text: str, voice: str) -> tuple[np.ndarray, int]:
+    """espeak-ng speech of ``text`` as float32 samples and their rate."""
     with tempfile.TemporaryDirectory() as tmp:
-        speech = os.path.join(tmp, "speech.wav")
-        synthesize(video.text, video.voice, speech)
-        audio, sr = sf.read(speech, dtype="float32")
-        audio = np.concatenate([np.zeros(int(lead_s * sr), np.float32), audio, np.zeros(int(tail_s * sr), np.float32)])
-        padded = os.path.join(tmp, "audio.wav")
-        sf.write(padded, audio, sr)
-        n_frames = int(len(audio) / sr * FPS)
-        hop = sr / FPS
-        rms = np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n_frames)])
-        envelope = np.clip(rms / (rms.max() + 1e-9), 0, 1)
-        photo = _photo(video.photo, video.mirror)
-        mouth = None
-        if video.photo == "astronaut":
-            cx, cy, rx, ry = ASTRONAUT_MOUTH
-            mouth = (photo.shape[1] - 1 - cx if video.mirror else cx, cy, rx, ry)
-        frames = talking_frames(photo, envelope, mouth=mouth)
-        _encode(frames, padded, path)
-        return n_frames / FPS
+        path = os.path.join(tmp, "speech.wav")
+        synthesize(text, voice, path)
+        audio, sr = sf.read(path, dtype="float32")
+    return audio, sr
+
+
+def shift_audio(audio: np.ndarray, sr: int, lead_frames: int, fps: float = FPS) -> np.ndarray:
+    """The same length of audio, ``lead_frames`` video frames earlier (> 0: the sound leads the lips)."""
+    n = round(lead_frames * sr / fps)
+    if n > 0:
+        return np.concatenate([audio[n:], np.zeros(n, audio.dtype)])
+    if n < 0:
+        return np.concatenate([np.zeros(-n, audio.dtype), audio[: len(audio) + n]])
+    return audio
+
+
+def make_talking_video(path: str, video: DemoVideo, lead_s: float = 0.4, tail_s: float = 0.6) -> float:
+    """Write an mp4 (H.264 + AAC) of a photo speaking ``video.text``; returns its duration in seconds.
+
+    The lips follow ``video.text``; the soundtrack is ``video.dub_text`` when set (a dub: another
+    utterance over the same lips), shifted by ``video.audio_lead_frames``; ``video.frozen`` keeps the
+    mouth shut (a voice-over on a still face)."""
+    lips, sr = speech_audio(video.text, video.voice)
+    heard = speech_audio(video.dub_text, video.voice)[0] if video.dub_text else lips
+    return write_talking_video(path, photo_warp(video.photo, video.mirror), lips, heard, sr, video.frozen,
+                               video.audio_lead_frames, lead_s, tail_s)
+
+
+def write_talking_video(path: str, warp: FaceWarp, lips: np.ndarray, heard: np.ndarray, sr: int, frozen: bool = False,
+                        lead_frames: int = 0, lead_s: float = 0.4, tail_s: float = 0.6) -> float:
+    """Write an mp4 of ``warp``'s face whose mouth follows the loudness of ``lips`` (or stays shut when
+    ``frozen``) over the soundtrack ``heard`` moved ``lead_frames`` frames early; both padded with
+    ``lead_s`` / ``tail_s`` of silence to the longer one. Returns the duration in seconds."""
+    n = max(len(lips), len(heard))
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        return np.concatenate([np.zeros(int(lead_s * sr), np.float32), a, np.zeros(n - len(a) + int(tail_s * sr), np.float32)])
+
+    lips, heard = pad(lips), pad(heard)
+    n_frames = int(len(lips) / sr * FPS)
+    envelope = np.zeros(n_frames) if frozen else speech_envelope(lips, sr, FPS, n_frames)
+    frames = talking_frames(warp, envelope)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "audio.wav")
+        sf.write(wav, shift_audio(heard, sr, lead_frames), sr)
+        _encode(frames, wav, path)
+    return n_frames / FPS
 
 
 def _encode(frames: np.ndarray, wav: str, path: str) -> None:
@@ -119,10 +165,12 @@ def write_demo_inputs(folder: str) -> str:
     require_tools()
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
+    stamp = root / ".demo_inputs_version"
+    fresh = stamp.exists() and stamp.read_text().strip() == DEMO_INPUTS_VERSION  # inputs of an older toolkit are redone
     rows = ["path,id,language,licence,channel"]
     for v in DEMO_VIDEOS:
         target = root / f"{v.name}.mp4"
-        if not target.exists():  # idempotent: `make demo` twice reuses the inputs
+        if not (fresh and target.exists()):  # idempotent: `make demo` twice reuses the inputs
             make_talking_video(str(target), v)
         lang = "zh" if v.voice.startswith("cmn") else "en"
         rows.append(f"{target.name},{v.name},{lang},CC-BY-4.0 (demo),demo")
@@ -131,4 +179,5 @@ def write_demo_inputs(folder: str) -> str:
     rows.append(f"{broken.name},broken_upload,zh,,demo")
     sources = root / "sources.csv"
     sources.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    stamp.write_text(DEMO_INPUTS_VERSION + "\n")
     return str(sources)

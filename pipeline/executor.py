@@ -71,7 +71,8 @@ class StageTask:
     def _context(self, row: dict[str, Any], item: SourceItem, work: WorkDir) -> StageContext:
         inputs = {d: self.registry[d].output.model_validate_json(row[d]) for d in self.spec.deps if row.get(d)}
         return StageContext(item=item, options=self.registry.options(self.cfg, self.stage), inputs=inputs, work=work,
-                            skipped=self.registry.skip_reasons(self.cfg))
+                            skipped=self.registry.skip_reasons(self.cfg),
+                            input_options={d: self.registry.options(self.cfg, d) for d in inputs})
 
     def _run(self, row: dict[str, Any], item: SourceItem) -> dict[str, Any]:
         work = WorkDir(self.work_uri)

@@ -48,6 +48,7 @@ class StageContext:
     work: WorkDir
     models: Any = None  # what ``setup`` returned (model stages), else None
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why this config does not run it
+    input_options: dict[str, Any] = field(default_factory=dict)  # options of every stage in ``inputs`` (the fingerprint covers them)
 
 
 @dataclass(frozen=True)

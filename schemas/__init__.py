@@ -9,6 +9,7 @@ from .pose import PART_NAMES, PoseResult, PoseTrack
 from .run import FailureRecord, LedgerEntry, ManifestRow, RunStats, StageTiming
 from .source import DownloadResult, SourceItem
 from .speech import Segment, Transcript, Word
+from .sync import ClipSync, SyncResult
 
 #: Every exported record type, by the name its JSON Schema file gets.
 ALL_RECORDS: dict[str, type[Record]] = {
@@ -20,6 +21,8 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "transcript": Transcript,
     "pose_track": PoseTrack,
     "pose_result": PoseResult,
+    "sync_result": SyncResult,
+    "clip_sync": ClipSync,
     "flame_fit": FlameFit,
     "clip": ClipRecord,
     "clip_set": ClipSet,
@@ -31,7 +34,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
 
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
-    "ClipRecord", "ClipSet", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
+    "ClipRecord", "ClipSet", "ClipSync", "SyncResult", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
     "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas", "shard",
 ]

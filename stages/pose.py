@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 import zipfile
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from geometry.head_pose import head_poses_deg
-from geometry.landmarks import BACKEND, LandmarkModels, analyse_frame, part_arrays
+from geometry.landmarks import BACKEND, LIPS, LandmarkModels, analyse_frame, mesh_box, mouth_opening, part_arrays
 from schemas import PART_NAMES, PoseTrack
 from schemas.settings import Settings
 
@@ -36,6 +37,7 @@ class PoseOptions(Settings):
     min_detection_confidence: float = Field(0.5, ge=0, le=1)
     min_tracking_confidence: float = Field(0.5, ge=0, le=1)
     track_iou: float = Field(0.3, ge=0, le=1, description="a face in the next frame with at least this IoU continues the track")
+    max_faces: int = Field(2, ge=1, le=8, description="face meshes tracked per frame (two anchors at a desk: 2); each one's lips are scored for sync")
 
 
 class PoseModels(LandmarkModels):
@@ -43,7 +45,7 @@ class PoseModels(LandmarkModels):
 
     def __init__(self, opts: PoseOptions | None = None):
         self.options = opts or PoseOptions()
-        super().__init__(self.options.min_detection_confidence, self.options.min_tracking_confidence)
+        super().__init__(self.options.min_detection_confidence, self.options.min_tracking_confidence, self.options.max_faces)
 
 
 def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray]:
@@ -71,10 +73,48 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-#: Per-frame landmark arrays: their shape per frame. ``face`` (the 478-point mesh) is 80 % of the bytes.
+#: Per-frame landmark arrays: their shape per frame. ``faces`` (a 478-point mesh per tracked face,
+#: ``max_faces`` slots) is most of the bytes.
 LANDMARK_SHAPES: dict[str, tuple[int, ...]] = {
-    "body": (33, 3), "body_visibility": (33,), "face": (478, 3), "left_hand": (21, 3), "right_hand": (21, 3),
+    "body": (33, 3), "body_visibility": (33,), "left_hand": (21, 3), "right_hand": (21, 3),
 }
+
+
+def landmark_shapes(max_faces: int) -> dict[str, tuple[int, ...]]:
+    return {**LANDMARK_SHAPES, "faces": (max_faces, 478, 3)}
+
+
+class FaceSlots:
+    """Online tracking of up to K face meshes: a face continues the slot whose previous box it
+    overlaps most (IoU ≥ ``min_iou``, greedy, best pairs first); a face matching no slot takes a free
+    slot and a new track id. Track ids never repeat within a video."""
+
+    def __init__(self, k: int, min_iou: float):
+        self.boxes: list[np.ndarray | None] = [None] * k
+        self.ids = [-1] * k
+        self.min_iou, self._next = min_iou, 0
+
+    def assign(self, boxes: list[np.ndarray | None]) -> list[int]:
+        """For each slot, the index into ``boxes`` of the face it holds now (-1: empty)."""
+        k = len(self.boxes)
+        pairs = sorted(((_iou(b, p), s, j) for s, p in enumerate(self.boxes) if p is not None
+                        for j, b in enumerate(boxes) if b is not None), reverse=True)
+        order, taken = [-1] * k, set()
+        for iou, s, j in pairs:
+            if iou >= self.min_iou and order[s] < 0 and j not in taken:
+                order[s] = j
+                taken.add(j)
+        for s in range(k):
+            if order[s] < 0:
+                self.ids[s] = -1
+        free = [s for s in range(k) if order[s] < 0]
+        for j, b in enumerate(boxes):
+            if b is not None and j not in taken and free:
+                s = free.pop(0)
+                order[s], self.ids[s] = j, self._next
+                self._next += 1
+        self.boxes = [boxes[j] if j >= 0 else None for j in order]
+        return order
 _PER_FRAME = ("left_hand_score", "right_hand_score", "face_sharpness", "face_boxes", "face_scores")
 
 
@@ -93,16 +133,21 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
     """
     opts = models.options
     models.reset()
-    landmarks = {k: _allocate((num_frames, *shape), scratch_dir, k) for k, shape in LANDMARK_SHAPES.items()}
+    K = models.max_faces
+    landmarks = {k: _allocate((num_frames, *shape), scratch_dir, k) for k, shape in landmark_shapes(K).items()}
     per_frame: list[dict[str, Any] | None] = []  # analysed frames: scores and face boxes (a few numbers each)
+    slots = FaceSlots(K, opts.track_iou)
     for t, rgb in enumerate(read_frames(video_path, width, height)):
         if t >= num_frames:
             raise StageError("decode_failed", f"{video_path} decodes to more than the {num_frames} frames probed")
         if t % opts.stride == 0 or t == num_frames - 1:
             r = analyse_frame(models, rgb)
+            mesh_boxes = [None if np.isnan(f[0, 0]) else mesh_box(f, width, height) for f in r["faces"]]
+            order = slots.assign(mesh_boxes)
+            r["faces"] = np.stack([r["faces"][j] if j >= 0 else np.full((478, 3), np.nan, np.float32) for j in order])
             for key, array in landmarks.items():
                 array[t] = r[key]
-            per_frame.append({k: r[k] for k in _PER_FRAME})
+            per_frame.append({**{k: r[k] for k in _PER_FRAME}, "slot_ids": list(slots.ids)})
         else:
             per_frame.append(None)
     T = len(per_frame)
@@ -145,12 +190,50 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
         track[t], face_score[t], face_box[t] = current, scores[k], boxes[k]
         prev_box = boxes[k]
     arrays.update(face_track=track, num_people=num_people, interpolated=~analysed)
+    arrays.update(_face_slot_arrays(arrays["faces"], face_box, [per_frame[i]["slot_ids"] for i in nearest], width, height))
+    arrays["face"] = arrays["faces"][:, 0]  # the primary face (a view: not stored twice)
     arrays.update(part_arrays(arrays, face_score, face_box, width, height))
-    arrays["head_pose"] = head_poses_deg(arrays["face"], width, height)  # (T, 3) yaw, pitch, roll in degrees
+    arrays["head_pose"] = arrays["faces_head_pose"][:, 0]  # (T, 3) yaw, pitch, roll in degrees of the primary face
     arrays["body_presence"] = np.full((T, 33), np.nan, np.float32)
     arrays["part_names"] = np.array(PART_NAMES)
     arrays["fps"] = np.array(fps, np.float32)
+    arrays["frame_size"] = np.array([width, height], np.int32)
     return arrays
+
+
+def _face_slot_arrays(faces: np.ndarray, face_box: np.ndarray, slot_ids: list[list[int]], width: int, height: int,
+                      block: int = 4096) -> dict[str, np.ndarray]:
+    """Per-slot track ids, boxes, mouth openings and head poses of the face meshes, with the slots of
+    every frame reordered (in place in ``faces``) so that slot 0 holds the primary face: the mesh
+    that overlaps the tracked BlazeFace face most (else the largest mesh)."""
+    T, K = faces.shape[:2]
+    ids = np.array(slot_ids, np.int32).reshape(T, K)
+    boxes = np.full((T, K, 4), np.nan, np.float32)
+    for start in range(0, T, block):  # chunks: ``faces`` may be memory-mapped (hours of video)
+        xy = np.asarray(faces[start:start + block, :, :, :2])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slots
+            lo, hi = np.nanmin(xy, axis=2), np.nanmax(xy, axis=2)
+        boxes[start:start + block] = np.concatenate([np.clip(lo, 0, 1), np.clip(hi, 0, 1)], axis=-1) * [width, height, width, height]
+    present = ~np.isnan(boxes[..., 0])
+    ids[~present] = -1
+    for t in range(T):
+        if K == 1 or not present[t].any():
+            continue
+        overlap = [(_iou(boxes[t, s], face_box[t]) if present[t, s] and not np.isnan(face_box[t, 0]) else -1.0) for s in range(K)]
+        area = [(boxes[t, s, 2] - boxes[t, s, 0]) * (boxes[t, s, 3] - boxes[t, s, 1]) if present[t, s] else -1.0 for s in range(K)]
+        primary = int(np.argmax(overlap)) if max(overlap) > 0.1 else int(np.argmax(area))
+        if primary != 0:  # swap storage slots: track ids say who is who, the slot is only a place
+            perm = [primary] + [s for s in range(K) if s != primary]
+            faces[t] = faces[t][perm]
+            ids[t], boxes[t], present[t] = ids[t][perm], boxes[t][perm], present[t][perm]
+    mouth = np.full((T, K), np.nan, np.float32)
+    head = np.full((T, K, 3), np.nan, np.float32)
+    for s in range(K):
+        for start in range(0, T, block):
+            mouth[start:start + block, s] = mouth_opening(np.asarray(faces[start:start + block, s]), width, height)
+        head[:, s] = head_poses_deg(faces[:, s], width, height, block)
+    return {"faces_track": ids, "faces_box": boxes, "faces_mouth": mouth, "faces_head_pose": head}
 
 
 def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
@@ -191,10 +274,40 @@ def pose_track(arrays: dict[str, np.ndarray], start: int = 0, end: int | None = 
     )
 
 
-def slice_pose(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[str, np.ndarray]:
-    """Arrays of frames ``[start, end)`` (per-frame arrays sliced, constants kept) for a clip's pose.npz."""
+def slice_pose(arrays: dict[str, np.ndarray], start: int, end: int, track: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of frames ``[start, end)`` (per-frame arrays sliced, constants kept) for a clip's pose.npz.
+
+    ``track`` (a face track id of ``faces_track``) makes the clip's ``face``, ``head_pose`` and face
+    and mouth boxes that person's, frame by frame (the speaker of a two-anchor shot); the mesh slots
+    of the other faces stay in the video's file only.
+    """
     T = len(arrays["part_confidences"])
-    return {k: (v[start:end] if v.ndim >= 1 and len(v) == T and k != "part_names" else v) for k, v in arrays.items()}
+    out = {k: (v[start:end] if v.ndim >= 1 and len(v) == T and k != "part_names" else v) for k, v in arrays.items() if k != "faces"}
+    if track is None or "faces" not in arrays:
+        if "face" in out:
+            out["face"] = np.asarray(out["face"])
+        return out
+    ids = np.asarray(arrays["faces_track"][start:end])
+    slot = np.where((ids == track).any(axis=1), (ids == track).argmax(axis=1), -1)
+    rows = np.arange(end - start)
+    mesh = np.asarray(arrays["faces"][start:end])[rows, np.maximum(slot, 0)]
+    mesh[slot < 0] = np.nan
+    out["face"] = mesh
+    out["head_pose"] = np.where((slot >= 0)[:, None], out["faces_head_pose"][rows, np.maximum(slot, 0)], np.nan).astype(np.float32)
+    if (slot != 0).any():  # another person than the primary face: their own face and mouth boxes
+        boxes = out["part_boxes"].copy()
+        w, h = _frame_size(arrays)
+        for i in np.flatnonzero(slot != 0):
+            boxes[i, 0] = out["faces_box"][i, slot[i]] if slot[i] >= 0 else np.nan
+            boxes[i, 1] = mesh_box(mesh[i, list(LIPS)], w, h) if slot[i] >= 0 else np.nan
+        out["part_boxes"] = boxes
+    return out
+
+
+def _frame_size(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Width and height of the video the arrays were measured on (recorded by ``extract_pose``)."""
+    w, h = np.asarray(arrays["frame_size"]).tolist()
+    return int(w), int(h)
 
 
 def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -205,6 +318,8 @@ def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
     from .errors import temp_name
 
     tmp = temp_name(path, ".npz")
+    if "faces" in arrays:  # ``face`` is a view of the primary slot of ``faces``: stored once
+        arrays = {k: v for k, v in arrays.items() if k != "face"}
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)  # streams each array in 16 MiB chunks: memory-mapped inputs stay on disk
     os.replace(tmp, path)
@@ -236,6 +351,8 @@ def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarra
                         continue
             with zf.open(info) as member:
                 out[key] = np.lib.format.read_array(member, allow_pickle=False)
+    if "faces" in out and "face" not in out:
+        out["face"] = out["faces"][:, 0]
     return out
 
 

@@ -1,8 +1,14 @@
-"""Clip selection: shots × speech turns of the main speaker × frames where that speaker is in
-view, cut to [min, max] seconds, then quality filters. Every rejection is counted by reason.
+"""Clip selection: shots × speech turns × frames where the speaker is on screen and in sync, cut to
+[min, max] seconds, then the clip-level sync decision and quality filters. Every rejection is
+counted by reason.
+
+With the sync stage, every diarized speaker's turns are candidates and the face whose lips move
+with the audio is the speaker (two anchors at one desk both give clips); speech with no in-sync
+face is ``voice_over``. Without it, the main speaker's turns with exactly one visible face.
 
 Pure functions over arrays and records (no decoding, no Ray): the pose stage already measured
-per-frame visibility, people count, face track and face sharpness.
+per-frame visibility, people count, face tracks and face sharpness; the sync stage the per-track
+lip/audio evidence.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import numpy as np
 
 from pydantic import Field
 
-from schemas import ShotList, Transcript
+from schemas import ClipSync, ShotList, Transcript
 from schemas.settings import Settings
+
+from .pose import slice_pose
+from .sync import SyncOptions, score, track_series
 
 
 class SelectOptions(Settings):
@@ -43,29 +52,43 @@ class SelectOptions(Settings):
 class Selection:
     windows: list[tuple[int, int]] = field(default_factory=list)  # (first frame, frame count)
     crops: list[tuple[int, int, int] | None] = field(default_factory=list)  # (x, y, side) or None = full frame
+    syncs: list[ClipSync | None] = field(default_factory=list)  # speaker and sync of each window (None: no sync stage)
     rejects: Counter = field(default_factory=Counter)  # reason -> clips (or stretches) rejected
     rejected_s: Counter = field(default_factory=Counter)  # reason -> seconds rejected
+    speaker_faces: dict[str, set[int]] = field(default_factory=dict)  # diarized speaker -> face tracks in sync with it
 
 
-def speech_turns(t: Transcript | None, num_frames: int, fps: float, opts: SelectOptions) -> list[tuple[int, int]]:
-    """Frame ranges where the main speaker talks (whole video when there is no transcript)."""
+Turn = tuple[int, int, "str | None"]  # first frame, end frame, diarized speaker
+
+
+def speech_turns(t: Transcript | None, num_frames: int, fps: float, opts: SelectOptions, every_speaker: bool = False) -> list[Turn]:
+    """Frame ranges where one speaker talks (the whole video when there is no transcript): the main
+    speaker only, or ``every_speaker`` (the sync stage then finds who is on screen). Words of one
+    speaker closer than ``turn_gap_s`` form a turn; turns never share frames (padding that makes
+    two touch is split between them)."""
     if t is None:
-        return [(0, num_frames)]
-    words = sorted((w.start_s, w.end_s) for s in t.segments for w in s.words if w.speaker == t.main_speaker)
-    turns: list[list[float]] = []
-    for a, b in words:
-        if turns and a - turns[-1][1] <= opts.turn_gap_s:
+        return [(0, num_frames, None)]
+    words = sorted((w.start_s, w.end_s, w.speaker) for s in t.segments for w in s.words
+                   if every_speaker or w.speaker == t.main_speaker)
+    turns: list[list] = []
+    for a, b, who in words:
+        if turns and turns[-1][2] == who and a - turns[-1][1] <= opts.turn_gap_s:
             turns[-1][1] = max(turns[-1][1], b)
         else:
-            turns.append([a, b])
-    out: list[tuple[int, int]] = []
-    for a, b in turns:
+            turns.append([a, b, who])
+    out: list[Turn] = []
+    for a, b, who in turns:
         f0 = max(0, int(np.floor((a - opts.turn_pad_s) * fps)))
         f1 = min(num_frames, int(np.ceil((b + opts.turn_pad_s) * fps)))
-        if out and f0 <= out[-1][1]:  # padding made two turns touch: one turn (clips never share frames)
-            out[-1] = (out[-1][0], max(out[-1][1], f1))
-        elif f1 > f0:
-            out.append((f0, f1))
+        if out and f0 <= out[-1][1]:
+            if out[-1][2] == who:  # padding made two turns of one speaker touch: one turn
+                out[-1] = (out[-1][0], max(out[-1][1], f1), who)
+                continue
+            mid = max(out[-1][0] + 1, min(f1 - 1, (f0 + out[-1][1]) // 2))  # two speakers: split the overlap
+            out[-1] = (out[-1][0], mid, out[-1][2])
+            f0 = mid
+        if f1 > f0:
+            out.append((f0, f1, who))
     return out
 
 
@@ -75,46 +98,78 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2]))
 
 
+def _value_runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` of runs of equal values."""
+    change = np.flatnonzero(values[1:] != values[:-1]) + 1
+    bounds = [0, *change, len(values)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def active_faces(num_frames: int, pose: dict[str, np.ndarray] | None, sync: dict[str, np.ndarray] | None,
+                 sync_opts: SyncOptions | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the face track of the speaker (-1: none) and why a frame has none.
+
+    With sync evidence: the face track whose lips move with the audio (most confident window at
+    or above ``min_confidence``); frames with faces but no such track are ``voice_over``. Without:
+    the tracked primary face when it is the only person (else ``several_people``)."""
+    active = np.full(num_frames, -1, np.int64)
+    reason = np.full(num_frames, "", object)
+    if pose is None:
+        return np.zeros(num_frames, np.int64), reason  # no pose: the whole frame, one "face"
+    people, present = pose["num_people"], pose["part_present"]
+    if sync is None:
+        several = people > 1
+        offscreen = ~several & ~present[:, 0]
+        reason[several], reason[offscreen] = "several_people", "off_screen_speaker"
+        ok = ~several & ~offscreen
+        active[ok] = pose["face_track"][ok]
+        return active, reason
+    conf, ids = sync["speaking_conf"], sync["faces_track"]
+    best = conf.argmax(axis=1)
+    rows = np.arange(num_frames)
+    speaking = (conf[rows, best] >= sync_opts.min_confidence) & (ids[rows, best] >= 0)
+    active[speaking] = ids[rows, best][speaking]
+    any_face = (ids >= 0).any(axis=1) | present[:, 0]
+    reason[~speaking & any_face] = "voice_over"
+    reason[~speaking & ~any_face] = "off_screen_speaker"
+    return active, reason
+
+
 def select_clips(
     num_frames: int, fps: float, width: int, height: int, shots: ShotList | None, transcript: Transcript | None,
     pose: dict[str, np.ndarray] | None, opts: SelectOptions = SelectOptions(),
+    sync: dict[str, np.ndarray] | None = None, sync_opts: SyncOptions | None = None,
 ) -> Selection:
+    """Clip windows: speech turns × shots × frames with one in-sync (or, without the sync stage,
+    one visible) speaker, cut to ``[min_clip_s, max_clip_s]``, then the clip-level sync decision and
+    the quality filters. ``sync`` holds the sync stage's arrays (``sync.npz``)."""
     sel = Selection()
-    turns = speech_turns(transcript, num_frames, fps, opts)
+    sync_opts = sync_opts or SyncOptions()
+    if pose is None:
+        sync = None  # sync evidence lives in the face tracks of the pose stage
+    turns = speech_turns(transcript, num_frames, fps, opts, every_speaker=sync is not None)
     if transcript is not None and not turns:
         sel.rejects["too_little_speech"] += 1
         sel.rejected_s["too_little_speech"] += num_frames / fps
         return sel
     cuts = sorted({s.start_frame for s in shots.shots} | {num_frames}) if shots else [0, num_frames]
     pieces = []
-    for a, b in turns:  # split every turn at the cuts inside it
+    for a, b, who in turns:  # split every turn at the cuts inside it
         inner = [c for c in cuts if a < c < b]
         bounds = [a, *inner, b]
-        pieces += [(x, y) for x, y in zip(bounds, bounds[1:]) if y > x]
-    good = np.ones(num_frames, bool)
-    reason = np.full(num_frames, "", object)
-    if pose is not None:
-        people, present, track = pose["num_people"], pose["part_present"], pose["face_track"]
-        several = people > 1
-        offscreen = ~several & ~present[:, 0]
-        reason[several], reason[offscreen] = "several_people", "off_screen_speaker"
-        good = ~several & ~offscreen
+        pieces += [(x, y, who) for x, y in zip(bounds, bounds[1:]) if y > x]
+    active, reason = active_faces(num_frames, pose, sync, sync_opts)
     min_f, max_f = round(opts.min_clip_s * fps), round(opts.max_clip_s * fps)
-    for a, b in pieces:
+    for a, b, who in pieces:
         for r in set(reason[a:b]) - {""}:  # frames of the turn lost to a filter
             n = int(np.sum(reason[a:b] == r))
             sel.rejected_s[r] += n / fps
             sel.rejects[r] += 1
-        runs = _runs(good[a:b])
-        if pose is not None:  # one identity per clip: split where the face track changes
-            split = []
-            for x, y in runs:
-                tr = pose["face_track"][a + x : a + y]
-                change = np.flatnonzero(tr[1:] != tr[:-1]) + 1
-                bounds = [x, *(x + change), y]
-                split += list(zip(bounds, bounds[1:]))
-            runs = split
-        for x, y in runs:
+        # one identity per clip: runs of one active face track
+        for x, y in _value_runs(active[a:b]):
+            track = int(active[a + x])
+            if track < 0:
+                continue
             x, y = a + x, a + y
             n = y - x
             if n < min_f:
@@ -130,21 +185,58 @@ def select_clips(
                 y = x + parts * max_f
             edges = np.linspace(x, y, parts + 1).round().astype(int)
             for f0, f1 in zip(edges, edges[1:]):
-                why = quality_reject(f0, f1, height, transcript, pose, fps, opts)
+                clip_sync = None
+                if sync is not None:
+                    clip_sync, why = sync_decision(sync, track, int(f0), int(f1), who, sync_opts)
+                    if why is None and who is not None:
+                        sel.speaker_faces.setdefault(who, set()).add(track)
+                else:
+                    why = None
+                view = speaker_view(pose, int(f0), int(f1), track if sync is not None else None)
+                why = why or quality_reject(view, height, transcript, who if sync is not None else None, f0 / fps, f1 / fps, opts)
                 if why:
                     sel.rejects[why] += 1
                     sel.rejected_s[why] += (f1 - f0) / fps
                     continue
                 sel.windows.append((int(f0), int(f1 - f0)))
-                sel.crops.append(crop_box(pose, f0, f1, width, height, opts))
+                sel.crops.append(crop_box(view, width, height, opts))
+                sel.syncs.append(clip_sync)
     return sel
 
 
-def quality_reject(f0: int, f1: int, height: int, t: Transcript | None, pose: dict | None, fps: float, opts: SelectOptions) -> str | None:
-    """The first quality filter a candidate clip fails, or None."""
-    if pose is not None:
-        conf = pose["part_confidences"][f0:f1]
-        boxes = pose["part_boxes"][f0:f1, 0]
+def sync_decision(sync: dict[str, np.ndarray], track: int, f0: int, f1: int, speaker: str | None,
+                  opts: SyncOptions) -> tuple[ClipSync, str | None]:
+    """The clip's sync (offset, confidence of the speaker's face over the whole clip) and the
+    reject reason, if any: ``not_speaking`` below ``min_confidence``, ``av_unsynced`` beyond
+    ``max_offset_frames``; offsets up to ``max_shift_frames`` are corrected by shifting the audio."""
+    backend = str(sync["backend"])
+    if backend == "syncnet":  # as syncnet_python's evaluate: the 5-frame windows that end inside the clip, less one
+        f1 = max(f0 + 1, f1 - 5)
+    video = track_series(sync["video"], sync["faces_track"], track, f0, f1)
+    sc = score(video, np.asarray(sync["audio"][f0:f1]), backend, opts.vshift, opts.min_mouth_std)
+    shift = sc.offset if abs(sc.offset) <= opts.max_shift_frames else 0
+    record = ClipSync(backend=backend, face_track=track, speaker=speaker, offset_frames=sc.offset,
+                      confidence=sc.confidence, audio_shift_frames=shift)
+    if sc.confidence < opts.min_confidence:
+        return record, "not_speaking"
+    if abs(sc.offset) > opts.max_offset_frames:
+        return record, "av_unsynced"
+    return record, None
+
+
+def speaker_view(pose: dict[str, np.ndarray] | None, f0: int, f1: int, track: int | None) -> dict[str, np.ndarray] | None:
+    """The pose arrays of frames ``[f0, f1)`` as the clip's speaker sees them: face, head pose and
+    face/mouth boxes of face track ``track`` (None: the tracked primary face)."""
+    return None if pose is None else slice_pose(pose, f0, f1, track)
+
+
+def quality_reject(p: dict | None, height: int, t: Transcript | None, speaker: str | None, a: float, b: float,
+                   opts: SelectOptions) -> str | None:
+    """The first quality filter a candidate clip ``[a, b)`` s fails, or None. ``p`` is its
+    ``speaker_view``; speech is that of ``speaker`` (None: the transcript's main speaker)."""
+    if p is not None:
+        conf = p["part_confidences"]
+        boxes = p["part_boxes"][:, 0]
         face_h = np.nanmedian(boxes[:, 3] - boxes[:, 1]) if not np.isnan(boxes[:, 0]).all() else 0.0
         if face_h / height < opts.min_face_height_frac:
             return "face_too_small"
@@ -152,34 +244,38 @@ def quality_reject(f0: int, f1: int, height: int, t: Transcript | None, pose: di
             return "face_too_small_px"
         if conf[:, 0].mean() < opts.min_face_confidence or conf[:, 4].mean() < opts.min_torso_confidence:
             return "low_landmark_confidence"
-        head = pose["head_pose"][f0:f1] if "head_pose" in pose else None  # pose files before head pose lack it
+        head = p.get("head_pose")  # pose files before head pose lack it
         if head is not None and not np.isnan(head[:, 0]).all():
             if np.nanmedian(np.abs(head[:, 0])) > opts.max_yaw_deg or np.nanmedian(np.abs(head[:, 1])) > opts.max_pitch_deg:
                 return "non_frontal"
-        sharp = pose.get("face_sharpness")
-        if sharp is not None and np.nanmedian(sharp[f0:f1]) < opts.min_face_sharpness:
+        sharp = p.get("face_sharpness")
+        if sharp is not None and np.nanmedian(sharp) < opts.min_face_sharpness:
             return "motion_blur"
     if t is not None:
-        a, b = f0 / fps, f1 / fps
-        spoken = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for s in t.segments for w in s.words if w.speaker == t.main_speaker)
+        who = speaker if speaker is not None else t.main_speaker
+        spoken = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for s in t.segments for w in s.words if w.speaker == who)
         if spoken / (b - a) < opts.min_speech_ratio:
             return "too_little_speech"
     return None
 
 
-def crop_box(pose: dict | None, f0: int, f1: int, width: int, height: int, opts: SelectOptions) -> tuple[int, int, int] | None:
-    """A fixed square crop for the clip from the median (smoothed) boxes: (x, y, side), even numbers."""
-    if opts.crop == "full" or pose is None:
+def crop_box(view: dict | None, width: int, height: int, opts: SelectOptions) -> tuple[int, int, int] | None:
+    """A fixed square crop for the clip from the median boxes of its ``speaker_view``: (x, y, side),
+    even numbers. The torso joins the upper-body box only when it lies under the speaker's face
+    (MediaPipe's body is one person: with two anchors it may be the other one)."""
+    if opts.crop == "full" or view is None:
         return None
-    face = np.nanmedian(pose["part_boxes"][f0:f1, 0], axis=0)
+    face = np.nanmedian(view["part_boxes"][:, 0], axis=0)
     if np.isnan(face).any():
         return None
     if opts.crop == "face":
         cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
         side = max(face[2] - face[0], face[3] - face[1]) * opts.face_scale
     else:  # upper body: face and shoulders, head near the top third
-        torso = np.nanmedian(pose["part_boxes"][f0:f1, 4], axis=0)
-        boxes = [face] + ([torso] if not np.isnan(torso).any() else [])
+        torso = np.nanmedian(view["part_boxes"][:, 4], axis=0)
+        face_w = face[2] - face[0]
+        under_face = not np.isnan(torso).any() and face[0] - face_w <= (torso[0] + torso[2]) / 2 <= face[2] + face_w
+        boxes = [face] + ([torso] if under_face else [])
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1 = max(b[2] for b in boxes)
         side = (face[3] - face[1]) * opts.upper_body_scale

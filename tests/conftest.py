@@ -43,6 +43,14 @@ def _ff(args: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
+def pose_models():
+    """The pose stage's MediaPipe graphs with default options (``extract_pose`` resets them per video)."""
+    from stages.pose import PoseModels, PoseOptions
+
+    return PoseModels(PoseOptions())
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One embedded local Ray for the in-process tests (starting Ray costs seconds)."""
     import ray

@@ -108,7 +108,8 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
         assert sr == 16000 and len(audio) == clip.num_audio_samples and clip.end_s - clip.start_s >= 1.0
         pose = np.load(io.BytesIO(sample["pose.npz"]))
         assert pose["part_confidences"].shape == (clip.num_frames, 5) and pose["body"].shape == (clip.num_frames, 33, 3)
-        assert {"shots", "pose", "speech"} <= set(clip.stages) and clip.quality["max_people"] == 1
+        assert {"shots", "pose", "speech", "sync"} <= set(clip.stages) and clip.quality["max_people"] == 1
+        assert clip.sync.backend == "mouth" and clip.sync.confidence >= 0.5 and abs(clip.sync.offset_frames) <= 1
         seen += 1
     assert seen == len(rows)
     local = [r for r in rows if r.video_id == "local_zh"]

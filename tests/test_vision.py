@@ -51,11 +51,6 @@ def _transcript(video_id: str, duration: float, spans: list[tuple[float, float]]
                       segments=[seg], main_speaker=speaker, asr_backend="test")
 
 
-@pytest.fixture(scope="module")
-def pose_models():
-    return PoseModels(PoseOptions())
-
-
 def test_frontal_upper_body_and_blank_frames(tmp_path, pose_models):
     astro = _photo("astronaut", False)
     frames = _sway(astro, 50)
