@@ -155,7 +155,8 @@ def run_ingest(
             reject_seconds[k] += v
         was_resumed = "clips" in json.loads(row["resumed"])
         resumed += was_resumed
-        say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips" + (" (from ledger)" if was_resumed else ""))
+        why = "" if got or not rejected_s else " (rejected: " + ", ".join(f"{r} {sec:.1f} s" for r, sec in sorted(rejected_s.items(), key=lambda kv: -kv[1])[:3]) + ")"
+        say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips{why}" + (" (from ledger)" if was_resumed else ""))
 
     returned = {c.video_id for c in clips} | {f.video_id for f in failures} | seen_ok
     for item in sources:

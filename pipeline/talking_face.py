@@ -13,6 +13,7 @@ shifted audio, a two-face frame): the applied envelope and shift are the known a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +41,53 @@ class FaceWarp:
 
 
 def photo_mesh(photo: np.ndarray, max_faces: int = 4) -> list[np.ndarray]:
-    """The 478-point face meshes of a still photo, in pixels, largest face first."""
+    """The 478-point face meshes of a still photo, in pixels, largest face first.
+
+    FaceMesh's own detector is short-range: a small face (or a three-quarter view, like scikit-image's
+    cameraman) is found by the full-range face detector first, and meshed on an upscaled crop."""
+    import cv2
     import mediapipe as mp
 
     h, w = photo.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True) as fm:
-        found = fm.process(np.ascontiguousarray(photo)).multi_face_landmarks or []
-    meshes = [np.array([[p.x * w, p.y * h] for p in f.landmark], np.float64) for f in found]
+    photo = np.ascontiguousarray(photo)
+    with _native_logs_to_devnull(), mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces,
+                                                                    refine_landmarks=True) as fm:
+        found = fm.process(photo).multi_face_landmarks or []
+        meshes = [np.array([[p.x * w, p.y * h] for p in f.landmark], np.float64) for f in found]
+        if not meshes:
+            with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as fd:
+                detections = fd.process(photo).detections or []
+            for d in detections[:max_faces]:
+                b = d.location_data.relative_bounding_box
+                cx, cy, side = (b.xmin + b.width / 2) * w, (b.ymin + b.height / 2) * h, 2.0 * max(b.width * w, b.height * h)
+                x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+                x1, y1 = int(min(w, cx + side / 2)), int(min(h, cy + side / 2))
+                crop = cv2.resize(photo[y0:y1, x0:x1], (512, 512), interpolation=cv2.INTER_CUBIC)
+                got = fm.process(crop).multi_face_landmarks
+                if got:
+                    pts = np.array([[p.x, p.y] for p in got[0].landmark], np.float64)
+                    meshes.append(pts * [x1 - x0, y1 - y0] + [x0, y0])
     return sorted(meshes, key=lambda m: -np.ptp(m[:, 1]))
+
+
+class _native_logs_to_devnull:
+    """Send file descriptor 2 (MediaPipe's C++ logging) to /dev/null for a while: keeps the
+    terminal of `make demo` quiet; Python exceptions still propagate."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False
 
 
 def _drop_weights(mesh: np.ndarray) -> np.ndarray:
