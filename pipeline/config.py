@@ -21,6 +21,7 @@ from stages.normalize import NormalizeOptions
 from stages.pose import PoseOptions
 from stages.shots import ShotOptions
 from stages.speech import SpeechOptions
+from stages.identity import IdentityOptions
 from stages.sync import SyncOptions
 
 from .registry import Resources
@@ -35,6 +36,7 @@ class ReleaseConfig(Settings):
     target_shard_mb: float = Field(512.0, gt=0)
     max_shard_count: int = Field(10000, ge=1)
     speaker_keys: list[str] = Field(default_factory=lambda: ["speaker", "anchor"], description="source metadata keys naming the speaker; else the video id")
+    split_by_identity: bool = Field(True, description="splits disjoint by face identity (clip.identity) first, then speaker_keys, then video id")
     licence: str = Field("research-only; see the terms below", description="licence/terms field of the dataset card")
     terms: str = "Clips come from third-party broadcasts; use for non-commercial research; respect the rights of the depicted persons."
 
@@ -95,6 +97,7 @@ class Config(Settings):
     shots: ShotOptions = Field(default_factory=ShotOptions)
     pose: PoseOptions = Field(default_factory=PoseOptions)
     speech: SpeechOptions = Field(default_factory=SpeechOptions)
+    identity: IdentityOptions = Field(default_factory=IdentityOptions)
     sync: SyncOptions = Field(default_factory=SyncOptions)
     clips: ClipOptions = Field(default_factory=ClipOptions)
     flame: FlameOptions = Field(default_factory=FlameOptions)

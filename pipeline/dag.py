@@ -1,6 +1,7 @@
 """The ingestion DAG: one declaration per stage, in execution order.
 
-    download → normalize → shots → pose → speech → sync → clips → flame   (→ shard sink in the driver)
+    download → normalize → shots → pose → speech → identity → sync → clips → flame
+    (→ identities across the run, shard sink: in the driver)
 
 Each ``StageSpec`` names a Ray-free stage function from ``stages/`` and a small adapter (``_run_*``)
 that moves that function's inputs and outputs in and out of the work dir (which may be shared
@@ -19,12 +20,13 @@ import tempfile
 
 import numpy as np
 
-from schemas import ClipSet, DownloadResult, FlameFit, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
+from schemas import ClipSet, DownloadResult, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
 from stages.clips import ClipOptions, make_clips
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import StageError, write_npz
 from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
+from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
 from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, save_pose, slice_pose
 from stages.select import select_clips
@@ -125,6 +127,19 @@ def _run_speech(ctx: StageContext) -> Transcript:
 
 
 # ---------------------------------------------------------------------------------------------
+# identity: a 128-d embedding per face track (assigned to run-wide identities by the runner)
+
+
+def _run_identity(ctx: StageContext) -> IdentityResult:
+    media: NormalizedMedia = ctx.inputs["normalize"]
+    with ctx.work.fetch(ctx.inputs["pose"].path) as pose_file, ctx.work.fetch(media.video_path) as v:
+        pose = load_pose(pose_file)
+        if "faces_track" not in pose:
+            raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
+        return embed_tracks(load_embedder(), read_frames(v, media.width, media.height), pose, ctx.options)
+
+
+# ---------------------------------------------------------------------------------------------
 # sync: lips of every face track against the audio (active speaker, offsets)
 
 
@@ -183,6 +198,8 @@ def _run_clips(ctx: StageContext) -> ClipSet:
             work.fetch(sync_out.path) if sync_out else contextlib.nullcontext() as sync_file:
         pose = load_pose(pose_file) if pose_file else None  # memory-mapped: a clip reads its own frames only
         sync = _load_sync(sync_file) if sync_file else None
+        ident: IdentityResult | None = ctx.inputs.get("identity")
+        identity = {t.track: np.array(t.embedding, np.float32) for t in ident.tracks} if ident else None
         windows = crops = syncs = None
         if opts.mode == "selected":
             sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
@@ -202,6 +219,10 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                 f1 = f0 + clip.num_frames
                 if pose is not None:
                     view = slice_pose(pose, f0, f1, clip.sync.face_track if clip.sync else None)  # the speaker's face
+                    clip.face_track = clip.sync.face_track if clip.sync else _primary_track(pose, f0, f1)
+                    embedding = identity.get(clip.face_track) if identity else None
+                    if embedding is not None:
+                        view["face_embedding"] = embedding
                     write_npz(os.path.join(out, layout.member_name(clip.key, layout.POSE)), view)
                     clip.members.append(layout.POSE)
                     clip.stages.append("pose")
@@ -226,6 +247,15 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                     clip.skipped_stages["speech"] = ctx.skipped["speech"]
     result.clips = clips
     return result
+
+
+def _primary_track(pose: dict[str, np.ndarray], f0: int, f1: int) -> int | None:
+    """The face track most often in the primary slot over frames ``[f0, f1)``."""
+    if "faces_track" not in pose:
+        return None
+    ids = np.asarray(pose["faces_track"][f0:f1, 0])
+    ids = ids[ids >= 0]
+    return int(np.bincount(ids).argmax()) if len(ids) else None
 
 
 def _clip_files_exist(out: ClipSet, ctx: StageContext) -> bool:
@@ -267,13 +297,15 @@ DAG = Registry([
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
               outputs_exist=_pose_exists, version=3),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth)
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
-              setup=load_speech_models, preflight=check_speech_assets),
+              setup=load_speech_models, preflight=check_speech_assets, version=2),  # v2: spectral speaker clustering
+    StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
+              requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,
               requires={"pose": "face tracks and lips", "normalize": "the normalised audio"},
               outputs_exist=_sync_exists, unavailable=sync_unavailable),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
-              uses=("download", "shots", "pose", "speech", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=3),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions
+              uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
+              version=4),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),

@@ -50,11 +50,24 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield current, members
 
 
-def speaker_of(clip: ClipRecord, keys: list[str]) -> str:
+def speaker_of(clip: ClipRecord, keys: list[str], by_identity: bool = True) -> str:
+    """The split key of a clip: its face identity (the same anchor in every episode), else the
+    source metadata ``keys`` (e.g. ``speaker``), else the video id."""
+    if by_identity and clip.identity:
+        return clip.identity
     for k in keys:
         if clip.source_metadata.get(k):
             return str(clip.source_metadata[k])
     return clip.video_id
+
+
+def split_key_used(clips: list[ClipRecord], cfg: ReleaseConfig) -> str:
+    """Which key the splits were made disjoint on, for the card."""
+    n = len(clips) or 1
+    ident = sum(bool(cfg.split_by_identity and c.identity) for c in clips)
+    meta = sum(bool(not (cfg.split_by_identity and c.identity) and any(c.source_metadata.get(k) for k in cfg.speaker_keys)) for c in clips)
+    return (f"face identity for {ident / n:.0%} of the clips, source metadata `{'`/`'.join(cfg.speaker_keys)}` for "
+            f"{meta / n:.0%}, the video id for the rest")
 
 
 def assign_splits(speaker_seconds: dict[str, float], ratios: dict[str, float], seed: int) -> dict[str, str]:
@@ -99,7 +112,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
                 clips[key] = ClipRecord.model_validate_json(members["json"])
         seconds: dict[str, float] = defaultdict(float)
         for c in clips.values():
-            seconds[speaker_of(c, cfg.speaker_keys)] += c.end_s - c.start_s
+            seconds[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += c.end_s - c.start_s
         split_of_speaker = assign_splits(seconds, cfg.split_ratios, cfg.seed)
         # pass 2: reshard per split, in key order
         writers, rows = {}, defaultdict(list)
@@ -111,7 +124,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
             for shard in sorted({r.shard for r in manifest}):
                 for key, members in iter_tar_samples(str(run / "shards" / shard)):
                     c = clips[key]
-                    name = split_of_speaker[speaker_of(c, cfg.speaker_keys)]
+                    name = split_of_speaker[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)]
                     writers[name].write({"__key__": key, **members})
                     rows[name].append(ManifestRow(
                         key=key, shard=os.path.basename(writers[name].fname), video_id=c.video_id, duration_s=c.end_s - c.start_s,
@@ -151,7 +164,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
 def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stats: dict, version: str) -> dict:
     per_speaker = defaultdict(float)
     for c in clips.values():
-        per_speaker[speaker_of(c, cfg.speaker_keys)] += (c.end_s - c.start_s) / 3600
+        per_speaker[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += (c.end_s - c.start_s) / 3600
     durations = np.array([c.end_s - c.start_s for c in clips.values()])
     hist, edges = np.histogram(durations, bins=np.arange(0, max(12.0, durations.max() + 2), 2.0))
     parts: dict[str, list[float]] = defaultdict(list)
@@ -166,6 +179,10 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
                        "speakers": sorted({s for s, v in split_of_speaker.items() if v == n}),
                        "shards": len({r.shard for r in rows[n]})} for n in cfg.split_ratios},
         "per_speaker_hours": {k: round(v, 4) for k, v in sorted(per_speaker.items())},
+        "split_key": split_key_used(list(clips.values()), cfg),
+        "identities": len({c.identity for c in clips.values() if c.identity}),
+        "per_identity_hours": {k: round(sum((c.end_s - c.start_s) / 3600 for c in clips.values() if c.identity == k), 4)
+                               for k in sorted({c.identity for c in clips.values() if c.identity})},
         "duration_histogram": {"bin_edges_s": edges.tolist(), "counts": hist.tolist()},
         "part_confidence": {k: {"mean": round(float(np.mean(v)), 4), "p10": round(float(np.percentile(v, 10)), 4),
                                 "p50": round(float(np.percentile(v, 50)), 4), "p90": round(float(np.percentile(v, 90)), 4)}
@@ -190,7 +207,7 @@ def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> Non
     fig.tight_layout(), fig.savefig(folder / "durations.png", dpi=100), plt.close(fig)
     per = defaultdict(float)
     for c in clips.values():
-        per[speaker_of(c, cfg.speaker_keys)] += (c.end_s - c.start_s) / 60
+        per[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += (c.end_s - c.start_s) / 60
     fig, ax = plt.subplots(figsize=(5, 3))
     names = sorted(per, key=per.get, reverse=True)[:30]
     ax.bar(range(len(names)), [per[n] for n in names], color=["#228833" if split_of_speaker.get(n) == "train" else "#ee6677" for n in names])
@@ -213,13 +230,16 @@ def dataset_card(stats: dict, cfg: ReleaseConfig, version: str) -> str:
 
 - **Licence / terms:** {cfg.licence}. {cfg.terms}
 - **Schema version:** {stats['schema_version']} (JSON Schemas in `schemas/`)
-- **Size:** {stats['clips']} clips, {stats['hours']:.3f} hours, {stats['speakers']} speakers
+- **Size:** {stats['clips']} clips, {stats['hours']:.3f} hours, {stats['speakers']} speakers, {stats['identities']} face identities
 
 | split | clips | hours | speakers | shards |
 |---|---|---|---|---|
 {split_rows}
 
-Splits are speaker-disjoint (speaker = source metadata `{'`/`'.join(cfg.speaker_keys)}`, else the video id), assigned
+Hours per face identity (ids from the run's `identities.json`; each clip's `pose.npz` holds its track's 128-d `face_embedding`):
+{", ".join(f"{k} {v:.3f} h" for k, v in stats['per_identity_hours'].items()) or "(no identities: the identity stage did not run)"}
+
+Splits are speaker-disjoint: {stats['split_key']}; assigned
 deterministically (seed {cfg.seed}) towards the ratios {cfg.split_ratios}.
 
 ## Format

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from schemas import ClipRecord, FailureRecord, ManifestRow, NormalizedMedia, RunStats, StageTiming
+from schemas import ClipRecord, FailureRecord, IdentityResult, ManifestRow, NormalizedMedia, RunStats, StageTiming
 
 from .config import Config, dump_config
 from .dag import DAG
 from .executor import build_plan, clips_of
+from .identities import REGISTRY, label_clips
 from .sink import MANIFEST, SHARDS_DIR, write_shards
 from .sources import make_video_id, read_sources
 from .workdir import WorkDir
@@ -136,6 +137,7 @@ def run_ingest(
     seen_ok: set[str] = set()
     reject_counts: Counter = Counter()
     reject_seconds: dict[str, float] = defaultdict(float)
+    identity_results: dict[str, IdentityResult] = {}
     for done, row in enumerate(ds.iter_rows(), 1):
         for stage, seconds in json.loads(row["timings"]).items():
             stage_seconds[stage] += seconds
@@ -148,6 +150,8 @@ def run_ingest(
             say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
             continue
         seen_ok.add(row["video_id"])
+        if row.get("identity"):
+            identity_results[row["video_id"]] = IdentityResult.model_validate_json(row["identity"])
         got, rejects, rejected_s = clips_of(row)
         clips.extend(got)
         reject_counts.update(rejects)
@@ -165,6 +169,9 @@ def run_ingest(
                                           message="the Ray worker processing this video died; see the Ray logs (re-run to retry)"))
             say(f"{item.video_id}: FAILED (worker crashed)")
     failures.extend(source_failures)
+    if "identity" in DAG.active(cfg):
+        registry = label_clips(clips, identity_results, out_dir, cfg.identity)
+        say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {out_dir.path(REGISTRY)}")
     say(f"writing shards for {len(clips)} clips ...")
     t_sink = time.perf_counter()
     s = cfg.shards

@@ -10,6 +10,7 @@ from .run import FailureRecord, LedgerEntry, ManifestRow, RunStats, StageTiming
 from .source import DownloadResult, SourceItem
 from .speech import Segment, Transcript, Word
 from .sync import ClipSync, SyncResult
+from .identity import Identity, IdentityRegistry, IdentityResult, TrackEmbedding
 
 #: Every exported record type, by the name its JSON Schema file gets.
 ALL_RECORDS: dict[str, type[Record]] = {
@@ -23,6 +24,8 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "pose_result": PoseResult,
     "sync_result": SyncResult,
     "clip_sync": ClipSync,
+    "identity_result": IdentityResult,
+    "identity_registry": IdentityRegistry,
     "flame_fit": FlameFit,
     "clip": ClipRecord,
     "clip_set": ClipSet,
@@ -34,7 +37,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
 
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
-    "ClipRecord", "ClipSet", "ClipSync", "SyncResult", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
+    "ClipRecord", "ClipSet", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
     "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas", "shard",
 ]

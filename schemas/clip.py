@@ -63,6 +63,10 @@ class ClipRecord(Record):
     skipped_stages: dict[str, str] = Field(default_factory=dict)
     members: list[str] = Field(description="member suffixes of this sample in its shard, e.g. json, mp4, wav")
     sync: ClipSync | None = Field(None, description="speaker face track and audio-visual offset/confidence (sync stage)")
+    face_track: int | None = Field(None, description="face track id (pose.npz faces_track) of the clip's person: the sync speaker, else the primary face")
+    identity: str | None = Field(None, description="identity id (identities.json next to the shards), same person in every video and run")
+    identity_name: str | None = Field(None, description="the identity's name from identities.csv")
+    identity_distance: float | None = Field(None, description="distance of the face track's embedding to the identity centroid (dlib 128-d; ≤ 0.6 = same person)")
     provenance: SourceProvenance | None = Field(None, description="where the source came from (platform, channel, date, licence)")
     source_media: SourceMedia | None = None
     clip_to_source: list[list[float]] | None = Field(

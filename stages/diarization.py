@@ -73,7 +73,10 @@ def embedding_turns(encoder, audio: np.ndarray, regions: list[tuple[float, float
         return []
     emb = np.stack([encoder.embed_utterance(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in windows])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
-    labels = cluster_embeddings(emb, opts.speaker_distance_threshold, opts.min_speakers, opts.max_speakers)
+    if opts.speaker_clustering == "spectral":
+        labels = spectral_labels(emb, opts.min_speakers, opts.max_speakers or 8, opts.spectral_prune)
+    else:
+        labels = cluster_embeddings(emb, opts.speaker_distance_threshold, opts.min_speakers, opts.max_speakers)
     centroids = np.stack([emb[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-9
     sims = emb @ centroids.T
@@ -86,6 +89,45 @@ def embedding_turns(encoder, audio: np.ndarray, regions: list[tuple[float, float
     # rename clusters by first appearance, so SPEAKER_00 speaks first
     order = {k: i for i, k in enumerate(dict.fromkeys(labels.tolist()))}
     return [Turn(a, b, f"SPEAKER_{order[int(k)]:02d}", float(c)) for (a, b), k, c in zip(windows, labels, conf)]
+
+
+def spectral_labels(emb: np.ndarray, min_k: int | None, max_k: int, prune: float = 0.3) -> np.ndarray:
+    """Speaker labels 0..K-1 of unit embeddings by spectral clustering with the eigengap rule.
+
+    Affinity: cosine similarity (negatives 0), each row pruned to its ``prune`` share of strongest
+    neighbours, symmetrised (the p-pruning of Park et al., "Auto-tuning spectral clustering for
+    speaker diarization", 2019). K is the index of the largest gap between consecutive eigenvalues of
+    the normalised Laplacian (K = 1 when the gap after the first is largest: one voice), within
+    [``min_k``, ``max_k``]; the rows of the first K eigenvectors are clustered with k-means.
+    Same-gender voices differ little in absolute similarity (0.70 vs 0.81 on pyannote's sample), which
+    a global distance threshold misses and the graph's structure does not."""
+    n = len(emb)
+    if n < 4:
+        return np.zeros(n, dtype=int)
+    sim = np.clip(emb @ emb.T, 0.0, None)
+    np.fill_diagonal(sim, 0.0)
+    keep = max(2, int(np.ceil(prune * n)))
+    pruned = np.zeros_like(sim)
+    rows = np.arange(n)[:, None]
+    top = np.argsort(sim, axis=1)[:, -keep:]
+    pruned[rows, top] = sim[rows, top]
+    aff = (pruned + pruned.T) / 2
+    deg = aff.sum(axis=1)
+    deg[deg == 0] = 1e-9
+    inv = 1.0 / np.sqrt(deg)
+    lap = np.eye(n) - inv[:, None] * aff * inv[None, :]
+    vals, vecs = np.linalg.eigh(lap)
+    hi = min(max_k, n - 1)
+    lo = max(1, min_k or 1)
+    gaps = np.diff(vals[: hi + 1])  # gaps[k-1] = λ_{k+1} - λ_k
+    k = lo + int(np.argmax(gaps[lo - 1: hi])) if hi >= lo else lo
+    if k == 1:
+        return np.zeros(n, dtype=int)
+    from sklearn.cluster import KMeans
+
+    x = vecs[:, :k]
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
+    return KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(x).astype(int)
 
 
 def cluster_embeddings(emb: np.ndarray, threshold: float, min_k: int | None, max_k: int | None) -> np.ndarray:

@@ -60,7 +60,9 @@ class SpeechOptions(Settings):
     hf_token: str | None = runtime_field(None)
     min_speakers: int | None = Field(None, ge=1)
     max_speakers: int | None = Field(None, ge=1)
-    speaker_distance_threshold: float = Field(0.35, gt=0, lt=2, description="cosine distance at which speaker clusters stop merging")
+    speaker_clustering: str = Field("spectral", pattern=r"^(spectral|agglomerative)$", description="embedding diarization: spectral with the eigengap rule (speaker count), or agglomerative with speaker_distance_threshold")
+    spectral_prune: float = Field(0.3, gt=0, le=1, description="spectral: share of each window's strongest neighbours kept in the affinity")
+    speaker_distance_threshold: float = Field(0.35, gt=0, lt=2, description="agglomerative: cosine distance at which speaker clusters stop merging")
     embedding_window_s: float = Field(1.5, gt=0, description="embedding diarization: window length")
     embedding_hop_s: float = Field(0.75, gt=0, description="embedding diarization: hop between windows")
     embedding_merge_gap_s: float = Field(0.3, ge=0, description="embedding diarization: speech closer than this is one region")
@@ -150,7 +152,7 @@ def load_speech_models(opts: SpeechOptions) -> SpeechModels:
         from resemblyzer import VoiceEncoder
 
         models.diarizer = VoiceEncoder(device=device, verbose=False)
-        models.diarization_backend = "resemblyzer-ge2e+agglomerative"
+        models.diarization_backend = f"resemblyzer-ge2e+{opts.speaker_clustering}"
     elif backend != "none":
         raise StageError("bad_config", f"unknown diarization backend {backend!r}")
     return models

@@ -127,7 +127,7 @@ def test_skip_reasons_follow_the_declarations(tmp_path):
     cfg = load_config(None, ["pose.enabled=false", "speech.enabled=false"])
     reasons = DAG.skip_reasons(cfg)
     assert reasons == {"pose": "disabled in config (pose.enabled=false)", "speech": "disabled in config (speech.enabled=false)",
-                       "sync": "needs the pose stage (face tracks and lips)", "flame": "needs the pose stage (face landmarks for the crops)"}
+                       "identity": "needs the pose stage (face tracks)", "sync": "needs the pose stage (face tracks and lips)", "flame": "needs the pose stage (face landmarks for the crops)"}
     assert DAG.active(cfg) == ("download", "normalize", "shots", "clips")
     assert DAG.skip_reasons(Config())["flame"] == "missing assets: flame_model, deca_checkpoint (see `cnas assets check`)"
     syncnet = DAG.skip_reasons(load_config(None, ["sync.backend=syncnet"]))["sync"]
@@ -205,8 +205,8 @@ def test_every_option_invalidates_exactly_its_stage_and_dependants():
         assert changed == expected, f"{stage}.{field}: redone {sorted(changed)}, expected {sorted(expected)}"
         checked += 1
     assert checked == sum(len(s.options.model_fields) for s in DAG)
-    assert DAG.dependents("normalize") == ["shots", "pose", "speech", "sync", "clips", "flame"]
-    assert DAG.dependents("pose") == ["sync", "clips", "flame"]
+    assert DAG.dependents("normalize") == ["shots", "pose", "speech", "identity", "sync", "clips", "flame"]
+    assert DAG.dependents("pose") == ["identity", "sync", "clips", "flame"]
     assert DAG.dependents("shots") == ["clips", "flame"] and DAG.dependents("flame") == []
 
 

