@@ -22,7 +22,7 @@ import numpy as np
 
 from schemas import ClipSet, DownloadResult, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
-from stages.clips import ClipOptions, make_clips
+from stages.clips import ClipOptions, fixed_windows, make_clips, measure_audio
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import StageError, write_npz
 from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
@@ -204,17 +204,28 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         if opts.mode == "selected":
             sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
                                sync, ctx.input_options.get("sync"))
-            keep = slice(0, opts.max_clips_per_video)
-            windows, crops, syncs = sel.windows[keep], sel.crops[keep], sel.syncs[keep]
-            result.rejects, result.rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
+            windows, crops, syncs = sel.windows, sel.crops, sel.syncs
             result.speaker_faces = {who: sorted(tracks) for who, tracks in sel.speaker_faces.items()}
+        else:
+            sel = None
+            windows = fixed_windows(media.num_frames, media.fps, opts)
+            crops, syncs = [None] * len(windows), [None] * len(windows)
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
+            # audio figures of every window; selected clips must also pass the audio limits
+            kept, figures, rejects, rejected_s = measure_audio(a, media.fps, windows, transcript, opts, sel is not None and opts.audio.filter)
+            if sel is not None:
+                rejects.update(sel.rejects)
+                rejected_s.update(sel.rejected_s)
+                result.rejects, result.rejected_s = dict(rejects), {k: round(v, 3) for k, v in rejected_s.items()}
+            keep = kept[: opts.max_clips_per_video]
+            windows, crops, syncs, figures = [windows[i] for i in keep], [crops[i] for i in keep], [syncs[i] for i in keep], figures[: len(keep)]
             local = media.model_copy(update={"video_path": v, "audio_path": a})
             download: DownloadResult | None = ctx.inputs.get("download")
             clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size,
                                download.provenance if download else None, syncs)
-            for clip in clips:
+            for clip, q in zip(clips, figures):
+                clip.quality.update(q)
                 f0 = round(clip.start_s * media.fps)
                 f1 = f0 + clip.num_frames
                 if pose is not None:
@@ -297,7 +308,7 @@ DAG = Registry([
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
               outputs_exist=_pose_exists, version=3),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth)
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
-              setup=load_speech_models, preflight=check_speech_assets, version=2),  # v2: spectral speaker clustering
+              setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
               requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,
@@ -305,7 +316,7 @@ DAG = Registry([
               outputs_exist=_sync_exists, unavailable=sync_unavailable),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=4),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding
+              version=5),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),

@@ -35,6 +35,10 @@ class Segment(Record):
     speaker: str | None = None
     speaker_confidence: float | None = Field(default=None, ge=0, le=1)
     words: list[Word] = Field(default_factory=list)
+    avg_logprob: float | None = Field(None, description="mean token log-probability under Whisper (teacher-forced)")
+    no_speech_prob: float | None = Field(None, ge=0, le=1, description="Whisper's no-speech probability of the segment's audio")
+    compression_ratio: float | None = Field(None, ge=0, description="UTF-8 bytes / zlib bytes of the text (Whisper's definition)")
+    flags: list[str] = Field(default_factory=list, description="hygiene flags: loop, high_compression, low_logprob, no_speech, over_non_speech")
 
     @model_validator(mode="after")
     def _words_inside(self) -> "Segment":

@@ -41,6 +41,7 @@ class SelectOptions(Settings):
     min_face_confidence: float = Field(0.6, ge=0, le=1)
     min_torso_confidence: float = Field(0.3, ge=0, le=1)
     min_speech_ratio: float = Field(0.3, ge=0, le=1, description="share of the clip covered by the main speaker's words")
+    max_flagged_speech_share: float = Field(0.5, ge=0, le=1, description="more of the clip's speech in flagged ASR segments (loops, hallucinations) is asr_unreliable")
     min_face_sharpness: float = Field(15.0, ge=0, description="variance of the Laplacian of the face crop (grey levels²)")
     crop: str = Field("full", pattern=r"^(full|upper_body|face)$", description="shard video: full frame, upper-body square (PAHA), face (FLAME)")
     upper_body_scale: float = Field(2.6, gt=0, description="upper-body crop: square side / face-and-torso box size")
@@ -253,8 +254,13 @@ def quality_reject(p: dict | None, height: int, t: Transcript | None, speaker: s
             return "motion_blur"
     if t is not None:
         who = speaker if speaker is not None else t.main_speaker
-        spoken = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for s in t.segments for w in s.words if w.speaker == who)
-        if spoken / (b - a) < opts.min_speech_ratio:
+        clean = flagged = 0.0
+        for s in t.segments:
+            said = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for w in s.words if w.speaker == who)
+            flagged, clean = (flagged + said, clean) if s.flags else (flagged, clean + said)
+        if flagged > opts.max_flagged_speech_share * (clean + flagged) and flagged > 0:
+            return "asr_unreliable"
+        if clean / (b - a) < opts.min_speech_ratio:
             return "too_little_speech"
     return None
 

@@ -31,6 +31,7 @@ from pydantic import Field
 from schemas import Segment, Transcript, Word
 from schemas.settings import Settings, runtime_field
 
+from .asr_hygiene import flag_segments
 from .diarization import assign_speakers, diarize
 from .errors import StageError
 from .speech_assets import OFFLINE_BASE, cache_root, ensure_offline_whisper_base, ensure_sentence_splitter
@@ -60,6 +61,12 @@ class SpeechOptions(Settings):
     hf_token: str | None = runtime_field(None)
     min_speakers: int | None = Field(None, ge=1)
     max_speakers: int | None = Field(None, ge=1)
+    hygiene: bool = Field(True, description="score and flag segments (stages/asr_hygiene.py); flagged ones leave clip transcripts")
+    asr_loop_repeats: int = Field(4, ge=2, description="an n-gram repeated this often in a row is a loop")
+    asr_max_compression_ratio: float = Field(2.4, gt=0, description="Whisper's compression_ratio_threshold")
+    asr_min_avg_logprob: float = Field(-1.0, description="Whisper's logprob_threshold")
+    asr_max_no_speech_prob: float = Field(0.6, ge=0, le=1, description="Whisper's no_speech_threshold (with a low logprob)")
+    asr_min_voiced_share: float = Field(0.2, ge=0, le=1, description="a segment with fewer voiced frames is over_non_speech")
     speaker_clustering: str = Field("spectral", pattern=r"^(spectral|agglomerative)$", description="embedding diarization: spectral with the eigengap rule (speaker count), or agglomerative with speaker_distance_threshold")
     spectral_prune: float = Field(0.3, gt=0, le=1, description="spectral: share of each window's strongest neighbours kept in the affinity")
     speaker_distance_threshold: float = Field(0.35, gt=0, lt=2, description="agglomerative: cosine distance at which speaker clusters stop merging")
@@ -212,6 +219,8 @@ def transcribe(
         segments.append(Segment(start_s=start, end_s=max(start, end), text=seg["text"].strip(), words=word_objs))
     segments.sort(key=lambda s: s.start_s)
 
+    if opts.hygiene and segments:
+        flag_segments(segments, audio, language, opts, models)
     t2 = clock()
     turns = diarize(models, audio, segments)
     main = assign_speakers(segments, turns)
@@ -338,15 +347,19 @@ def _words(words: list[dict], seg_start: float, seg_end: float, duration: float)
 # diarization
 
 
-def slice_transcript(t: Transcript, start_s: float, end_s: float, video_id: str | None = None) -> Transcript:
+def slice_transcript(t: Transcript, start_s: float, end_s: float, video_id: str | None = None, keep_flagged: bool = False) -> Transcript:
     """The part of ``t`` inside ``[start_s, end_s)``, with times relative to ``start_s``.
 
     A word belongs to the window holding its midpoint; its times are clipped to the window.
+    Segments with hygiene flags (``stages.asr_hygiene``) are left out unless ``keep_flagged``: they
+    stay in the video's transcript with their flags.
     """
     length = end_s - start_s
     sep = "" if t.language in ("zh", "ja", "yue") else " "
     segments = []
     for seg in t.segments:
+        if seg.flags and not keep_flagged:
+            continue
         words = [
             w.model_copy(update={"start_s": min(max(w.start_s - start_s, 0.0), length), "end_s": min(max(w.end_s - start_s, 0.0), length)})
             for w in seg.words

@@ -215,3 +215,35 @@ def test_real_two_speaker_conversation_gives_two_speakers_and_low_der(models_en)
     audio = load_audio(wav)[int(21.9 * 16000): int(28.4 * 16000)]
     alone = transcribe(models_en, audio, "alone", language="en")
     assert len({w.speaker for s in alone.segments for w in s.words}) == 1
+
+
+def test_hygiene_flags_loops_compression_and_text_over_silence():
+    from stages.asr_hygiene import compression_ratio, flag_segments, has_loop
+
+    assert has_loop("大啲嘅嘅嘅嘅嘅", "zh") and has_loop("the news the news the news the news", "en")
+    assert not has_loop("今天天气很好，大家好", "zh") and not has_loop("here is the news at nine", "en")
+    assert compression_ratio("谢谢观看" * 20) > 2.4 > compression_ratio("今天天气很好，大家好。")
+    audio = np.zeros(4 * SAMPLE_RATE, np.float32)
+    audio[SAMPLE_RATE: 2 * SAMPLE_RATE] = 0.3 * np.sin(2 * np.pi * 500 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    segs = [Segment(start_s=1.0, end_s=2.0, text="大家好"), Segment(start_s=2.5, end_s=3.5, text="大啲嘅嘅嘅嘅嘅")]
+    flag_segments(segs, audio, "zh", SpeechOptions())
+    assert segs[0].flags == [] and set(segs[1].flags) == {"loop", "over_non_speech"}
+
+
+def test_hallucination_on_music_is_flagged_real_speech_is_not(models_zh, models_en):
+    """Whisper on music makes up text ("嗯嗯"): its segments are flagged and leave clip transcripts."""
+    import soundfile as sf
+    from audio_fixtures import music
+    from stages.select import SelectOptions, quality_reject
+    from talking_fixtures import package_file
+
+    t = transcribe(models_zh, music(12, seed=2), "music", language="zh")
+    assert t.segments and all(s.flags for s in t.segments), [(s.text, s.flags) for s in t.segments]
+    assert slice_transcript(t, 0, 12).segments == [] and slice_transcript(t, 0, 12, keep_flagged=True).segments
+    main = t.segments[0].words[0].speaker if t.segments[0].words else None
+    reason = quality_reject(None, 480, t.model_copy(update={"main_speaker": main}), None, 0.0, 12.0, SelectOptions(min_speech_ratio=0.0))
+    assert reason == "asr_unreliable"
+    wav, sr = sf.read(package_file("pyannote.audio", "sample", "sample.wav"), dtype="float32")
+    real = transcribe(models_en, wav, "sample", language="en")
+    assert real.segments and not any(s.flags for s in real.segments), [(s.text, s.flags) for s in real.segments]
+    assert all(s.avg_logprob is not None and s.avg_logprob > -1.0 and s.no_speech_prob < 0.6 for s in real.segments)
