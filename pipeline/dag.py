@@ -213,7 +213,7 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
             # audio figures of every window; selected clips must also pass the audio limits
-            kept, figures, rejects, rejected_s = measure_audio(a, media.fps, windows, transcript, opts, sel is not None and opts.audio.filter)
+            kept, figures, rejects, rejected_s = measure_audio(a, media.fps, windows, opts, sel is not None and opts.audio_filter)
             if sel is not None:
                 rejects.update(sel.rejects)
                 rejected_s.update(sel.rejected_s)

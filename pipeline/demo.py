@@ -23,7 +23,7 @@ import soundfile as sf
 from .talking_face import FaceWarp, face_warp, photo_mesh, speech_envelope
 
 FPS = 25
-DEMO_INPUTS_VERSION = "2"  # 2: talking faces (lips in sync) and a dub
+DEMO_INPUTS_VERSION = "3"  # 2: talking faces (lips in sync) and a dub; 3: real speech, English anchors, a Mandarin one
 # Mouth centre and half-size in the 512x512 astronaut photo (MediaPipe face mesh lips 13/14, 61/291).
 ASTRONAUT_MOUTH = (223, 147, 21, 6)
 
@@ -38,15 +38,21 @@ class DemoVideo:
     dub_text: str | None = None  # heard instead of ``text`` (the lips still say ``text``): a dub
     frozen: bool = False  # the mouth never moves: a voice-over on a still face
     audio_lead_frames: int = 0  # the soundtrack comes this many frames early (> 0) or late (< 0)
+    real_speech: tuple[float, float] | None = None  # speak this stretch (s) of pyannote.audio's sample.wav instead of ``text``
 
 
 DEMO_VIDEOS: tuple[DemoVideo, ...] = (
-    DemoVideo("anchor_zh_1", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2 lian2 bo1. jin1 tian1 tian1 qi4 hen3 hao3."),
-    DemoVideo("anchor_zh_2", "astronaut", "cmn-latn-pinyin", "xia4 mian4 bo1 bao4 guo2 ji4 xin1 wen2. ke1 xue2 jia1 fa1 xian4 le5 xin1 de5 xing1 xing5.", mirror=True),
-    DemoVideo("anchor_en", "camera", "en-us", "Good evening. Here is the news. Scientists report a new discovery today."),
-    # a dub: the anchor's lips say one sentence, the soundtrack is another (rejected: not_speaking)
-    DemoVideo("anchor_zh_dub", "astronaut", "cmn-latn-pinyin", "jin1 tian1 de5 tou2 tiao2 xin1 wen2 shi4 guan1 yu2 ke1 xue2 de5.",
-              dub_text="guan1 zhong4 peng2 you3 men5 wan3 shang4 hao3, huan1 ying2 shou1 kan4 wo3 men5 de5 jie2 mu4."),
+    DemoVideo("anchor_1", "astronaut", "en-us", "Good evening. Here is the news. Scientists report a new discovery today."),
+    DemoVideo("anchor_2", "astronaut", "en-us", "In other news, the weather will be sunny and warm across the country tomorrow.", mirror=True),
+    # lips moved by a real recording (pyannote.audio's sample.wav, one speaker's 4.5 s)
+    DemoVideo("anchor_real", "astronaut", "en-us", "", real_speech=(22.0, 26.5)),
+    # a profile: its clips are rejected (the face mesh barely holds it: voice_over / non_frontal)
+    DemoVideo("anchor_profile", "camera", "en-us", "Good evening. Here is the news. Scientists report a new discovery today."),
+    # a dub: the anchor's lips say one sentence, the soundtrack is another (rejected: voice_over / not_speaking)
+    DemoVideo("anchor_dub", "astronaut", "en-us", "Tonight we look at the markets and the latest results from the capital.",
+              dub_text="Thank you for watching, and have a very pleasant evening with your family."),
+    # espeak-ng Mandarin: Whisper base hears loops ("铭铭铭…"): the segment is flagged, the clip asr_unreliable
+    DemoVideo("anchor_zh", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2 lian2 bo1. jin1 tian1 tian1 qi4 hen3 hao3."),
 )
 
 
@@ -104,6 +110,18 @@ def speech_audio(text: str, voice: str) -> tuple[np.ndarray, int]:
     return audio, sr
 
 
+def real_recording(start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+    """A stretch of pyannote.audio's ``sample/sample.wav`` (a real two-speaker recording, MIT)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyannote.audio")
+    path = os.path.join(os.path.dirname(spec.origin), "sample", "sample.wav") if spec and spec.origin else ""
+    if not os.path.isfile(path):
+        raise RuntimeError("pyannote.audio's sample.wav is missing (run `make setup`)")
+    audio, sr = sf.read(path, dtype="float32")
+    return audio[int(start_s * sr): int(end_s * sr)], sr
+
+
 def shift_audio(audio: np.ndarray, sr: int, lead_frames: int, fps: float = FPS) -> np.ndarray:
     """The same length of audio, ``lead_frames`` video frames earlier (> 0: the sound leads the lips)."""
     n = round(lead_frames * sr / fps)
@@ -120,7 +138,7 @@ def make_talking_video(path: str, video: DemoVideo, lead_s: float = 0.4, tail_s:
     The lips follow ``video.text``; the soundtrack is ``video.dub_text`` when set (a dub: another
     utterance over the same lips), shifted by ``video.audio_lead_frames``; ``video.frozen`` keeps the
     mouth shut (a voice-over on a still face)."""
-    lips, sr = speech_audio(video.text, video.voice)
+    lips, sr = real_recording(*video.real_speech) if video.real_speech else speech_audio(video.text, video.voice)
     heard = speech_audio(video.dub_text, video.voice)[0] if video.dub_text else lips
     return write_talking_video(path, photo_warp(video.photo, video.mirror), lips, heard, sr, video.frozen,
                                video.audio_lead_frames, lead_s, tail_s)

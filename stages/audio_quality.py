@@ -2,9 +2,10 @@
 
 * ``loudness_lufs``: integrated loudness, ITU-R BS.1770-4 / EBU R128 (pyloudnorm's ``Meter``); NaN
   for clips shorter than one 400-ms gating block.
-* ``snr_db``: speech vs non-speech power. Speech frames are those inside the clip's words (the
-  aligner's times), non-speech the rest; with fewer than 10 % of the frames outside words, the
-  quietest 10 % of the frames stand for the noise floor.
+* ``snr_db``: speech vs non-speech power of 32-ms frames: the frames above the median against the
+  quietest 10 % (the pauses between words and phrases). Word times are not used: aligners place
+  word edges tens of milliseconds off, which put speech into the "noise" and read 5 dB on clean
+  speech. A caller with a trustworthy speech mask can pass it to ``snr_db``.
 * ``clipping_ratio``: share of samples at or within 1 LSB of 16-bit full scale.
 * ``music_score``: share of the spectral energy (0–5 kHz) in *persistent tonal peaks*: STFT bins
   that are local spectral maxima for at least ``persist_s`` (0.5 s) in a row. Music holds notes at
@@ -17,21 +18,20 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from schemas import Transcript
 from schemas.settings import Settings
 
 FRAME_S = 0.032  # analysis frame and hop for SNR and the music score
 
 
 class AudioQualityOptions(Settings):
-    """Audio figures of every clip and, for selected clips, filters (config section ``clips.audio``)."""
+    """Audio figures of every clip and, for selected clips, filters (``clips.audio_*`` in the config)."""
 
-    filter: bool = Field(True, description="reject selected clips that fail the limits below (fixed-window clips are only measured)")
-    min_loudness_lufs: float = Field(-45.0, description="quieter clips are too_quiet")
-    min_snr_db: float = Field(10.0, description="speech less than this above the non-speech floor is low_snr")
-    max_clipping_ratio: float = Field(0.001, ge=0, le=1, description="share of samples at full scale; more is clipped_audio")
-    max_music_score: float = Field(0.1, ge=0, le=1, description="share of energy in persistent tonal peaks; more is background_music (speech alone ≤ 0.07 on the fixtures)")
-    persist_s: float = Field(0.5, gt=0, description="a tonal peak lasting this long counts as music")
+    audio_filter: bool = Field(True, description="reject selected clips that fail the limits below (fixed-window clips are only measured)")
+    audio_min_loudness_lufs: float = Field(-45.0, description="quieter clips are too_quiet")
+    audio_min_snr_db: float = Field(10.0, description="speech less than this above the non-speech floor is low_snr")
+    audio_max_clipping_ratio: float = Field(0.001, ge=0, le=1, description="share of samples at full scale; more is clipped_audio")
+    audio_max_music_score: float = Field(0.1, ge=0, le=1, description="share of energy in persistent tonal peaks; more is background_music (speech alone ≤ 0.07 on the fixtures)")
+    audio_persist_s: float = Field(0.5, gt=0, description="a tonal peak lasting this long counts as music")
 
 
 def loudness_lufs(audio: np.ndarray, sr: int) -> float:
@@ -97,27 +97,15 @@ def music_score(audio: np.ndarray, sr: int, persist_s: float = 0.5, fmax: float 
     return float(energy[persistent].sum() / total) if total > 0 else 0.0
 
 
-def speech_frames(t: Transcript | None, n_frames: int) -> np.ndarray | None:
-    """Frames (``FRAME_S``) of a clip inside its transcript's words (times relative to the clip)."""
-    if t is None:
-        return None
-    mask = np.zeros(n_frames, bool)
-    for s in t.segments:
-        for w in s.words:
-            mask[int(w.start_s / FRAME_S): int(np.ceil(w.end_s / FRAME_S))] = True
-    return mask
-
-
-def audio_quality(audio_int16: np.ndarray, sr: int, transcript: Transcript | None, opts: AudioQualityOptions) -> dict[str, float]:
+def audio_quality(audio_int16: np.ndarray, sr: int, opts: AudioQualityOptions) -> dict[str, float]:
     """The quality figures of one clip's audio (16-bit samples) for its record."""
     x = audio_int16.astype(np.float32) / 32768.0
-    n = len(x) // int(FRAME_S * sr)
     figures = {
         # below BS.1770's absolute gate (-70 LUFS) nothing is measured: digital silence reads -120
         "loudness_lufs": max(loudness_lufs(x, sr), -120.0),
-        "snr_db": snr_db(x, sr, speech_frames(transcript, n)),
+        "snr_db": snr_db(x, sr),
         "clipping_ratio": clipping_ratio(audio_int16),
-        "music_score": music_score(x, sr, opts.persist_s),
+        "music_score": music_score(x, sr, opts.audio_persist_s),
     }
     # NaN (too short to measure) is left out: a record's figures are numbers
     return {k: round(float(v), 5) for k, v in figures.items() if np.isfinite(v)}
@@ -126,12 +114,12 @@ def audio_quality(audio_int16: np.ndarray, sr: int, transcript: Transcript | Non
 def audio_reject(q: dict[str, float], opts: AudioQualityOptions) -> str | None:
     """The first audio filter the figures fail, or None (a figure that could not be measured passes)."""
     nan = float("nan")
-    if q.get("loudness_lufs", nan) < opts.min_loudness_lufs:
+    if q.get("loudness_lufs", nan) < opts.audio_min_loudness_lufs:
         return "too_quiet"
-    if q.get("clipping_ratio", nan) > opts.max_clipping_ratio:
+    if q.get("clipping_ratio", nan) > opts.audio_max_clipping_ratio:
         return "clipped_audio"
-    if q.get("snr_db", nan) < opts.min_snr_db:
+    if q.get("snr_db", nan) < opts.audio_min_snr_db:
         return "low_snr"
-    if q.get("music_score", nan) > opts.max_music_score:
+    if q.get("music_score", nan) > opts.audio_max_music_score:
         return "background_music"
     return None

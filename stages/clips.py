@@ -27,7 +27,7 @@ from .errors import StageError, temp_name
 from .normalize import normalised_to_source
 from .select import SelectOptions
 
-class ClipOptions(SelectOptions):
+class ClipOptions(SelectOptions, AudioQualityOptions):
     """Options of the clip stage (config section ``clips``): selection and crop (``SelectOptions``),
     fixed windows, and how the clips are encoded."""
 
@@ -40,7 +40,6 @@ class ClipOptions(SelectOptions):
     preset: str = "veryfast"
     encode_threads: int = Field(1, ge=1, description="one thread keeps re-cut clips byte-identical")
     timeout_s: float = runtime_field(600.0, gt=0, description="per-clip ffmpeg time limit")
-    audio: AudioQualityOptions = Field(default_factory=AudioQualityOptions, description="audio figures and filters (docs/identity.md)")
 
 
 def clip_key(video_id: str, index: int) -> str:
@@ -134,19 +133,16 @@ def make_clips(
     return records
 
 
-def measure_audio(audio_path: str, fps: float, windows: list[tuple[int, int]], transcript, opts: ClipOptions,
+def measure_audio(audio_path: str, fps: float, windows: list[tuple[int, int]], opts: ClipOptions,
                   filter_: bool) -> tuple[list[int], list[dict[str, float]], Counter, Counter]:
     """Audio figures of every window (``stages.audio_quality``) and, with ``filter_``, the windows
     that pass the audio limits: (indices kept, figures of the kept, rejects, rejected seconds)."""
-    from .speech import slice_transcript
-
     audio, sr = sf.read(audio_path, dtype="int16", always_2d=False)
     kept, figures, rejects, rejected_s = [], [], Counter(), Counter()
     for i, (first, count) in enumerate(windows):
         a, b = first / fps, (first + count) / fps
-        words = slice_transcript(transcript, a, b) if transcript is not None else None
-        q = audio_quality(audio[round(a * sr): round(b * sr)], sr, words, opts.audio)
-        why = audio_reject(q, opts.audio) if filter_ else None
+        q = audio_quality(audio[round(a * sr): round(b * sr)], sr, opts)
+        why = audio_reject(q, opts) if filter_ else None
         if why:
             rejects[why] += 1
             rejected_s[why] += b - a

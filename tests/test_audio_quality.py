@@ -46,7 +46,7 @@ def test_snr_of_a_tone_over_noise_at_a_known_level():
     speech[64:] = True
     expected = 10 * np.log10((0.01 + 1e-4) / 1e-4)
     assert snr_db(x, SR, speech) == pytest.approx(expected, abs=0.5)
-    assert snr_db(x, SR) == pytest.approx(expected, abs=1.0)  # no word times: quietest frames as the floor
+    assert snr_db(x, SR) == pytest.approx(expected, abs=1.0)  # no mask: frames above the median over the quietest 10 %
 
 
 def test_music_score_separates_music_speech_and_speech_over_music():
@@ -54,18 +54,18 @@ def test_music_score_separates_music_speech_and_speech_over_music():
     alone = [music_score(s, SR) for s in speech]
     over = [music_score(mix_at(s, music(len(s) / SR + 1, seed=i), 6.0), SR) for i, s in enumerate(speech)]
     only = [music_score(music(6.0, seed=i), SR) for i in range(3)]
-    assert max(alone) < OPTS.max_music_score < min(over) and min(only) > 0.4, (alone, over, only)
+    assert max(alone) < OPTS.audio_max_music_score < min(over) and min(only) > 0.4, (alone, over, only)
 
 
 def test_audio_reject_reasons():
     speech = _real_speech()[0]
-    q = audio_quality((speech * 32767).astype(np.int16), SR, None, OPTS)
+    q = audio_quality((speech * 32767).astype(np.int16), SR, OPTS)
     assert audio_reject(q, OPTS) is None and {"loudness_lufs", "snr_db", "clipping_ratio", "music_score"} <= set(q)
-    quiet = audio_quality((speech * 32767 * 10 ** (-40 / 20)).astype(np.int16), SR, None, OPTS)
+    quiet = audio_quality((speech * 32767 * 10 ** (-40 / 20)).astype(np.int16), SR, OPTS)
     assert audio_reject(quiet, OPTS) == "too_quiet"
-    loud = audio_quality((np.clip(speech * 20, -1, 1) * 32767).astype(np.int16), SR, None, OPTS)
+    loud = audio_quality((np.clip(speech * 20, -1, 1) * 32767).astype(np.int16), SR, OPTS)
     assert audio_reject(loud, OPTS) == "clipped_audio"
-    with_music = audio_quality((mix_at(speech, music(5, seed=3), 3.0) * 32767).astype(np.int16), SR, None, OPTS)
+    with_music = audio_quality((mix_at(speech, music(5, seed=3), 3.0) * 32767).astype(np.int16), SR, OPTS)
     assert audio_reject(with_music, OPTS) == "background_music"
-    silence = audio_quality(np.zeros(SR, np.int16), SR, None, OPTS)
+    silence = audio_quality(np.zeros(SR, np.int16), SR, OPTS)
     assert silence["loudness_lufs"] == -120.0 and audio_reject(silence, OPTS) == "too_quiet"

@@ -229,7 +229,7 @@ def test_dag_keeps_the_talking_anchor_and_rejects_the_dub(tmp_path, ray_session)
     from pipeline.runner import run_ingest
     from schemas import ClipRecord
 
-    genuine, dub = DEMO_VIDEOS[0], DEMO_VIDEOS[3]
+    genuine, dub = DEMO_VIDEOS[0], next(v for v in DEMO_VIDEOS if v.dub_text)
     assert dub.dub_text
     rows = ["path,id"]
     for v in (genuine, dub):
