@@ -286,13 +286,24 @@ def _run_flame(ctx: StageContext) -> ClipSet:
             work.local_dir(layout.CLIPS_DIR, ctx.item.video_id) as clip_dir:
         pose = load_pose(pose_file)  # memory-mapped: read one clip's frames at a time
         meshes = (slice_pose(pose, a, b, c.sync.face_track if c.sync else None)["face"] for c, (a, b) in zip(out.clips, ranges))
+        kept = []
         for clip, fit in zip(out.clips, fit_video_clips(ctx.models, v, media.width, media.height, meshes, ranges)):
+            errors = fit.pop("landmark_error_px", None)
+            if errors is not None:
+                clip.quality["flame_landmark_error_px_deca"] = round(float(errors[0]), 3)
+                clip.quality["flame_landmark_error_px"] = round(float(errors[1]), 3)
+                if errors[1] > ctx.options.max_landmark_error_px:  # the fit does not follow this face
+                    out.rejects["flame_fit_poor"] = out.rejects.get("flame_fit_poor", 0) + 1
+                    out.rejected_s["flame_fit_poor"] = round(out.rejected_s.get("flame_fit_poor", 0.0) + clip.end_s - clip.start_s, 3)
+                    continue
+            kept.append(clip)
             FlameFit.from_arrays(fit)  # the shapes of the contract, before anything is written
             write_npz(os.path.join(clip_dir, layout.member_name(clip.key, layout.FLAME)), fit)
             clip.members.append(layout.FLAME)
             clip.stages.append("flame")
             clip.skipped_stages.pop("flame", None)
             clip.quality["flame_valid_ratio"] = round(float(fit["valid"].mean()), 4)
+    out.clips = kept
     return out
 
 
@@ -319,5 +330,6 @@ DAG = Registry([
               version=5),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
-              setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True),
+              setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True,
+              version=2),  # v2: landmark refinement (dlib 68 iBUG points), flame_fit_poor
 ])

@@ -35,6 +35,8 @@ class FlameOptions(Settings):
     batch_size: int = runtime_field(32, ge=1, description="face crops per DECA forward pass")
     smooth_window: int = Field(5, ge=3, description="Savitzky-Golay window over time (frames, odd)")
     smooth_order: int = Field(2, ge=1, description="Savitzky-Golay polynomial order (< smooth_window)")
+    refine_steps: int = Field(60, ge=0, description="Adam steps fitting FLAME's landmarks to dlib's 68 iBUG points per clip (0: DECA only; needs landmark_embedding)")
+    max_landmark_error_px: float = Field(12.0, gt=0, description="mean landmark reprojection error in the 224-px crop after refinement; more is flame_fit_poor")
 
     @model_validator(mode="after")
     def _savgol(self) -> "FlameOptions":
@@ -105,10 +107,11 @@ class FlameModels:
     batch_size: int = 32
     smooth_window: int = 5
     smooth_order: int = 2
+    refine_steps: int = 0
 
 
 def load_flame_models(flame_model: str, deca_checkpoint: str, landmark_embedding: str | None, device: str = "cpu", batch_size: int = 32,
-                      smooth_window: int = 5, smooth_order: int = 2) -> FlameModels:
+                      smooth_window: int = 5, smooth_order: int = 2, refine_steps: int = 0) -> FlameModels:
     """DECA's encoder and the FLAME layer on ``device``; a missing or wrong file is a ``StageError``."""
     from geometry.flame_layer import FlameLayer
 
@@ -120,7 +123,8 @@ def load_flame_models(flame_model: str, deca_checkpoint: str, landmark_embedding
     except AssetError as e:
         raise StageError(e.reason, e.message) from None
     return FlameModels(encoder=load_deca_encoder(deca_checkpoint, device), flame=FlameLayer(flame, lmk).to(device), device=device,
-                       batch_size=batch_size, smooth_window=smooth_window, smooth_order=smooth_order)
+                       batch_size=batch_size, smooth_window=smooth_window, smooth_order=smooth_order,
+                       refine_steps=refine_steps if lmk is not None else 0)
 
 
 def setup_flame(opts: FlameOptions) -> FlameModels:
@@ -129,7 +133,7 @@ def setup_flame(opts: FlameOptions) -> FlameModels:
 
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     return load_flame_models(opts.flame_model, opts.deca_checkpoint, opts.landmark_embedding, device, opts.batch_size,
-                             opts.smooth_window, opts.smooth_order)
+                             opts.smooth_window, opts.smooth_order, opts.refine_steps)
 
 
 def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[np.ndarray | None]) -> dict[str, np.ndarray]:
@@ -150,9 +154,68 @@ def fit_clip(models: FlameModels, frames: list[np.ndarray | None], boxes: list[n
     parts = split_codes(codes)
     shape = np.median(parts["shape"][valid], axis=0) if valid.any() else np.zeros(SHAPE, np.float32)
     out = {"shape": shape.astype(np.float32), "valid": valid}
+    if models.refine_steps and valid.any():
+        targets = np.stack([ibug68_in_crop(frames[t], boxes[t]) for t in idx])
+        refined, before, after = refine_clip(models, shape, {k: parts[k][idx] for k in ("exp", "pose", "cam")}, targets)
+        for k in ("exp", "pose", "cam"):
+            parts[k] = parts[k].copy()
+            parts[k][idx] = refined[k]
+        out["landmark_error_px"] = np.array([before, after], np.float32)  # mean over the clip, before/after refinement
     for name in ("exp", "pose", "cam"):
         out[name] = np.where(valid[:, None], smooth(parts[name], valid, models.smooth_window, models.smooth_order), 0.0).astype(np.float32)
     return out
+
+
+def ibug68_in_crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """dlib's 68 iBUG landmarks of the face in DECA crop ``box`` (x, y, side), in DECA's normalised
+    crop coordinates ([-1, 1], y down). The predictor gets the face's own extent (the crop without
+    DECA's 1.25 × 1.1 margin), as its training detector boxes were."""
+    import dlib
+    import face_recognition_models as frm
+
+    predictor = _ibug_predictor(frm.pose_predictor_model_location())
+    x, y, side = (float(v) for v in box)
+    face = side / (DECA_CROP_SCALE * 1.1)
+    cx, cy = x + side / 2, y + side / 2
+    rect = dlib.rectangle(int(cx - face / 2), int(cy - face / 2), int(cx + face / 2), int(cy + face / 2))
+    shape = predictor(np.ascontiguousarray(frame), rect)
+    pts = np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+    return (pts - [x, y]) / side * 2.0 - 1.0
+
+
+_PREDICTORS: dict[str, Any] = {}
+
+
+def _ibug_predictor(path: str):
+    import dlib
+
+    if path not in _PREDICTORS:
+        _PREDICTORS[path] = dlib.shape_predictor(path)
+    return _PREDICTORS[path]
+
+
+def refine_clip(models: FlameModels, shape: np.ndarray, params: dict[str, np.ndarray], targets: np.ndarray) -> tuple[dict[str, np.ndarray], float, float]:
+    """Refine the valid frames' exp, pose and cam so FLAME's landmarks meet ``targets`` (N, 68, 2):
+    returns the refined arrays and the mean reprojection error before and after, in 224-px crop pixels.
+    A 51-point landmark embedding (no jaw contour) is fitted to iBUG points 17–67."""
+    import torch
+
+    from .flame_model import refine_with_landmarks
+
+    dev = models.device
+    n = len(targets)
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(dev)  # noqa: E731
+    sh, exp, pose, cam = t(np.repeat(shape[None], n, 0)), t(params["exp"]), t(params["pose"]), t(params["cam"])
+    L = len(models.flame.lmk_faces_idx)
+    target = t(targets[:, -L:])
+    with torch.no_grad():
+        from geometry.flame_layer import project_orthographic
+
+        _, lmk = models.flame(sh, exp, pose)
+        before = float((project_orthographic(lmk, cam) - target).norm(dim=-1).mean())
+    exp, pose, cam, after = refine_with_landmarks(models.flame, sh, exp, pose, cam, target, steps=models.refine_steps)
+    half = DECA_INPUT / 2  # normalised crop units -> crop pixels
+    return ({"exp": exp.cpu().numpy(), "pose": pose.cpu().numpy(), "cam": cam.cpu().numpy()}, before * half, after * half)
 
 
 def fit_video_clips(models: FlameModels, video_path: str, width: int, height: int, face_meshes: Iterable[np.ndarray],
