@@ -28,7 +28,8 @@ from stages.errors import StageError, write_npz
 from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
 from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
-from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, save_pose, slice_pose
+from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, read_frames_at, save_pose,
+                         slice_pose)
 from stages.select import select_clips
 from stages.shots import ShotOptions, detect_shots
 from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
@@ -136,7 +137,7 @@ def _run_identity(ctx: StageContext) -> IdentityResult:
         pose = load_pose(pose_file)
         if "faces_track" not in pose:
             raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
-        return embed_tracks(load_embedder(), read_frames(v, media.width, media.height), pose, ctx.options)
+        return embed_tracks(load_embedder(), functools.partial(read_frames_at, v, media.width, media.height), pose, ctx.options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class IdentityOptions(Settings):
     """Options of the identity stage and of the run-level assignment (config section ``identity``)."""
 
     enabled: bool = True
-    frames_per_track: int = Field(5, ge=1, description="frames embedded per face track (frontal, large enough, spread over the track)")
+    frames_per_track: int = Field(3, ge=1, description="frames embedded per face track (frontal, large enough, spread over the track)")
     max_yaw_deg: float = Field(25.0, gt=0, le=90)
     max_pitch_deg: float = Field(20.0, gt=0, le=90)
     min_face_px: int = Field(48, ge=16, description="smallest face box height embedded (dlib aligns to a 150-px chip)")
@@ -94,19 +94,17 @@ def pick_frames(pose: dict[str, np.ndarray], opts: IdentityOptions) -> dict[int,
     return out
 
 
-def embed_tracks(embedder: FaceEmbedder, frames, pose: dict[str, np.ndarray], opts: IdentityOptions) -> IdentityResult:
-    """Mean embedding of every face track from its picked frames; ``frames`` iterates the video's RGB frames."""
+def embed_tracks(embedder: FaceEmbedder, read_at, pose: dict[str, np.ndarray], opts: IdentityOptions) -> IdentityResult:
+    """Mean embedding of every face track from its picked frames; ``read_at(indices)`` yields
+    ``(index, RGB frame)`` of the wanted frames (``stages.pose.read_frames_at``)."""
     wanted = pick_frames(pose, opts)
     by_frame: dict[int, list[tuple[int, int]]] = {}
     for track, items in wanted.items():
         for t, slot in items:
             by_frame.setdefault(t, []).append((track, slot))
-    last = max(by_frame, default=-1)
     vectors: dict[int, list[np.ndarray]] = {}
     boxes = pose["faces_box"]
-    for t, rgb in enumerate(frames):
-        if t > last:
-            break
+    for t, rgb in read_at(sorted(by_frame)):
         for track, slot in by_frame.get(t, []):
             vectors.setdefault(track, []).append(embedder.embed(rgb, np.asarray(boxes[t, slot])))
     tracks = []

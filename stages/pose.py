@@ -65,6 +65,39 @@ def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray
         proc.wait()
 
 
+def read_frames_at(video_path: str, width: int, height: int, indices: list[int], max_terms: int = 200) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, RGB frame)`` of the frames ``indices`` (sorted, unique): ffmpeg's ``select`` filter
+    passes only those through colour conversion and the pipe (every frame is still decoded). More
+    than ``max_terms`` frames: a full decode, keeping the wanted ones (the filter expression is
+    evaluated on every frame)."""
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return
+    if len(wanted) > max_terms:
+        keep = set(wanted)
+        for t, rgb in enumerate(read_frames(video_path, width, height)):
+            if t in keep:
+                yield t, rgb
+            if t >= wanted[-1]:
+                return
+        return
+    expr = "+".join(f"eq(n\\,{i})" for i in wanted)
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select={expr}",
+           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    size = width * height * 3
+    try:
+        for t in wanted:
+            buf = proc.stdout.read(size)
+            if len(buf) < size:
+                return
+            yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        proc.wait()
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])

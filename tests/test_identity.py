@@ -10,7 +10,9 @@ from pipeline.demo import _encode, _photo, talking_frames
 from pipeline.talking_face import face_warp, photo_mesh
 from schemas import IdentityRegistry
 from stages.identity import IdentityOptions, assign_identities, embed_photos, embed_tracks, load_embedder, registry_with_names
-from stages.pose import extract_pose, read_frames
+import functools
+
+from stages.pose import extract_pose, read_frames_at
 from talking_fixtures import package_file
 
 OPTS = IdentityOptions()
@@ -28,7 +30,7 @@ def _face_video(tmp_path, name: str, photo: np.ndarray, pose_models, seconds: fl
     _encode(frames, str(tmp_path / f"{name}.wav"), str(tmp_path / f"{name}.mp4"))
     media = normalize(name, str(tmp_path / f"{name}.mp4"), str(tmp_path / name), NormalizeOptions())
     pose = extract_pose(pose_models, media.video_path, media.width, media.height, media.fps, media.num_frames)
-    return pose, embed_tracks(load_embedder(), read_frames(media.video_path, media.width, media.height), pose, OPTS)
+    return pose, embed_tracks(load_embedder(), functools.partial(read_frames_at, media.video_path, media.width, media.height), pose, OPTS)
 
 
 def _feat(name: str) -> np.ndarray:
