@@ -44,6 +44,10 @@ class LandmarkModels:
                                 min_tracking_confidence=min_tracking_confidence)
         self.hands = s.hands.Hands(static_image_mode=False, max_num_hands=2, model_complexity=1, min_detection_confidence=c)
         self.mesh = s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=max_faces, refine_landmarks=True, min_detection_confidence=c)
+        # FaceMesh's own detector is short-range: faces under ~15 % of the frame (a two-anchor wide
+        # shot) are found by the full-range detector and meshed on an upscaled crop by this one
+        self.crop_mesh = s.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                              min_detection_confidence=c) if max_faces > 1 else None
         self.faces = s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c)
 
     def reset(self) -> None:
@@ -90,6 +94,8 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
                                  for d in dets], np.float32).reshape(-1, 4),
         "face_scores": np.array([d.score[0] for d in dets], np.float32),
     }
+    if models.crop_mesh is not None and len(dets) > (len(mesh) if mesh else 0):
+        _mesh_missed_faces(models, rgb, out)
     out["face"] = out["faces"][0]
     out["face_sharpness"] = _sharpness(rgb, out["face_boxes"][out["face_scores"].argmax()]) if dets else np.nan
     for lms, cls in zip(hands.multi_hand_landmarks or [], hands.multi_handedness or []):
@@ -98,6 +104,40 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
         if score > out[f"{side}_score"]:
             out[side], out[f"{side}_score"] = _lm(lms, 21), float(score)
     return out
+
+
+def _mesh_missed_faces(models: LandmarkModels, rgb: np.ndarray, out: dict[str, Any], side: int = 256) -> None:
+    """Fill empty mesh slots with faces the full-range detector found but FaceMesh did not: a square
+    crop of twice the detection box, upscaled to ``side`` px, meshed in static mode, mapped back."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    faces = out["faces"]
+    have = [_box(f[:, :2], w, h) for f in faces if not np.isnan(f[0, 0])]
+    free = [k for k in range(len(faces)) if np.isnan(faces[k, 0, 0])]
+    for j in np.argsort(-out["face_scores"]):
+        if not free:
+            return
+        x0, y0, x1, y1 = out["face_boxes"][j]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in have):
+            continue  # already meshed
+        half = max(x1 - x0, y1 - y0)
+        a0, b0 = int(max(0, cx - half)), int(max(0, cy - half))
+        a1, b1 = int(min(w, cx + half)), int(min(h, cy + half))
+        if a1 - a0 < 16 or b1 - b0 < 16:
+            continue
+        crop = cv2.resize(np.ascontiguousarray(rgb[b0:b1, a0:a1]), (side, side), interpolation=cv2.INTER_LINEAR)
+        found = models.crop_mesh.process(crop).multi_face_landmarks
+        if not found:
+            continue
+        pts = _lm(found[0], 478, "xyz")
+        pts[:, 0] = (a0 + pts[:, 0] * (a1 - a0)) / w
+        pts[:, 1] = (b0 + pts[:, 1] * (b1 - b0)) / h
+        pts[:, 2] = pts[:, 2] * (a1 - a0) / w  # z is in units of the crop's width
+        k = free.pop(0)
+        faces[k] = pts
+        have.append(_box(pts[:, :2], w, h))
 
 
 #: Inner-lip mid points (upper, lower) and outer eye corners of the 478-point mesh.

@@ -318,7 +318,7 @@ DAG = Registry([
               outputs_exist=_media_exists, version=2),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions)
     StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
-              outputs_exist=_pose_exists, version=3),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth)
+              outputs_exist=_pose_exists, version=4),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,

@@ -184,6 +184,9 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
         "per_identity_hours": {k: round(sum((c.end_s - c.start_s) / 3600 for c in clips.values() if c.identity == k), 4)
                                for k in sorted({c.identity for c in clips.values() if c.identity})},
         "duration_histogram": {"bin_edges_s": edges.tolist(), "counts": hist.tolist()},
+        "audio": {k: {"p10": round(float(np.percentile(v, 10)), 4), "p50": round(float(np.percentile(v, 50)), 4),
+                      "p90": round(float(np.percentile(v, 90)), 4)}
+                  for k in AUDIO_FIGURES if (v := [c.quality[k] for c in clips.values() if k in c.quality])},
         "part_confidence": {k: {"mean": round(float(np.mean(v)), 4), "p10": round(float(np.percentile(v, 10)), 4),
                                 "p50": round(float(np.percentile(v, 50)), 4), "p90": round(float(np.percentile(v, 90)), 4)}
                             for k, v in sorted(parts.items())},
@@ -191,6 +194,10 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
         "failure_reasons": ingest_stats.get("failures_by_reason", {}),
         "skipped_stages": ingest_stats.get("skipped_stages", {}),
     }
+
+
+#: Clip audio figures (stages/audio_quality.py) plotted in the card, with their axis labels.
+AUDIO_FIGURES = {"loudness_lufs": "loudness (LUFS)", "snr_db": "SNR (dB)", "music_score": "music score", "clipping_ratio": "clipped share"}
 
 
 def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> None:
@@ -213,6 +220,13 @@ def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> Non
     ax.bar(range(len(names)), [per[n] for n in names], color=["#228833" if split_of_speaker.get(n) == "train" else "#ee6677" for n in names])
     ax.set(xlabel="speaker (green: train)", ylabel="minutes", title="Minutes per speaker (top 30)")
     fig.tight_layout(), fig.savefig(folder / "speakers.png", dpi=100), plt.close(fig)
+    audio = {k: [c.quality[k] for c in clips.values() if k in c.quality] for k in AUDIO_FIGURES}
+    fig, axes = plt.subplots(1, len(AUDIO_FIGURES), figsize=(3 * len(AUDIO_FIGURES), 2.8))
+    for ax, (k, label) in zip(axes, AUDIO_FIGURES.items()):
+        ax.hist(audio[k] or [0.0], bins=20, color="#aa3377")
+        ax.set(xlabel=label, ylabel="clips")
+    fig.suptitle("Audio quality per clip")
+    fig.tight_layout(), fig.savefig(folder / "audio.png", dpi=100), plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3))
     for part in ("face", "mouth", "left_hand", "right_hand", "torso"):
         vals = [c.quality[f"mean_{part}_confidence"] for c in clips.values() if f"mean_{part}_confidence" in c.quality]
@@ -258,7 +272,7 @@ hf = load_dataset("webdataset", data_files={{"train": "train/*.tar"}}, split="tr
 ```
 
 ## Statistics
-![durations](plots/durations.png) ![speakers](plots/speakers.png) ![parts](plots/part_confidence.png)
+![durations](plots/durations.png) ![speakers](plots/speakers.png) ![parts](plots/part_confidence.png) ![audio](plots/audio.png)
 
 Part confidences (mean per clip): {json.dumps(stats['part_confidence'])}
 

