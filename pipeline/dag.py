@@ -201,7 +201,6 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         sync = _load_sync(sync_file) if sync_file else None
         ident: IdentityResult | None = ctx.inputs.get("identity")
         identity = {t.track: np.array(t.embedding, np.float32) for t in ident.tracks} if ident else None
-        windows = crops = syncs = None
         if opts.mode == "selected":
             sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
                                sync, ctx.input_options.get("sync"))
@@ -250,7 +249,9 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                 if "flame" in ctx.skipped:
                     clip.skipped_stages["flame"] = ctx.skipped["flame"]
                 if transcript is not None:
-                    clip.transcript = slice_transcript(transcript, clip.start_s, clip.end_s)
+                    # words timed on the clip's own audio, which a sync shift took that many frames earlier
+                    shift_s = clip.sync.audio_shift_frames / media.fps if clip.sync else 0.0
+                    clip.transcript = slice_transcript(transcript, clip.start_s - shift_s, clip.end_s - shift_s)
                     clip.stages.append("speech")
                     clip.language = clip.language or transcript.language
                     spoken = sum(w.end_s - w.start_s for s in clip.transcript.segments for w in s.words)
