@@ -324,3 +324,11 @@ def test_vae_latent_loaded_by_path(shards, tmp_path):
     alone = load_checkpoint(tmp_path / "pce", "pce")[0]
     assert alone.latent is not video.latent
     assert torch.equal(pce.latent.encode(frames), alone.latent.encode(frames))
+
+
+def test_hkv_is_undefined_not_zero_without_hands():
+    from trainers.paha.metrics import hand_keypoints
+
+    blank = np.full((4, 96, 96, 3), 128, np.uint8)
+    got = hand_keypoints(blank)
+    assert got["hkc"] == 0.0 and got["hkv"] is None

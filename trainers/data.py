@@ -226,6 +226,8 @@ def emotion_of(clip: ClipRecord, default: str) -> tuple[str, int, str]:
     """(label, intensity 1-3, text) of a clip from its source metadata, ``default`` when unlabelled."""
     m = clip.source_metadata
     label = str(m.get("emotion") or default).lower()
+    if label not in EMOTIONS:  # a typo would otherwise train as another emotion
+        raise ValueError(f"clip {clip.key}: emotion {label!r} is not one of {', '.join(EMOTIONS)}")
     intensity = int(m.get("emotion_intensity") or 1)
     text = m.get("emotion_text") or f"a {_INTENSITY_WORDS.get(intensity, 'clearly')} {label} face"
     return label, intensity, text
@@ -255,7 +257,7 @@ def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio
         "global_pose": torch.from_numpy(pose[:, :3].astype(np.float32)),
         "valid": torch.from_numpy(valid.astype(bool)),
         "audio": audio,
-        "emotion_label": EMOTIONS.index(label) if label in EMOTIONS else 0,
+        "emotion_label": EMOTIONS.index(label),
         "emotion_intensity": intensity,
         "emotion_text": text,
     }

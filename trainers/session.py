@@ -56,7 +56,9 @@ class LocalSession(Session):
         self.root = Path(run.storage_path).expanduser().resolve() / run.name
         self.ckpt_root = self.root / "checkpoints"
         self.keep = run.keep_checkpoints
-        self.device = torch.device("cuda" if run.use_gpu and torch.cuda.is_available() else "cpu")
+        if run.use_gpu and not torch.cuda.is_available():  # not a silent CPU run on a "GPU" job
+            raise RuntimeError("train.use_gpu is true but this worker has no CUDA device (set use_gpu: false to train on CPU)")
+        self.device = torch.device("cuda" if run.use_gpu else "cpu")
 
     def latest_checkpoint(self) -> Path | None:
         done = sorted(self.ckpt_root.glob("step_*[0-9]")) if self.ckpt_root.is_dir() else []

@@ -1,12 +1,15 @@
 """Metrics of trainer 1. Every function takes plain arrays, so the same code scores generated and
 ground-truth sequences.
 
-* ``lip_vertex_error`` (LVE, as MeshTalk/FaceFormer): per frame the largest L2 distance over the lip
-  vertices between prediction and reference, averaged over frames. Needs FLAME and the lip vertex
-  indices (``lips`` in FLAME's ``FLAME_masks.pkl``).
-* ``upper_face_dynamics_deviation`` (FDD, as CodeTalker): per upper-face vertex the temporal standard
-  deviation of its displacement from the template; the absolute difference between prediction and
-  reference, averaged over vertices.
+* ``lip_vertex_error`` (LVE): per frame the largest **squared** L2 distance over the lip vertices
+  between prediction and reference, averaged over frames — as CodeTalker's ``main/cal_metric.py``
+  computes "Lip Vertex Error" (``np.max(np.sum(np.square(gt - pred), axis=2), axis=1)``, then the
+  mean), which FaceFormer's tables also report. Needs FLAME and the lip vertex indices (``lips`` in
+  FLAME's ``FLAME_masks.pkl``).
+* ``upper_face_dynamics_deviation`` (FDD, CodeTalker ``main/cal_metric.py``): per upper-face vertex
+  the temporal standard deviation of its **squared** displacement from the template, averaged over
+  the vertices, for the reference minus for the prediction (signed: positive = the prediction's upper
+  face moves less); averaged over sequences by the caller.
 * ``emotion_similarity``: cosine similarity in the bound emotion space between the motion embedding of
   a sequence and an emotion embedding (of the condition, or of the reference motion).
 * ``diversity``: mean pairwise distance between samples generated for the same input.
@@ -21,17 +24,17 @@ import numpy as np
 
 
 def lip_vertex_error(pred_vertices: np.ndarray, ref_vertices: np.ndarray, lip_idx: np.ndarray) -> float:
-    """(T, V, 3) twice, lip indices → mean over frames of max over lip vertices of the L2 error."""
-    err = np.linalg.norm(pred_vertices[:, lip_idx] - ref_vertices[:, lip_idx], axis=-1)  # (T, L)
+    """(T, V, 3) twice, lip indices → mean over frames of max over lip vertices of the squared L2 error."""
+    err = np.square(pred_vertices[:, lip_idx] - ref_vertices[:, lip_idx]).sum(axis=-1)  # (T, L)
     return float(err.max(axis=1).mean())
 
 
 def upper_face_dynamics_deviation(pred_vertices: np.ndarray, ref_vertices: np.ndarray, template: np.ndarray,
                                   upper_idx: np.ndarray) -> float:
-    def dynamics(v):
-        return np.linalg.norm(v[:, upper_idx] - template[upper_idx], axis=-1).std(axis=0)  # (U,)
+    def motion_std(v):
+        return float(np.square(v[:, upper_idx] - template[upper_idx]).sum(axis=-1).std(axis=0).mean())
 
-    return float(np.abs(dynamics(pred_vertices) - dynamics(ref_vertices)).mean())
+    return motion_std(ref_vertices) - motion_std(pred_vertices)
 
 
 def emotion_similarity(motion_embedding: np.ndarray, emotion_embedding: np.ndarray) -> float:

@@ -125,6 +125,10 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
     if options.hands:
         hg = [M.hand_keypoints(v) for v in gen]
         hr = [M.hand_keypoints(v) for v in real]
-        out.update(hkc=float(np.mean([h["hkc"] for h in hg])), hkv=float(np.mean([h["hkv"] for h in hg])),
-                   real_hkc=float(np.mean([h["hkc"] for h in hr])), real_hkv=float(np.mean([h["hkv"] for h in hr])))
+        def mean_defined(values):  # HKV is undefined for a video without hands: averaged over the others, else None
+            defined = [v for v in values if v is not None]
+            return float(np.mean(defined)) if defined else None
+
+        out.update(hkc=float(np.mean([h["hkc"] for h in hg])), hkv=mean_defined([h["hkv"] for h in hg]),
+                   real_hkc=float(np.mean([h["hkc"] for h in hr])), real_hkv=mean_defined([h["hkv"] for h in hr]))
     return out

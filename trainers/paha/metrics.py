@@ -47,10 +47,11 @@ def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean([structural_similarity(p, r, channel_axis=-1, data_range=255) for p, r in zip(pred, ref)]))
 
 
-def hand_keypoints(video: np.ndarray) -> dict[str, float]:
+def hand_keypoints(video: np.ndarray) -> dict[str, float | None]:
     """Hand keypoint confidence (HKC: mean MediaPipe hand score over frames and both hands, 0 when
     a hand is not found) and variance (HKV: variance over time of the detected hand keypoints'
-    positions, in pixels², averaged over keypoints) — CyberHost's hand metrics."""
+    positions, in pixels², averaged over keypoints; None — undefined, not 0 — when no hand was seen
+    in two frames) — CyberHost's hand metrics."""
     from geometry.landmarks import LandmarkModels, analyse_frame
 
     models = LandmarkModels()
@@ -62,7 +63,7 @@ def hand_keypoints(video: np.ndarray) -> dict[str, float]:
             if not np.isnan(a[side][0, 0]):
                 points[side].append(a[side][:, :2] * np.array(frame.shape[1::-1]))
     var = [np.var(np.stack(p), axis=0).sum(-1).mean() for p in points.values() if len(p) > 1]
-    return {"hkc": float(np.mean(scores)), "hkv": float(np.mean(var)) if var else 0.0}
+    return {"hkc": float(np.mean(scores)), "hkv": float(np.mean(var)) if var else None}
 
 
 # --- Fréchet distances -----------------------------------------------------------------------
