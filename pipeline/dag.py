@@ -131,12 +131,18 @@ def _run_speech(ctx: StageContext) -> Transcript:
 # identity: a 128-d embedding per face track (assigned to run-wide identities by the runner)
 
 
+def _face_tracked_pose(pose_file: str, ctx: StageContext) -> dict[str, np.ndarray]:
+    """The video's pose arrays, which must hold the face tracks (pose stage v3 and later)."""
+    pose = load_pose(pose_file)
+    if "faces_track" not in pose:
+        raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
+    return pose
+
+
 def _run_identity(ctx: StageContext) -> IdentityResult:
     media: NormalizedMedia = ctx.inputs["normalize"]
     with ctx.work.fetch(ctx.inputs["pose"].path) as pose_file, ctx.work.fetch(media.video_path) as v:
-        pose = load_pose(pose_file)
-        if "faces_track" not in pose:
-            raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
+        pose = _face_tracked_pose(pose_file, ctx)
         return embed_tracks(load_embedder(), functools.partial(read_frames_at, v, media.width, media.height), pose, ctx.options)
 
 
@@ -155,9 +161,7 @@ def _run_sync(ctx: StageContext) -> SyncResult:
     work, video_id = ctx.work, ctx.item.video_id
     with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.audio_path) as wav, \
             work.local_dir("media", video_id) as out:
-        pose = load_pose(pose_file)
-        if "faces_track" not in pose:
-            raise StageError("stale_input", f"{ctx.inputs['pose'].path} has no face tracks (written by pose stage v1/v2): rerun pose")
+        pose = _face_tracked_pose(pose_file, ctx)
         audio, sr = load_audio(wav), SAMPLE_RATE
         if opts.backend == "syncnet":
             with work.fetch(media.video_path) as v:

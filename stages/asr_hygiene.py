@@ -47,16 +47,14 @@ def has_loop(text: str, language: str | None, repeats: int = 4, max_n: int = 4) 
 
 
 def voiced_frames(audio: np.ndarray, rel_db: float = 15.0, frame_s: float = 0.032) -> np.ndarray:
-    """Per 32-ms frame: speech-band (300–3400 Hz) power more than ``rel_db`` over the recording's
-    10th-percentile frame (its floor), and above -70 dBFS."""
-    hop = int(frame_s * SAMPLE_RATE)
-    n = len(audio) // hop
+    """Per ``frame_s`` frame: speech-band (300–3400 Hz) power (``stages.sync.speech_band_rms``) more
+    than ``rel_db`` over the recording's 10th-percentile frame (its floor), and above -70 dBFS."""
+    from .sync import speech_band_rms
+
+    n = int(len(audio) // int(frame_s * SAMPLE_RATE))
     if n == 0:
         return np.zeros(0, bool)
-    frames = np.asarray(audio[: n * hop], np.float64).reshape(n, hop) * np.hanning(hop)
-    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    freqs = np.fft.rfftfreq(hop, 1 / SAMPLE_RATE)
-    power = spec[:, (freqs >= 300) & (freqs <= 3400)].sum(axis=1) / hop
+    power = speech_band_rms(audio, SAMPLE_RATE, 1.0 / frame_s, n).astype(np.float64) ** 2
     floor = np.percentile(power, 10)
     return (power > floor * 10 ** (rel_db / 10)) & (power > 1e-7)
 
