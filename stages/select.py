@@ -43,7 +43,7 @@ class SelectOptions(Settings):
     min_speech_ratio: float = Field(0.3, ge=0, le=1, description="share of the clip covered by the main speaker's words")
     max_flagged_speech_share: float = Field(0.5, ge=0, le=1, description="more of the clip's speech in flagged ASR segments (loops, hallucinations) is asr_unreliable")
     min_face_sharpness: float = Field(15.0, ge=0, description="variance of the Laplacian of the face crop (grey levels²)")
-    crop: str = Field("full", pattern=r"^(full|upper_body|face)$", description="shard video: full frame, upper-body square (PAHA), face (FLAME)")
+    crop: str = Field("upper_body", pattern=r"^(full|upper_body|face)$", description="shard video: upper-body square (default: what PAHA trains on), full frame, face (FLAME)")
     upper_body_scale: float = Field(2.6, gt=0, description="upper-body crop: square side / face-and-torso box size")
     face_scale: float = Field(1.25, gt=0, description="face crop: square side / face box size (DECA's 1.25)")
     upper_body_centre_y: float = Field(0.45, ge=0, le=1, description="upper-body crop: centre this far down the square from the top of the head")

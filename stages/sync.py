@@ -225,11 +225,16 @@ class SyncNet:
         self.net.to(device).eval()
 
     def audio_features(self, audio16k: np.ndarray, num_frames: int, batch_size: int = 20) -> np.ndarray:
-        """(num_frames, 1024) audio embeddings; frame i sees MFCC steps 4i … 4i+19 (zeros past the end)."""
+        """(num_frames, 1024) audio embeddings; frame i sees MFCC steps 4i … 4i+19 (zeros past the end).
+        Float audio in [−1, 1] is taken as 16-bit PCM first: syncnet_python computes its MFCCs on the
+        integers of a PCM-16 wav, and the log energies (hence c0) depend on that scale."""
         import python_speech_features
         import torch
 
-        mfcc = python_speech_features.mfcc(np.asarray(audio16k), 16000).T  # (13, steps) at 100 Hz
+        pcm = np.asarray(audio16k)
+        if pcm.dtype.kind == "f":
+            pcm = np.clip(np.round(pcm.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
+        mfcc = python_speech_features.mfcc(pcm, 16000).T  # (13, steps) at 100 Hz
         need = 4 * num_frames + 20
         mfcc = np.pad(mfcc, ((0, 0), (0, max(0, need - mfcc.shape[1]))))
         cct = torch.from_numpy(mfcc[None, None].astype(np.float32))

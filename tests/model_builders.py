@@ -126,19 +126,21 @@ def build_tiny_text_encoder(out_dir: str, seed: int = 0) -> str:
 
 def build_metric_weights(out_dir: str, seed: int = 0) -> dict[str, str]:
     """Random weights for trainer 2's metrics, in the formats the real files have: the FID
-    Inception and torchvision AlexNet as state dicts, I3D and SyncNet as TorchScript modules with
-    the call signatures of the published exports (docs/paha.md)."""
+    Inception and torchvision AlexNet as state dicts, I3D as a TorchScript module with the call
+    signature of StyleGAN-V's export, SyncNet as syncnet_python's ``syncnet_v2.model`` state dict."""
     import torch
     import torchvision
 
+    from stages.sync import _syncnet_class
     from trainers.paha.metrics import fid_inception_architecture
 
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     paths = {k: os.path.join(out_dir, v) for k, v in (("fid", "pt_inception.pth"), ("lpips", "alexnet.pth"),
-                                                      ("fvd", "i3d_torchscript.pt"), ("syncnet", "syncnet.pt"))}
+                                                      ("fvd", "i3d_torchscript.pt"), ("syncnet", "syncnet_v2.model"))}
     torch.save(fid_inception_architecture().state_dict(), paths["fid"])
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), paths["lpips"])
+    torch.save(_syncnet_class()(num_layers_in_fc_layers=1024).eval().state_dict(), paths["syncnet"])
 
     class I3D(torch.nn.Module):
         def __init__(self):
@@ -150,23 +152,5 @@ def build_metric_weights(out_dir: str, seed: int = 0) -> dict[str, str]:
             h = torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
             return h if return_features else self.fc(h)
 
-    class SyncNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lip = torch.nn.Conv3d(3, 16, (5, 7, 7), stride=(1, 4, 4))
-            self.aud = torch.nn.Conv2d(1, 16, 3)
-
-        @torch.jit.export
-        def forward_lip(self, x: torch.Tensor) -> torch.Tensor:
-            return self.lip(x).mean(dim=(2, 3, 4))
-
-        @torch.jit.export
-        def forward_aud(self, x: torch.Tensor) -> torch.Tensor:
-            return self.aud(x).mean(dim=(2, 3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.forward_lip(x)
-
     torch.jit.script(I3D()).save(paths["fvd"])
-    torch.jit.script(SyncNet()).save(paths["syncnet"])
     return paths

@@ -38,6 +38,16 @@ def cmd_train_facial(args) -> int:
     return _train(args, load_facial_config, run_training)
 
 
+def cmd_train_facial_probe(args) -> int:
+    from trainers.facial.probe import save_probe, train_probe
+
+    probe, report = train_probe(args.data, args.window, val_urls=args.val_data, steps=args.steps, seed=args.seed)
+    path = save_probe(probe, report, args.out)
+    print(f"wrote {path}: held-out accuracy {report['held_out_accuracy']:.3f} on {report['held_out_windows']} windows "
+          f"({report['held_out']}), chance {report['chance']:.3f}")
+    return 0
+
+
 def cmd_train_paha(args) -> int:
     from trainers.paha.config import load_paha_config
     from trainers.paha.train import run_training
@@ -69,8 +79,10 @@ def cmd_eval_paha(args) -> int:
     options = PahaEvalOptions(max_clips=args.max_clips, frames=args.frames, steps=args.steps, audio_scale=args.audio_scale,
                               guidance=args.guidance, pce_checkpoint=args.pce_checkpoint, guidance_scale=args.guidance_scale,
                               seed=args.seed, fid_weights=args.fid_weights, fvd_weights=args.fvd_weights,
-                              lpips_weights=args.lpips_weights, syncnet_weights=args.syncnet_weights, hands=not args.no_hands,
-                              device=_device(args.device))
+                              lpips_weights=args.lpips_weights, syncnet_weights=args.syncnet_weights,
+                              allow_few_samples=args.allow_few_samples, hands=not args.no_hands,
+                              conditioning=not args.no_conditioning, compare_guidance=args.compare_guidance,
+                              min_face_share=args.min_face_share, device=_device(args.device))
     return _report(evaluate(args.checkpoint, args.data, options), args.out)
 
 
@@ -109,7 +121,7 @@ def cmd_eval_facial(args) -> int:
 
     options = FacialEvalOptions(max_clips=args.max_clips, samples=args.samples, steps=args.steps, audio_scale=args.audio_scale,
                                 emotion_scale=args.emotion_scale, seed=args.seed, flame_model=args.flame_model,
-                                flame_masks=args.flame_masks, device=_device(args.device))
+                                flame_masks=args.flame_masks, device=_device(args.device), probe=args.probe)
     return _report(evaluate(args.checkpoint, args.data, options), args.out)
 
 
@@ -153,6 +165,14 @@ def add_commands(sub) -> None:
     _config_args(f, "tiny")
     f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     f.set_defaults(func=cmd_train_facial)
+    f = models.add_parser("facial-probe", help="an expression classifier on labelled held-out FLAME sequences (for eval facial --probe)")
+    f.add_argument("--data", required=True, help="labelled held-out shards (e.g. release/test.index.json)")
+    f.add_argument("--val-data", help="shards to measure the probe's own accuracy on (default: every fifth clip of --data)")
+    f.add_argument("--out", required=True, help="folder for probe.pt and probe.json")
+    f.add_argument("--window", type=int, default=24, help="frames per window (use the facial model's data.window_frames)")
+    f.add_argument("--steps", type=int, default=400)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_train_facial_probe)
     f = models.add_parser("paha", help="trainer 2: PAHA upper-body video diffusion (train.target=univdm or pce)")
     _config_args(f, "tiny")
     f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
@@ -180,16 +200,17 @@ def add_commands(sub) -> None:
     f.set_defaults(func=cmd_generate_paha)
 
     models = _models(sub, "eval", "score a trained model on held-out shards")
-    f = models.add_parser("facial", help="LVE, FDD, emotion similarity, diversity")
+    f = models.add_parser("facial", help="LVE, FDD, diversity, audio and emotion control, emotion similarity (with --probe)")
     _sampling_args(f)
     f.add_argument("--data", required=True, help="held-out shards (paths, brace pattern or <split>.index.json)")
     f.add_argument("--max-clips", type=int, default=32)
     f.add_argument("--samples", type=int, default=3, help="samples per clip (diversity needs 2+)")
     f.add_argument("--flame-model", help="FLAME generic_model.pkl (for LVE/FDD)")
     f.add_argument("--flame-masks", help="FLAME_masks.pkl (regions 'lips', 'forehead', 'eye_region')")
+    f.add_argument("--probe", help="expression probe folder (cnas train facial-probe): label control, emotion similarity")
     f.add_argument("--out", help="also write the report here (JSON)")
     f.set_defaults(func=cmd_eval_facial)
-    f = models.add_parser("paha", help="PSNR, SSIM, LPIPS, FID, FVD, Sync-C/D, hand keypoint confidence/variance")
+    f = models.add_parser("paha", help="PSNR, SSIM, LPIPS, FID, FVD, Sync-C/D, hand keypoint confidence/variance, audio conditioning")
     _paha_sampling_args(f)
     f.add_argument("--data", required=True, help="held-out shards with pose.npz")
     f.add_argument("--max-clips", type=int, default=16)
@@ -197,8 +218,18 @@ def add_commands(sub) -> None:
     f.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth")
     f.add_argument("--fvd-weights", help="i3d_torchscript.pt")
     f.add_argument("--lpips-weights", help="torchvision alexnet state dict (alexnet-owt-7be5be79.pth)")
-    f.add_argument("--syncnet-weights", help="SyncNet exported to TorchScript (docs/paha.md)")
+    f.add_argument("--syncnet-weights", help="syncnet_v2.model of syncnet_python (the file sync.syncnet_model names)")
+    f.add_argument("--allow-few-samples", action="store_true",
+                   help="report FID/FVD from fewer samples than feature dimensions (≤ 2048 frames, ≤ 400 clips), flagged unreliable")
     f.add_argument("--no-hands", action="store_true", help="skip the MediaPipe hand keypoint metrics")
+    f.add_argument("--no-conditioning", action="store_true",
+                   help="skip the audio conditioning report (MediaPipe mouth opening vs the audio envelope, matched vs "
+                        "swapped audio), which generates each clip a second time")
+    f.add_argument("--compare-guidance", action="store_true",
+                   help="generate every clip with each PCE guidance mode (none, sg, dg) from the same seed and compare "
+                        "them by Sync-C/D and the mouth measure, not by the PCE classifier (needs --pce-checkpoint)")
+    f.add_argument("--min-face-share", type=float, default=0.5,
+                   help="share of frames where MediaPipe must find a face for the mouth measure (default 0.5)")
     f.add_argument("--out", help="also write the report here (JSON)")
     f.set_defaults(func=cmd_eval_paha)
 

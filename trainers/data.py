@@ -17,8 +17,9 @@
   the clip contract fails at the first such sample, naming it, instead of deep in a view.
 
 Views: ``facial`` — FLAME expression + jaw sequence (T,53), audio window, emotion label/intensity/
-text; ``paha`` — video frames (T,3,S,S) in [0,1], audio window, part confidences/masks (T,5) and
-part box masks (T,5,S,S), a reference frame from the same clip; ``raw`` — decoded members as they are.
+text; ``paha`` — video frames (T,3,S,S) in [0,1] (square by crop, never squashed), audio window, part
+confidences/presence (T,5), part boxes (T,5,4) and box masks (T,5,S,S), a reference frame from the
+same clip; ``raw`` — decoded members as they are.
 """
 
 from __future__ import annotations
@@ -263,8 +264,21 @@ def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio
     }
 
 
-def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
-    """Frames ``indices`` of an mp4 (decoded with PyAV), resized to size×size RGB uint8."""
+def centre_square(width: int, height: int) -> tuple[int, int, int]:
+    """``(x0, y0, side)`` of the largest centred square of a ``width``×``height`` frame.
+
+    The one rule that makes a frame square for trainer 2: the ``paha`` view applies it to clips
+    without an ingest ``crop_box`` and ``cnas generate paha`` to the reference image, so a model
+    sees faces at the same proportions in training and generation (a resize would squash a 16:9
+    frame's faces to 9/16 of their width)."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames ``indices`` of an mp4 (decoded with PyAV) as size×size RGB uint8: the centred square
+    of each frame (``centre_square``; a square frame is kept whole), resized — never squashed.
+    ``expect_wh``: the frame size the clip record states; a ValueError when the video differs."""
     import av
     import cv2
 
@@ -273,7 +287,12 @@ def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
     with av.open(io.BytesIO(mp4)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
-                got[i] = cv2.resize(frame.to_ndarray(format="rgb24"), (size, size), interpolation=cv2.INTER_AREA)
+                rgb = frame.to_ndarray(format="rgb24")
+                h, w = rgb.shape[:2]
+                if expect_wh is not None and (w, h) != tuple(expect_wh):
+                    raise ValueError(f"the video is {w}x{h}, its clip record says {expect_wh[0]}x{expect_wh[1]}")
+                x0, y0, side = centre_square(w, h)
+                got[i] = cv2.resize(rgb[y0: y0 + side, x0: x0 + side], (size, size), interpolation=cv2.INTER_AREA)
             if i >= wanted[-1]:
                 break
     return np.stack([got[i] for i in indices])
@@ -281,34 +300,49 @@ def decode_frames(mp4: bytes, indices: list[int], size: int) -> np.ndarray:
 
 def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig,
               rng: random.Random) -> dict[str, Any] | None:
-    """The ``paha`` view of a sample's window ``idx``; None without pose data."""
+    """The ``paha`` view of a sample's window ``idx``; None without pose data.
+
+    Frames are made square without squashing: a clip cut with an ingest ``crop_box`` already is
+    square; any other clip is centre-cropped to a square (``centre_square``, the rule generation
+    applies to its reference image). Part boxes go through the same crop and scale: ``part_boxes``
+    (W, P, 4) in view pixels (NaN where absent; not clipped to the frame, so a face track can run
+    past the edge), ``part_masks`` the boxes clipped to the frame. A part whose box lies wholly
+    outside the square is not in the view: ``part_present`` False, confidence 0."""
     import torch
 
     if layout.POSE not in sample:
         return None  # PAR needs part confidences
-    W = len(idx)
+    W, S = len(idx), cfg.image_size
     ref = rng.randrange(0, clip.num_frames)
-    frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], cfg.image_size)
+    try:
+        frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], S, expect_wh=(clip.width, clip.height))
+    except ValueError as e:
+        raise ValueError(f"sample {sample['__key__']!r}: {e}") from None
     with np.load(io.BytesIO(sample[layout.POSE])) as z:
         conf, present, boxes = z["part_confidences"][idx], z["part_present"][idx], z["part_boxes"][idx]
-    # part boxes are in the normalised video's pixels; map them into the (cropped, resized) clip frame
-    crop = clip.crop_box
-    x0, y0, side_w, side_h = (crop[0], crop[1], crop[2], crop[2]) if crop else (0, 0, clip.width, clip.height)
-    scale = np.array([cfg.image_size / side_w, cfg.image_size / side_h] * 2, np.float32)
-    b = (np.nan_to_num(boxes, nan=0.0) - np.array([x0, y0, x0, y0], np.float32)) * scale
-    masks = np.zeros((W, conf.shape[1], cfg.image_size, cfg.image_size), np.float32)
-    for t in range(W):
-        for p in range(conf.shape[1]):
-            if present[t, p]:
-                xa, ya, xb, yb = np.clip(np.round(b[t, p]).astype(int), 0, cfg.image_size)
-                masks[t, p, ya:yb, xa:xb] = 1.0
+    # part boxes are in the normalised video's pixels. A crop_box clip is that video's square
+    # (x, y, side) scaled to clip.width; any other clip is the normalised frame itself, of which
+    # the view keeps the centred square (decode_frames)
+    x0, y0, side = clip.crop_box if clip.crop_box else centre_square(clip.width, clip.height)
+    offset = np.array([x0, y0, x0, y0], np.float32)
+    b = (boxes.astype(np.float32) - offset) * np.float32(S / side)
+    present = present.astype(bool) & ~np.isnan(b[..., 0])
+    inside = (b[..., 2] > 0) & (b[..., 0] < S) & (b[..., 3] > 0) & (b[..., 1] < S)
+    present &= inside
+    conf = np.where(present, conf, 0.0).astype(np.float32)
+    b[~present] = np.nan
+    masks = np.zeros((W, conf.shape[1], S, S), np.float32)
+    for t, p in zip(*np.nonzero(present)):
+        xa, ya, xb, yb = np.clip(np.round(b[t, p]).astype(int), 0, S)
+        masks[t, p, ya:yb, xa:xb] = 1.0
     video = torch.from_numpy(frames[:W]).permute(0, 3, 1, 2).float() / 255.0
     return {
         "__key__": sample["__key__"],
         "video": video,  # (W, 3, S, S) in [0, 1]
         "reference": torch.from_numpy(frames[W]).permute(2, 0, 1).float() / 255.0,
         "audio": audio,
-        "part_confidences": torch.from_numpy(conf.astype(np.float32)),
-        "part_present": torch.from_numpy(present.astype(bool)),
+        "part_confidences": torch.from_numpy(conf),
+        "part_present": torch.from_numpy(present),
+        "part_boxes": torch.from_numpy(b),  # (W, P, 4) [x0, y0, x1, y1] in view pixels, NaN = absent
         "part_masks": torch.from_numpy(masks),
     }

@@ -30,6 +30,14 @@ def mean_metrics(terms: dict[str, torch.Tensor], session: Session) -> dict[str, 
     return {k: (both[0, i] / both[1, i]).item() for i, k in enumerate(keys) if both[1, i] > 0}
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:<i> (<GPU name>)``: what a metric or report was measured on."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
 class MetricLog:
     """TensorBoard scalars (rank 0 only) plus a plain ``metrics.jsonl`` beside them."""
 
@@ -53,10 +61,10 @@ class MetricLog:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
 
-    def event(self, name: str, step: int) -> None:
-        """Note an event (a resume) in ``metrics.jsonl``, with the wall-clock time."""
+    def event(self, name: str, step: int, **info: Any) -> None:
+        """Note an event (a start, a resume) in ``metrics.jsonl``, with the wall-clock time."""
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps({"event": name, "step": step, "time": time.time()}) + "\n")
+            self.jsonl.write(json.dumps({"event": name, "step": step, "time": time.time(), **info}) + "\n")
             self.jsonl.flush()
 
     def close(self) -> None:
@@ -70,19 +78,23 @@ class Reporter:
     every ``checkpoint_every`` steps and at the last step also write a checkpoint."""
 
     def __init__(self, session: Session, log_every: int, checkpoint_every: int, total_steps: int,
-                 resumed_from: int | None = None):
+                 resumed_from: int | None = None, info: dict[str, Any] | None = None):
+        """``info``: facts of the run written with its "started"/"resumed" event (e.g. how it was initialised)."""
         self.session, self.log_every, self.checkpoint_every, self.total = session, log_every, checkpoint_every, total_steps
         self.metrics_log = MetricLog(session)
-        if resumed_from is not None:  # an audit trail of restarts next to the metrics
-            self.metrics_log.event("resumed", resumed_from)
+        # where the numbers were measured: a "GPU" run that fell back to CPU shows here
+        self.metrics_log.event("resumed" if resumed_from is not None else "started", resumed_from or 0,
+                               device=device_name(session.device), world_size=session.world_size, torch=torch.__version__,
+                               **(info or {}))
         self.tic, self.tic_step = time.perf_counter(), resumed_from or 0
 
     def after_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float], position: dict[str, int],
-                   payload: Callable[[], dict[str, Any]]) -> dict[str, float] | None:
-        """The metrics logged at ``step`` (None when it is not a logging step); ``payload`` is only
-        called at checkpoint steps, so other steps do not gather state dicts."""
+                   payload: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, float] | None:
+        """The metrics logged at ``step`` (None when it is not a logging step; ``force``: log now,
+        e.g. with validation terms); ``payload`` is only called at checkpoint steps, so other steps
+        do not gather state dicts."""
         ckpt = step % self.checkpoint_every == 0 or step == self.total
-        if not (ckpt or step % self.log_every == 0):
+        if not (ckpt or force or step % self.log_every == 0):
             return None
         metrics = mean_metrics(terms, self.session)
         done = step - self.tic_step

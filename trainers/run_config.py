@@ -27,6 +27,16 @@ class DataSection(Settings):
     batch_size: int = Field(16, ge=1, description="per worker")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: int = Field(256, ge=0)
+    val_urls: str | list[str] | None = Field(None, description="held-out shards for validation, e.g. a release's val.index.json; "
+                                             "none: no validation")
+
+
+class ValidationSettings(Settings):
+    """When and on how much held-out data a trainer validates (part of each trainer's ``train``)."""
+
+    val_every: int = Field(1000, ge=0, description="validate every this many steps (and at the last); 0: never")
+    val_batches: int = Field(8, ge=1, description="held-out batches per worker (first window of each clip, decoded once)")
+    val_timesteps: int = Field(8, ge=1, description="fixed diffusion timesteps the validation loss is averaged over")
 
 
 class RunSection(Settings):

@@ -155,6 +155,10 @@ def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> An
 
     if not ray.is_initialized():
         ray.init(address=run.address, log_to_driver=True)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if run.use_gpu and gpus < run.num_workers:  # Ray would wait for them forever; a CPU run is not what was asked
+        raise RuntimeError(f"run.use_gpu is true with {run.num_workers} worker(s), but the Ray cluster has {gpus:g} GPU(s) "
+                           "(set run.use_gpu=false to train on CPU, or fewer run.num_workers)")
     storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).expanduser().resolve())
     trainer = TorchTrainer(
         train_fn,

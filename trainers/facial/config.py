@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from schemas.settings import Settings
-from trainers.run_config import DataSection, RunSection, load_preset_config
+from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config
 
 
 class FacialData(DataSection):
@@ -46,7 +46,7 @@ class FacialModelConfig(Settings):
     p_drop_emotion: float = Field(0.1, ge=0, le=1)
 
 
-class FacialTrain(Settings):
+class FacialTrain(ValidationSettings):
     binding_steps: int = Field(2000, ge=0, description="phase 1: emotion binding + motion autoencoder")
     diffusion_steps: int = Field(20000, ge=0, description="phase 2: latent denoiser (binding and autoencoder frozen)")
     lr: float = 2e-4
@@ -79,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"emotion_dim": 32, "encoder_hidden": 64, "latent_dim": 16, "ae_hidden": 64, "dim": 64, "layers": 2,
                   "heads": 4, "audio_hidden": 64, "noise_steps": 100},
         "train": {"binding_steps": 20, "diffusion_steps": 20, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5,
-                  "ema_decay": 0.9},
+                  "ema_decay": 0.9, "val_every": 10, "val_batches": 4},
         "run": {"name": "facial-tiny", "num_workers": 1, "max_failures": 1},
     },
     # paper scale (GPU): 8-layer 512-wide denoiser over 4 s windows, wav2vec2/HuBERT content features

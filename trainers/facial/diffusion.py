@@ -115,13 +115,15 @@ def latent_valid(valid: torch.Tensor, n: int | None = None) -> torch.Tensor:
 
 
 def diffusion_loss(denoiser: Denoiser, schedule: NoiseSchedule, z0, audio_feats, emotion, p_drop_audio=0.1, p_drop_emotion=0.1,
-                   mask: torch.Tensor | None = None):
+                   mask: torch.Tensor | None = None, t: torch.Tensor | None = None):
     """DDPM loss on the x₀ prediction, with independent condition dropout for classifier-free guidance.
 
     ``mask`` (B, N) keeps the loss to latent frames whose motion frames had a FLAME fit: frames
-    without one are zeros in the shards, and a model trained on them learns to snap to them."""
+    without one are zeros in the shards, and a model trained on them learns to snap to them.
+    ``t`` (B,): the timesteps (validation's fixed grid); default uniformly random."""
     B = z0.shape[0]
-    t = torch.randint(0, schedule.steps, (B,), device=z0.device)
+    if t is None:
+        t = torch.randint(0, schedule.steps, (B,), device=z0.device)
     noise = torch.randn_like(z0)
     drop_a = torch.rand(B, device=z0.device) < p_drop_audio
     drop_e = torch.rand(B, device=z0.device) < p_drop_emotion

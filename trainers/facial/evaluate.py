@@ -1,12 +1,23 @@
 """``cnas eval facial``: score a checkpoint on held-out shards.
 
 For each clip window, ``samples`` sequences are generated from its audio and its emotion label,
-then scored against the ground truth with the functions of ``metrics.py``; the ground-truth
-sequence is scored by the same code where a metric applies to one sequence (emotion similarity).
-Vertex metrics (LVE, FDD) need ``flame_model`` and ``flame_masks``; without them they are
-reported as ``null`` with the reason.
+then scored against the ground truth with the functions of ``metrics.py``. Vertex metrics (LVE,
+FDD) need ``flame_model`` and ``flame_masks``; without them they are ``null`` with the reason.
 
-    evaluate("runs/facial-tiny", "shards/test-{000000..000003}.tar", FacialEvalOptions(samples=2, steps=10))
+Conditioning is measured by things that are not the model:
+
+* **audio** — Pearson correlation between the generated jaw opening and the audio envelope
+  (80–4000 Hz RMS per frame) with the clip's own audio (*matched*) and with another clip's audio
+  (*swapped*, correlated against the first clip's envelope): a model that follows its audio has
+  matched ≫ swapped ≈ 0; the ground truth's own correlation is the reference level.
+* **emotion** (with ``probe``, an expression classifier trained separately by ``cnas train
+  facial-probe``) — label-control accuracy: each clip is generated once per label the probe
+  knows, and the probe must name the requested label; with emotion guidance off
+  (``emotion_scale`` 0) the output no longer depends on the label and the accuracy falls to
+  chance (1 / labels), reported beside it. ``emotion_similarity`` is the cosine between the probe's
+  features of generated and ground-truth sequences.
+
+    evaluate("runs/facial-tiny", "shards/test-{000000..000003}.tar", FacialEvalOptions(samples=2, steps=10, probe="runs/probe"))
 """
 
 from __future__ import annotations
@@ -19,10 +30,15 @@ import torch
 from pydantic import Field, model_validator
 
 from schemas.settings import Settings
-from trainers.data import LoaderConfig, make_loader
+from trainers.conditioning import audio_envelope, mean_defined  # shared with trainer 2's conditioning report
+from trainers.data import EMOTIONS, LoaderConfig, make_loader
+from trainers.reporting import device_name
 
 from . import metrics as M
 from .generate import load_trained
+from .probe import load_probe
+
+JAW_OPEN = 50  # motion = 50 expression + jaw pose (3, axis-angle): the x rotation opens the mouth
 
 
 class FacialEvalOptions(Settings):
@@ -37,6 +53,7 @@ class FacialEvalOptions(Settings):
     flame_model: str | None = Field(None, description="FLAME generic_model.pkl (for LVE/FDD)")
     flame_masks: str | None = Field(None, description="FLAME_masks.pkl (regions 'lips', 'forehead', 'eye_region')")
     device: str = Field("cpu", description="where to sample: cpu, cuda or cuda:<index>")
+    probe: str | None = Field(None, description="expression probe (cnas train facial-probe): label control and emotion similarity")
 
     @model_validator(mode="after")
     def _flame_pair(self) -> "FacialEvalOptions":
@@ -46,47 +63,64 @@ class FacialEvalOptions(Settings):
         return self
 
 
+def _examples(urls: str | list[str], cfg, max_clips: int) -> list[dict[str, Any]]:
+    lcfg = LoaderConfig(urls=urls, view="facial", window_frames=cfg.data.window_frames, random_window=False,
+                        default_emotion=cfg.data.default_emotion, min_valid_frames=cfg.data.min_valid_frames)
+    out = []
+    for ex in make_loader(lcfg):
+        if len(out) >= max_clips:
+            break
+        out.append(ex)
+    return out
+
+
 def evaluate(checkpoint: str | Path, urls: str | list[str], options: FacialEvalOptions = FacialEvalOptions()) -> dict[str, Any]:
-    """Score the checkpoint (a run folder or one ``step_*``) on the clips of ``urls``: a report
-    of mean metrics, ``null`` for those that could not be measured (with ``notes``)."""
+    """Score the checkpoint (a run folder, one ``step_*`` or ``best``) on the clips of ``urls``: a
+    report of mean metrics, ``null`` for those that could not be measured (with ``notes``)."""
     samples, device = options.samples, options.device
     model, cfg, step = load_trained(checkpoint, device=device)
+    probe, probe_report = load_probe(options.probe, device) if options.probe else (None, None)
     W = cfg.data.window_frames
     flame = None
-    flame_model, flame_masks = options.flame_model, options.flame_masks
-    if flame_model:  # the options ensure that the masks come with it
+    if options.flame_model:  # the options ensure that the masks come with it
         from geometry.flame import load_flame_pickle
         from geometry.flame_layer import FlameLayer
 
-        flame = FlameLayer(load_flame_pickle(flame_model))
-        lips = M.load_region_indices(flame_masks, ("lips",))
-        upper = M.load_region_indices(flame_masks, ("forehead", "eye_region"))
-    lcfg = LoaderConfig(urls=urls, view="facial", window_frames=W, random_window=False, default_emotion=cfg.data.default_emotion,
-                        min_valid_frames=cfg.data.min_valid_frames)
-    rows: dict[str, list[float]] = {k: [] for k in ("emotion_similarity", "gt_emotion_similarity", "param_mse", "diversity",
-                                                    "lve", "fdd", "gt_vs_generated_emotion_similarity")}
+        flame = FlameLayer(load_flame_pickle(options.flame_model))
+        lips = M.load_region_indices(options.flame_masks, ("lips",))
+        upper = M.load_region_indices(options.flame_masks, ("forehead", "eye_region"))
+    examples = _examples(urls, cfg, options.max_clips)
+    if not examples:
+        raise ValueError(f"no clip in {urls!r} has a {W}-frame window with FLAME parameters")
     g = torch.Generator().manual_seed(options.seed)
-    clips = 0
-    for ex in make_loader(lcfg):
-        if clips >= options.max_clips:
-            break
-        clips += 1
+
+    def generate(audio: torch.Tensor, emotion: torch.Tensor, emotion_scale: float) -> np.ndarray:
+        noise = torch.randn((1, W // 2, cfg.model.latent_dim), generator=g).to(device)
+        return model.generate(audio[None].to(device), emotion, W, options.steps, options.audio_scale, emotion_scale, noise)[0].cpu().numpy()
+
+    def label_embedding(label: int, intensity: int) -> torch.Tensor:
+        return model.emotion_embedding(label=torch.tensor([label], device=device), intensity=torch.tensor([intensity], device=device))
+
+    rows: dict[str, list] = {k: [] for k in ("param_mse", "diversity", "lve", "fdd", "emotion_similarity", "jaw_matched",
+                                             "jaw_swapped", "jaw_ground_truth")}
+    envelopes = [audio_envelope(ex["audio"].numpy(), W) for ex in examples]
+    for i, ex in enumerate(examples):
         gt = ex["motion"].numpy()
         valid = ex["valid"].numpy()  # frames with a FLAME fit: only those are ground truth
-        emo = model.emotion_embedding(label=torch.tensor([ex["emotion_label"]], device=device),
-                                      intensity=torch.tensor([ex["emotion_intensity"]], device=device))
-        audio = ex["audio"][None].to(device)
-        gen = np.stack([model.generate(audio, emo, W, options.steps, options.audio_scale, options.emotion_scale,
-                                       torch.randn((1, W // 2, cfg.model.latent_dim), generator=g).to(device))[0].cpu().numpy()
-                        for _ in range(samples)])
-        gen_emb = model.emotion_embedding(motion=torch.from_numpy(gen).to(device)).cpu().numpy()
-        gt_emb = model.emotion_embedding(motion=torch.from_numpy(gt)[None].to(device),
-                                         valid=torch.from_numpy(valid)[None].to(device)).cpu().numpy()
-        emo = emo.cpu()
-        rows["emotion_similarity"].append(M.emotion_similarity(gen_emb, emo.numpy()))
-        rows["gt_emotion_similarity"].append(M.emotion_similarity(gt_emb, emo.numpy()))
-        rows["gt_vs_generated_emotion_similarity"].append(M.emotion_similarity(gen_emb, gt_emb))
+        emo = label_embedding(ex["emotion_label"], ex["emotion_intensity"])
+        gen = np.stack([generate(ex["audio"], emo, options.emotion_scale) for _ in range(samples)])
         rows["param_mse"].append(float(((gen[:, valid] - gt[None, valid]) ** 2).mean()))
+        if probe is not None:
+            with torch.no_grad():
+                fg = probe.features(torch.from_numpy(gen).to(device)).cpu().numpy()
+                ft = probe.features(torch.from_numpy(gt)[None].to(device)).cpu().numpy()
+            rows["emotion_similarity"].append(M.emotion_similarity(fg, np.repeat(ft, len(fg), axis=0)))
+        # audio control: jaw opening (FLAME jaw pose, x axis) against the envelope of the audio it was given or not
+        rows["jaw_ground_truth"].append(M.envelope_correlation(gt[valid, JAW_OPEN], envelopes[i][valid]))
+        rows["jaw_matched"].append(M.envelope_correlation(gen[0, :, JAW_OPEN], envelopes[i]))
+        if len(examples) > 1:
+            other = examples[(i + 1) % len(examples)]["audio"]
+            rows["jaw_swapped"].append(M.envelope_correlation(generate(other, emo, options.emotion_scale)[:, JAW_OPEN], envelopes[i]))
         if flame is not None:
             from .render import flame_vertices
 
@@ -99,13 +133,70 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], options: FacialEvalO
                 rows["diversity"].append(M.diversity(gv))
         elif samples > 1:
             rows["diversity"].append(M.diversity(gen))
-    if clips == 0:
-        raise ValueError(f"no clip in {urls!r} has a {W}-frame window with FLAME parameters")
-    out: dict[str, Any] = {"checkpoint_step": step, "clips": clips, "samples_per_clip": samples, "window_frames": W,
+    notes: list[str] = []
+    out: dict[str, Any] = {"checkpoint_step": step, "device": device_name(torch.device(device)), "clips": len(examples),
+                           "samples_per_clip": samples, "window_frames": W,
                            "diversity_space": "vertices" if flame is not None else "flame_parameters"}
-    for k, v in rows.items():
-        out[k] = float(np.mean(v)) if v else None
+    for k in ("param_mse", "diversity", "lve", "fdd"):
+        out[k] = mean_defined(rows[k])
     if flame is None:
-        out["lve"] = out["fdd"] = None
-        out["notes"] = ["lve/fdd need --flame-model and --flame-masks (FLAME_masks.pkl with 'lips', 'forehead', 'eye_region')"]
+        notes.append("lve/fdd need --flame-model and --flame-masks (FLAME_masks.pkl with 'lips', 'forehead', 'eye_region')")
+    audio_report = {"measure": "Pearson r of generated jaw opening vs the 80-4000 Hz audio envelope",
+                    "matched": mean_defined(rows["jaw_matched"]), "swapped": mean_defined(rows["jaw_swapped"]),
+                    "ground_truth": mean_defined(rows["jaw_ground_truth"]), "chance": 0.0}
+    if len(examples) < 2:
+        notes.append("swapped audio needs at least two clips")
+    out["conditioning"] = {"audio": audio_report}
+    if probe is not None:
+        out["emotion_similarity"] = mean_defined(rows["emotion_similarity"])
+        out["emotion_similarity_features"] = "expression probe (trainers/facial/probe.py), not the model's binding space"
+        out["conditioning"]["emotion"] = label_control(examples, probe, probe_report, generate, label_embedding, options)
+    else:
+        out["emotion_similarity"] = None
+        notes.append("emotion_similarity and label-control accuracy need --probe (cnas train facial-probe)")
+    out["notes"] = notes
     return out
+
+
+def label_control(examples: list[dict[str, Any]], probe, probe_report: dict[str, Any], generate, label_embedding,
+                  options: FacialEvalOptions) -> dict[str, Any]:
+    """Label-control accuracy under the probe: every clip generated for every label the probe knows,
+    with the evaluation's emotion guidance and with it off (``emotion_scale`` 0)."""
+    labels = [EMOTIONS.index(name) for name in probe_report["labels"]]
+    hits = {"guided": [], "unguided": []}
+    for ex in examples:
+        for label in labels:
+            emo = label_embedding(label, 2)
+            for mode, scale in (("guided", options.emotion_scale), ("unguided", 0.0)):
+                motion = torch.from_numpy(generate(ex["audio"], emo, scale)).to(probe.mean.device)
+                with torch.no_grad():
+                    predicted = int(probe(motion[None]).argmax(-1))
+                hits[mode].append(predicted == label)
+    return {"measure": "share of sequences the expression probe classifies as the requested label",
+            "labels": probe_report["labels"], "guided_accuracy": float(np.mean(hits["guided"])),
+            "unguided_accuracy": float(np.mean(hits["unguided"])), "chance": 1 / len(labels),
+            "emotion_scale": options.emotion_scale, "probe_held_out_accuracy": probe_report["held_out_accuracy"]}
+
+
+_INPUT_PROJECTIONS = {"emotion": "emotion_proj", "audio": "audio_proj"}
+
+
+def ablated_checkpoint(checkpoint: str | Path, out: str | Path, cut: str) -> Path:
+    """A copy of a checkpoint with one condition cut from the denoiser (``cut``: ``emotion`` or
+    ``audio``; its input projection zeroed, EMA included) — the control for the conditioning report:
+    the same weights otherwise, so the numbers it must fail are the only thing that changes."""
+    from trainers.checkpoint import find_checkpoint
+
+    if cut not in _INPUT_PROJECTIONS:
+        raise ValueError(f"cut must be one of {sorted(_INPUT_PROJECTIONS)}, not {cut!r}")
+    state = torch.load(find_checkpoint(checkpoint) / "model.pt", map_location="cpu", weights_only=False)
+    name = _INPUT_PROJECTIONS[cut]
+    for tensors, prefix in ((state["model"], f"diffusion.denoiser.{name}."), (state.get("ema", {}), f"denoiser.{name}.")):
+        for k in tensors:
+            if k.startswith(prefix):
+                tensors[k] = torch.zeros_like(tensors[k])
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "model.pt")
+    return folder
+

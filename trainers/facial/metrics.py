@@ -10,9 +10,15 @@ ground-truth sequences.
   the temporal standard deviation of its **squared** displacement from the template, averaged over
   the vertices, for the reference minus for the prediction (signed: positive = the prediction's upper
   face moves less); averaged over sequences by the caller.
-* ``emotion_similarity``: cosine similarity in the bound emotion space between the motion embedding of
-  a sequence and an emotion embedding (of the condition, or of the reference motion).
+* ``emotion_similarity``: mean cosine similarity between emotion features of two sets of sequences.
+  ``cnas eval facial`` feeds it the features of an emotion network that is *not* part of the model
+  — the expression probe (``probe.py``) — for generated vs ground-truth sequences, the way
+  emotion-similarity numbers in the facial-animation literature (arXiv 2506.10007 and the EMOTE
+  line of work it compares with) use a separately trained emotion-recognition network. Scoring the
+  model's own binding space would measure the model against itself.
 * ``diversity``: mean pairwise distance between samples generated for the same input.
+* ``envelope_correlation``: Pearson correlation between a motion series (jaw opening) and the
+  audio envelope, the test of audio control used with matched vs swapped audio.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
+from trainers.conditioning import envelope_correlation  # noqa: F401  (shared with trainer 2; M.envelope_correlation)
 
 
 def lip_vertex_error(pred_vertices: np.ndarray, ref_vertices: np.ndarray, lip_idx: np.ndarray) -> float:

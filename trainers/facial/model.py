@@ -83,9 +83,9 @@ class DiffusionPhase(nn.Module):
                                  audio_fps=FPS, align_slope=cfg.align_slope)
 
     def forward(self, z0, audio_feats, emotion, schedule: NoiseSchedule, p_drop_audio: float, p_drop_emotion: float,
-                mask: torch.Tensor | None = None):
+                mask: torch.Tensor | None = None, t: torch.Tensor | None = None):
         loss = diffusion_loss(self.denoiser, schedule, z0, self.content.frame_features(audio_feats), emotion,
-                              p_drop_audio, p_drop_emotion, mask)
+                              p_drop_audio, p_drop_emotion, mask, t)
         return loss, {"diffusion/loss": loss.detach()}
 
 

@@ -21,6 +21,7 @@ from trainers.checkpoint import restore_checkpoint, seed_everything
 from trainers.data import LoaderConfig, batch_stream
 from trainers.reporting import Reporter
 from trainers.session import Session, current_session, launch, wrap_ddp
+from trainers.validation import Validator
 from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
 from .config import FacialConfig
@@ -30,11 +31,12 @@ from .model import FacialModel
 log = logging.getLogger(__name__)
 
 
-def loader_config(cfg: FacialConfig) -> LoaderConfig:
+def loader_config(cfg: FacialConfig, urls: str | list[str] | None = None) -> LoaderConfig:
+    """The facial view of the training shards (or of ``urls``, e.g. the validation shards)."""
     d = cfg.data
     if not d.urls:
         raise ValueError("data.urls is not set: give the training shards (paths, brace pattern or <split>.index.json)")
-    return LoaderConfig(urls=d.urls, view="facial", window_frames=d.window_frames, batch_size=d.batch_size,
+    return LoaderConfig(urls=urls or d.urls, view="facial", window_frames=d.window_frames, batch_size=d.batch_size,
                         num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer, shuffle_shards=True,
                         seed=cfg.train.seed, default_emotion=d.default_emotion, min_valid_frames=d.min_valid_frames)
 
@@ -74,6 +76,8 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
                                                      "opt1": opt1, "opt2": opt2, "ema": ema})
 
     reporter = Reporter(session, t.log_every, t.checkpoint_every, t.total_steps, step if restored else None)
+    validator = Validator(session, loader_config(cfg, cfg.data.val_urls) if cfg.data.val_urls else None, t,
+                          cfg.model.noise_steps, t.seed, cfg.run.storage_path, cfg.run.name)
     stream = batch_stream(loader_config(cfg), position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}
@@ -119,12 +123,46 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
         step += 1
 
         terms["loss"] = loss.detach()
-        last = reporter.after_step(step, terms, {"phase": phase}, position, lambda: {
-            "model": trainable_state(model, _frozen(model)), "opt1": opt1.state_dict(), "opt2": opt2.state_dict(), "ema": ema.shadow,
-            "config": cfg.model_dump(mode="json")}) or last
+        validate = validator.due(step, t.total_steps)
+        if validate:
+            terms.update(validate_phase(model, validator, phase, cfg))
+
+        def payload() -> dict[str, Any]:
+            return {"model": trainable_state(model, _frozen(model)), "opt1": opt1.state_dict(), "opt2": opt2.state_dict(),
+                    "ema": ema.shadow, "config": cfg.model_dump(mode="json")}
+
+        logged = reporter.after_step(step, terms, {"phase": phase}, position, payload, force=validate)
+        last = logged or last
+        if validate and phase == 2:  # the generator is the phase-2 model: "best" compares phase-2 losses only
+            validator.best.offer(step, logged["val/loss"], payload)
     reporter.close()
     session.close()
     return last
+
+
+def validate_phase(model: FacialModel, validator: Validator, phase: int, cfg: FacialConfig) -> dict[str, torch.Tensor]:
+    """Held-out metrics of the current phase: phase 1 the binding + autoencoder loss (no timesteps),
+    phase 2 the denoiser's loss on the fixed timestep grid with the conditions always given."""
+    was_training = model.training
+    model.eval()
+
+    def score(batch: dict[str, Any], tt: torch.Tensor) -> dict[str, torch.Tensor]:
+        motion, valid, wave = batch["motion"], batch["valid"], batch["audio"]
+        label, intensity = torch.as_tensor(batch["emotion_label"]).to(motion.device), torch.as_tensor(batch["emotion_intensity"]).to(motion.device)
+        feats = model.audio_features(wave, motion.shape[1])
+        if phase == 1:
+            loss, terms = model.binding(model.normalise(motion), valid, feats, list(batch["emotion_text"]), label, intensity,
+                                        cfg.train.temperature, cfg.train.velocity_weight)
+            return {"binding_loss": loss, "ae_recon": terms["ae/recon"]}
+        z0 = model.encode_motion(motion)
+        emotion = model.mixed_emotion(feats, list(batch["emotion_text"]), label, intensity)
+        loss, _ = model.diffusion(z0, feats, emotion, model.schedule, 0.0, 0.0, latent_valid(valid, z0.shape[1]), tt)
+        return {"loss": loss}
+
+    # phase 1 has no timesteps; val/loss is the generator's (phase 2) loss only, so its curve is one quantity
+    out = validator.run(score, ("binding_loss", "ae_recon") if phase == 1 else ("loss",), timesteps=[0] if phase == 1 else None)
+    model.train(was_training)
+    return out
 
 
 def run_training(cfg: FacialConfig) -> Any:

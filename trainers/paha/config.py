@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from schemas.settings import Settings
-from trainers.run_config import DataSection, RunSection, load_preset_config
+from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config
 
 from .parts import PARTS, REGIONS
 
@@ -41,7 +41,10 @@ class PahaModel(Settings):
     p_drop_audio: float = Field(0.1, ge=0, le=1)
     par_lambdas: list[float] = Field(default_factory=lambda: [1.0, 2.0, 2.0, 2.0, 0.0],
                                      description=f"PAR λ per part, in the order {', '.join(PARTS)}")
-    init_2d: str | None = Field(None, description="state dict (.pt) of a 2D model with the same spatial layers")
+    init_2d: str | None = Field(None, description="2D weights for UniVDM's spatial layers: a diffusers UNet2DConditionModel "
+                                "folder in Stable Diffusion 1.5's layout (e.g. models/stable-diffusion-v1-5/unet, "
+                                "block_out_channels = model.channels; see trainers/paha/init2d.py) or a .pt state "
+                                "dict in UniVDM's own key names")
     pce_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     pce_crop: int = Field(8, ge=2)
     pce_hidden: int = 64
@@ -55,7 +58,7 @@ class PahaModel(Settings):
         return self
 
 
-class PahaTrain(Settings):
+class PahaTrain(ValidationSettings):
     target: str = Field("univdm", pattern=r"^(univdm|pce)$")
     steps: int = Field(100000, ge=0)
     lr: float = 1e-4
@@ -68,6 +71,8 @@ class PahaTrain(Settings):
     seed: int = 0
     pce_min_shift: int = Field(3, ge=1, description="negatives: audio shifted by at least this many frames")
     pce_noise_buckets: int = Field(4, ge=1, description="accuracy is logged per equal share of the timesteps")
+    min_init_fraction: float = Field(0.5, ge=0, le=1, description="with model.init_2d: stop when less than this share "
+                                     "of UniVDM's parameters was initialised from it (a wrong or mismatched folder)")
 
 
 class PahaConfig(Settings):
@@ -94,7 +99,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"window_frames": 6, "image_size": 32, "batch_size": 2, "shuffle_buffer": 8},
         "model": {"latent_factor": 4, "channels": [32, 64], "attn_levels": [0, 1], "heads": 4, "audio_dim": 32,
                   "motion_frames": 2, "noise_steps": 100, "pce_crop": 4, "pce_hidden": 32},
-        "train": {"steps": 20, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "ema_decay": 0.9},
+        "train": {"steps": 20, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "ema_decay": 0.9, "val_every": 10,
+                  "val_batches": 2, "val_timesteps": 4},
         "run": {"name": "paha-tiny", "num_workers": 1, "max_failures": 1},
     },
     # paper scale: SD-VAE latents of 512² frames (64²×4), SD-1.5-like widths, 16-frame windows

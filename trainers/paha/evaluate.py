@@ -3,7 +3,22 @@ score generated against real with ``metrics.py``. The same functions score the r
 metric takes one video (hand keypoints), so their levels can be compared.
 
 Metrics whose weights are not given are reported as ``null`` with a note; weights given but not
-found are an error.
+found are an error. FID and FVD need more samples than feature dimensions (2048 frames, 400
+clips per set): with fewer they are ``null`` with a note, or with ``allow_few_samples`` the number
+flagged ``fid_reliable`` / ``fvd_reliable`` false. The report names the ``device`` it ran on.
+
+Conditioning is measured by things that are not the model (``conditioning`` in the report):
+
+* **audio** (``audio_conditioning``) — Pearson correlation between the mouth opening MediaPipe
+  measures on the generated frames (``metrics.mouth_series``) and the 80–4000 Hz envelope of the
+  audio, with the clip's own audio (*matched*) and for the clip generated from the next clip's
+  audio (*swapped*, correlated against the first clip's envelope); the real clip's own correlation
+  (*ground_truth*) is the reference level, 0 is chance. ``null`` with a note when MediaPipe finds a
+  face in under half the generated frames (the ``tiny`` preset's 32-px drawings have none).
+* **guidance** (``compare_guidance``, needs a PCE checkpoint) — every clip generated once per PCE
+  guidance mode (none, sg, dg) from the same seed, each scored by Sync-C/Sync-D (SyncNet) and the
+  mouth–envelope correlation. Never by the PCE classifiers: they guided the sampling, so their
+  score would measure the guidance against itself.
 
     evaluate("runs/paha-tiny", "shards/test-000000.tar", PahaEvalOptions(frames=8, fid_weights="pt_inception.pth"))
 """
@@ -14,33 +29,25 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.settings import Settings
+from trainers.conditioning import audio_envelope, envelope_correlation, mean_defined
 from trainers.data import LoaderConfig, make_loader
+from trainers.reporting import device_name
 
 from . import metrics as M
 from .generate import generate_video, load_checkpoint
-from .parts import REGIONS
+from .parts import PARTS, REGIONS
+from .sampling import GUIDANCE
+
+FACE = PARTS.index("face")
+#: the mouth measure is reported when MediaPipe finds a face in at least this share of the frames
+MIN_FACE_SHARE = 0.5
 
 
 def _uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
-def _mouth_crops(video: np.ndarray, masks: torch.Tensor, size: int = 96) -> np.ndarray | None:
-    import cv2
-
-    m = masks[:, REGIONS["mouth"][0]].amax(dim=0) > 0  # (S, S) union over frames
-    if not m.any():
-        return None
-    ys, xs = torch.nonzero(m, as_tuple=True)
-    cy, cx = (ys.min() + ys.max()).item() / 2, (xs.min() + xs.max()).item() / 2
-    half = max(ys.max() - ys.min(), xs.max() - xs.min()).item() * 0.75 + 4  # SyncNet sees the lower face
-    S = video.shape[1]
-    y0, y1 = int(max(0, cy - half)), int(min(S, cy + half))
-    x0, x1 = int(max(0, cx - half)), int(min(S, cx + half))
-    return np.stack([cv2.resize(f[y0:y1, x0:x1], (size, size)) for f in video])
 
 
 class PahaEvalOptions(Settings):
@@ -57,78 +64,289 @@ class PahaEvalOptions(Settings):
     fid_weights: str | None = Field(None, description="pt_inception-2015-12-05-6726825d.pth")
     fvd_weights: str | None = Field(None, description="i3d_torchscript.pt")
     lpips_weights: str | None = Field(None, description="torchvision alexnet state dict (alexnet-owt-7be5be79.pth)")
-    syncnet_weights: str | None = Field(None, description="SyncNet exported to TorchScript (docs/paha.md)")
+    syncnet_weights: str | None = Field(None, description="syncnet_v2.model of syncnet_python (the ingest's sync.syncnet_model)")
+    allow_few_samples: bool = Field(False, description="report FID/FVD from fewer samples than feature dimensions, "
+                                                       "flagged fid_reliable/fvd_reliable false (default: null with a note)")
     hands: bool = Field(True, description="score the MediaPipe hand keypoint metrics")
-    device: str = Field("cpu", description="where to sample: cpu, cuda or cuda:<index>")
+    conditioning: bool = Field(True, description="the audio conditioning report (MediaPipe mouth opening vs the audio "
+                                                 "envelope, matched vs swapped audio: each clip is generated a second time)")
+    compare_guidance: bool = Field(False, description="generate every clip once per PCE guidance mode (none, sg, dg) "
+                                                      "with the same seed; compare them by Sync-C/D and the mouth measure")
+    min_face_share: float = Field(MIN_FACE_SHARE, ge=0.0, le=1.0,
+                                  description="share of frames where MediaPipe must find a face for the mouth measure")
+    device: str = Field("cpu", description="where to sample and run the metric networks: cpu, cuda or cuda:<index>")
+
+    @model_validator(mode="after")
+    def _needs_pce(self) -> PahaEvalOptions:
+        # checked here so the mistake fails before the checkpoint is loaded
+        if self.compare_guidance and not self.pce_checkpoint:
+            raise ValueError("--compare-guidance needs --pce-checkpoint (sg and dg are guided by the PCE classifiers)")
+        return self
+
+
+def _frechet(out: dict[str, Any], name: str, n: int, dims: int, unit: str, weights: str | None, weights_hint: str,
+             allow: bool, compute) -> None:
+    """Fill ``<name>``, ``<name>_samples`` and ``<name>_reliable`` of the report, with a note when
+    the weights are missing or the samples too few."""
+    out[f"{name}_samples"] = n
+    out[f"{name}_reliable"] = None
+    out[name] = None
+    if not weights:
+        out["notes"].append(f"{name}: give --{name}-weights ({weights_hint})")
+        return
+    if n <= dims and not allow:
+        out["notes"].append(f"{name}: {n} {unit} per set ≤ {dims} feature dimensions: the covariance is rank-deficient, "
+                            "so no value is reported (score more clips, or --allow-few-samples for a flagged value)")
+        return
+    out[name] = compute()
+    out[f"{name}_reliable"] = n > dims
+    if n <= dims:
+        out["notes"].append(f"{name}: from {n} {unit} per set ≤ {dims} feature dimensions: not comparable "
+                            f"({name}_reliable false)")
+
+
+# --- conditioning: measured on the generated frames, not by the model -----------------------
+AUDIO_MEASURE = ("Pearson r of the mouth opening MediaPipe FaceMesh measures on the frames (inner-lip gap / "
+                 "eye-corner distance) vs the 80-4000 Hz audio envelope")
+
+
+def _mouth(video_or_series: np.ndarray) -> np.ndarray:
+    """A video's ``metrics.mouth_series``, or the series itself when already measured."""
+    a = np.asarray(video_or_series)
+    return a.astype(np.float64) if a.ndim == 1 else M.mouth_series(a).astype(np.float64)
+
+
+def _face_frames(series: list[np.ndarray]) -> tuple[int, int]:
+    """(frames with a face, frames) over all the series."""
+    return sum(int((~np.isnan(s)).sum()) for s in series), sum(len(s) for s in series)
+
+
+def _mean_r(series: list[np.ndarray], waves: list[np.ndarray], min_face_share: float) -> tuple[float | None, int]:
+    """Mean over clips of r(series, envelope of its wave), and how many clips it averages: a clip
+    counts when it has a face in ``min_face_share`` of its frames and its r is defined (a mouth
+    that never moves has none)."""
+    rs = []
+    for s, wave in zip(series, waves):
+        if len(s) and np.mean(~np.isnan(s)) >= min_face_share:
+            r = envelope_correlation(s, audio_envelope(np.asarray(wave, np.float32), len(s)))
+            if r is not None:
+                rs.append(r)
+    return (float(np.mean(rs)) if rs else None), len(rs)
+
+
+def audio_conditioning(generated: list[np.ndarray], waves: list[np.ndarray], swapped: list[np.ndarray] | None = None,
+                       real: list[np.ndarray] | None = None, min_face_share: float = MIN_FACE_SHARE) -> dict[str, Any]:
+    """The audio-conditioning report of generated videos, measured by MediaPipe, not by the model.
+
+    ``generated[i]`` was generated from the 16 kHz audio ``waves[i]``; ``swapped[i]`` (optional)
+    from the same reference with the next clip's audio ``waves[(i + 1) % n]``; ``real[i]`` is the
+    real clip of ``waves[i]``. Each is a video (T, H, W, 3) uint8 or its ``metrics.mouth_series``
+    (T,) when already measured. Returns:
+
+    * ``matched`` — mean over clips of Pearson r between the mouth series of ``generated[i]`` and
+      the envelope of ``waves[i]`` (``trainers.conditioning``: 80–4000 Hz RMS per frame);
+    * ``swapped`` — the same for ``swapped[i]`` against the envelope of ``waves[i]``, the audio it
+      was *not* given: a model that follows its audio has matched ≫ swapped ≈ 0, one that ignores
+      it matched ≈ swapped (or no r at all: a mouth that never moves has no correlation);
+    * ``ground_truth`` — the real clips' own r, the level a perfect model reaches; ``chance`` 0;
+    * ``frames_with_face`` — the share of generated frames where MediaPipe found a face, and
+      ``real_frames_with_face``; ``clips`` — how many clips each mean averages (a clip counts with
+      a face in ``min_face_share`` of its frames and a defined r).
+
+    ``matched`` and ``swapped`` are ``null`` with a note when under ``min_face_share`` of the
+    generated frames show a face (``ground_truth`` likewise for the real frames): a correlation
+    from a few frames would be noise."""
+    gen = [_mouth(v) for v in generated]
+    found, total = _face_frames(gen)
+    report: dict[str, Any] = {"measure": AUDIO_MEASURE, "matched": None, "swapped": None, "ground_truth": None,
+                              "chance": 0.0, "frames_with_face": found / total if total else 0.0, "generated_frames": total,
+                              "real_frames_with_face": None, "clips": {"matched": 0, "swapped": 0, "ground_truth": 0},
+                              "notes": []}
+    notes = report["notes"]
+    if total == 0 or found < min_face_share * total:
+        notes.append(f"MediaPipe FaceMesh found a face in {found} of {total} generated frames "
+                     f"({100 * found / max(total, 1):.0f} %), under the {100 * min_face_share:.0f} % needed: no mouth-audio "
+                     "correlation is reported (the tiny preset's 32-px frames show no face; use a base-preset run)")
+    else:
+        report["matched"], report["clips"]["matched"] = _mean_r(gen, waves, min_face_share)
+        counts = {"matched": len(gen)}
+        if swapped is not None and len(swapped) > 1:
+            # swapped[i] heard waves[i + 1]: correlated against waves[i], the audio it was not given
+            report["swapped"], report["clips"]["swapped"] = _mean_r([_mouth(v) for v in swapped], waves, min_face_share)
+            counts["swapped"] = len(swapped)
+        else:
+            notes.append("swapped: not measured (no clips generated from another clip's audio: that needs two or more clips)")
+        for name, n in counts.items():
+            if report["clips"][name] < n:
+                notes.append(f"{name}: {n - report['clips'][name]} of {n} clip(s) left out (a face in under "
+                             f"{100 * min_face_share:.0f} % of its frames, or a mouth that never moves: r undefined)")
+    if real is not None:
+        truth = [_mouth(v) for v in real]
+        rfound, rtotal = _face_frames(truth)
+        report["real_frames_with_face"] = rfound / rtotal if rtotal else 0.0
+        if rtotal and rfound >= min_face_share * rtotal:
+            report["ground_truth"], report["clips"]["ground_truth"] = _mean_r(truth, waves, min_face_share)
+            if report["clips"]["ground_truth"] < len(truth):
+                notes.append(f"ground_truth: {len(truth) - report['clips']['ground_truth']} of {len(truth)} real clip(s) "
+                             "left out (too few frames with a face, or a mouth that never moves)")
+        else:
+            notes.append(f"ground_truth: MediaPipe FaceMesh found a face in {rfound} of {rtotal} real frames: not reported")
+    return report
+
+
+def _first_frame_regions(part_masks: torch.Tensor) -> dict[str, list[float]]:
+    """PCE region boxes (view pixels) of a clip's first frame: the regions seen there."""
+    from .parts import region_boxes
+
+    regions = {}
+    for r in REGIONS:
+        box, seen = region_boxes(part_masks[None, :1], r)
+        if bool(seen[0]):
+            regions[r] = box[0].tolist()
+    return regions
+
+
+def _sync(videos: list[np.ndarray], faces: list[np.ndarray], waves: list[np.ndarray], weights: str,
+          device: str) -> dict[str, Any]:
+    """Mean Sync-C / Sync-D, median offset and the number of clips scored (a face track of 6+ frames)."""
+    scored = [M.sync_scores(v, f, w, weights, device=device) for v, f, w in zip(videos, faces, waves)]
+    s = [x for x in scored if x is not None]
+    out: dict[str, Any] = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_clips": len(s)}
+    if s:
+        out["sync_c"] = float(np.mean([x["sync_c"] for x in s]))
+        out["sync_d"] = float(np.mean([x["sync_d"] for x in s]))
+        out["sync_offset"] = int(np.median([x["sync_offset"] for x in s]))
+    return out
 
 
 def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = PahaEvalOptions()) -> dict[str, Any]:
     """Score the UniVDM checkpoint (a run folder or one ``step_*``) on the clips of ``urls``: a
-    report of mean metrics, ``null`` for those whose weights were not given (with ``notes``)."""
+    report of mean metrics, ``null`` for those whose weights were not given (with ``notes``), and
+    ``conditioning`` (see the module docstring)."""
     guidance, device, pce_checkpoint = options.guidance, options.device, options.pce_checkpoint
     lpips_weights, fid_weights, fvd_weights = options.lpips_weights, options.fid_weights, options.fvd_weights
+    for weights, what in ((fid_weights, "FID"), (fvd_weights, "FVD"), (lpips_weights, "LPIPS"),
+                          (options.syncnet_weights, "Sync-C/Sync-D")):
+        if weights:  # a path that does not exist is an error before any clip is generated
+            M.need_weights(weights, what)
     model, cfg, step = load_checkpoint(checkpoint, "univdm", device=device)
     pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     W = options.frames or cfg.data.window_frames
     lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False)
-    gen, real, waves, mouths_g = [], [], [], []
+    need_regions = guidance != "none" or options.compare_guidance
+    clips: list[dict[str, Any]] = []
+    for ex in make_loader(lcfg):
+        if len(clips) >= options.max_clips:
+            break
+        clips.append({"ref": _uint8(ex["reference"][None])[0], "wave": ex["audio"], "real": _uint8(ex["video"]),
+                      # the clip's face track, in view pixels (NaN: no face)
+                      "faces": ex["part_boxes"][:, FACE].numpy(),
+                      "regions": _first_frame_regions(ex["part_masks"]) if need_regions else None})
+    if not clips:
+        raise ValueError(f"no clip in {urls!r} has a {W}-frame window with pose data")
+
+    def generate(clip: dict[str, Any], mode: str, wave: torch.Tensor | None = None) -> tuple[np.ndarray, bool]:
+        """``clip``'s frames under PCE guidance ``mode`` from ``wave`` (default: its own audio), with
+        the evaluation's seed; True when ``mode`` fell back to none (no region box in the first frame)."""
+        used = mode if mode == "none" or clip["regions"] else "none"
+        frames = generate_video(model, cfg, clip["ref"], clip["wave"] if wave is None else wave, used, pce, clip["regions"],
+                                1.0, options.steps, options.audio_scale, options.guidance_scale, options.seed)
+        return frames, used != mode
+
+    gen, real, faces = [], [c["real"] for c in clips], [c["faces"] for c in clips]
+    waves = [c["wave"].numpy() for c in clips]
     rows: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
     unguided = 0
-    for ex in make_loader(lcfg):
-        if len(gen) >= options.max_clips:
-            break
-        ref = _uint8(ex["reference"][None])[0]
-        regions = None
-        if guidance != "none":  # region boxes of the clip's own first frame
-            from .parts import region_boxes
-
-            regions = {}
-            for r in REGIONS:
-                box, seen = region_boxes(ex["part_masks"][None, :1], r)
-                if bool(seen[0]):
-                    regions[r] = box[0].tolist()
-        clip_guidance = guidance if regions or guidance == "none" else "none"
-        unguided += clip_guidance != guidance  # no region box in its first frame: generated without PCE guidance
-        g = generate_video(model, cfg, ref, ex["audio"], clip_guidance, pce, regions, 1.0, options.steps, options.audio_scale,
-                           options.guidance_scale, options.seed)
-        r = _uint8(ex["video"])
+    for clip in clips:
+        g, fell_back = generate(clip, guidance)
+        unguided += fell_back
+        r = clip["real"]
         gen.append(g)
-        real.append(r)
-        waves.append(ex["audio"].numpy())
         rows["psnr"].append(M.psnr(g, r))
         rows["ssim"].append(M.ssim(g, r))
         if lpips_weights:
-            rows["lpips"].append(M.lpips_distance(g, r, lpips_weights))
-        mouths_g.append(_mouth_crops(g, ex["part_masks"]))
-    if not gen:
-        raise ValueError(f"no clip in {urls!r} has a {W}-frame window with pose data")
-    out: dict[str, Any] = {"checkpoint_step": step, "clips": len(gen), "frames_per_clip": W, "guidance": guidance, "notes": []}
+            rows["lpips"].append(M.lpips_distance(g, r, lpips_weights, device))
+    out: dict[str, Any] = {"checkpoint_step": step, "clips": len(gen), "frames_per_clip": W, "guidance": guidance,
+                           "device": device_name(torch.device(device)), "notes": []}
     if unguided:
         out["notes"].append(f"{unguided} clip(s) had no mouth/hands box in their first frame: generated without PCE guidance")
     for k, v in rows.items():
         out[k] = float(np.mean(v)) if v else None
     if not lpips_weights:
         out["notes"].append("lpips: give --lpips-weights (torchvision alexnet state dict)")
-    out["fid"] = M.fid(gen, real, fid_weights) if fid_weights else None
-    if not fid_weights:
-        out["notes"].append("fid: give --fid-weights (pt_inception-2015-12-05-6726825d.pth)")
-    out["fvd"] = M.fvd(gen, real, fvd_weights, clip_frames=min(16, W)) if fvd_weights else None
-    if not fvd_weights:
-        out["notes"].append("fvd: give --fvd-weights (i3d_torchscript.pt)")
+
+    allow = options.allow_few_samples
+    frames_per_set = min(sum(map(len, gen)), sum(map(len, real)))
+    _frechet(out, "fid", frames_per_set, M.FID_DIMS, "frames", fid_weights, "pt_inception-2015-12-05-6726825d.pth", allow,
+             lambda: M.fid(gen, real, fid_weights, allow_few_samples=True, device=device))
+    clip_frames = min(M.FVD_FRAMES, W)
+    if fvd_weights and clip_frames < M.FVD_FRAMES:
+        out["notes"].append(f"fvd: {clip_frames}-frame clips (StyleGAN-V's FVD uses {M.FVD_FRAMES}): not comparable with published values")
+    clips_per_set = min(len(M.fvd_clips(gen, clip_frames)), len(M.fvd_clips(real, clip_frames)))
+    _frechet(out, "fvd", clips_per_set, M.I3D_DIMS, "clips", fvd_weights, "i3d_torchscript.pt", allow,
+             lambda: M.fvd(gen, real, fvd_weights, clip_frames=clip_frames, allow_few_samples=True, device=device))
+
+    out["sync_c"] = out["sync_d"] = out["sync_offset"] = None
     if options.syncnet_weights:
-        s = [M.sync_scores(m, w, options.syncnet_weights) for m, w in zip(mouths_g, waves) if m is not None and len(m) >= 5]
-        out["sync_c"] = float(np.mean([x["sync_c"] for x in s])) if s else None
-        out["sync_d"] = float(np.mean([x["sync_d"] for x in s])) if s else None
+        out.update(_sync(gen, faces, waves, options.syncnet_weights, device))
+        if out["sync_clips"] < len(gen):
+            out["notes"].append(f"sync: {len(gen) - out['sync_clips']} clip(s) without a face track of 6+ frames were not scored")
     else:
-        out["sync_c"] = out["sync_d"] = None
-        out["notes"].append("sync_c/sync_d: give --syncnet-weights (SyncNet exported to TorchScript)")
+        out["notes"].append("sync_c/sync_d: give --syncnet-weights (syncnet_v2.model of syncnet_python)")
     if options.hands:
         hg = [M.hand_keypoints(v) for v in gen]
         hr = [M.hand_keypoints(v) for v in real]
-        def mean_defined(values):  # HKV is undefined for a video without hands: averaged over the others, else None
-            defined = [v for v in values if v is not None]
-            return float(np.mean(defined)) if defined else None
+        # HKC and HKV are undefined for a video without hands: averaged over the others, else None
+        out.update(hkc=mean_defined([h["hkc"] for h in hg]), hkv=mean_defined([h["hkv"] for h in hg]),
+                   real_hkc=mean_defined([h["hkc"] for h in hr]), real_hkv=mean_defined([h["hkv"] for h in hr]),
+                   hand_clips=sum(h["hand_frames"] > 0 for h in hg), real_hand_clips=sum(h["hand_frames"] > 0 for h in hr))
+        no_conf = sum(h["hand_frames"] > 0 and h["hkc"] is None for h in hg + hr)
+        if no_conf:
+            out["notes"].append(f"hkc: {no_conf} video(s) (generated and real) show hands but no body pose: MediaPipe gives "
+                                "those hand keypoints no confidence, so they are left out of HKC")
 
-        out.update(hkc=float(np.mean([h["hkc"] for h in hg])), hkv=mean_defined([h["hkv"] for h in hg]),
-                   real_hkc=float(np.mean([h["hkc"] for h in hr])), real_hkv=mean_defined([h["hkv"] for h in hr]))
+    # conditioning: notes stay inside its blocks (the top-level notes are about the metrics above)
+    out["conditioning"] = {}
+    mouths = None
+    if options.conditioning:
+        mouths = [M.mouth_series(v) for v in gen]
+        found, total = _face_frames(mouths)
+        swapped = None
+        # the swapped clips cost a second generation each: only when there are two clips and faces to measure
+        if len(clips) > 1 and found >= options.min_face_share * total:
+            swapped = [generate(clip, guidance, clips[(i + 1) % len(clips)]["wave"])[0] for i, clip in enumerate(clips)]
+        out["conditioning"]["audio"] = audio_conditioning(mouths, waves, swapped, real, options.min_face_share)
+    if options.compare_guidance:
+        out["conditioning"]["guidance"] = _compare_guidance(gen if mouths is None else mouths, gen, unguided, clips, faces,
+                                                            waves, generate, options)
     return out
+
+
+def _compare_guidance(main_mouths: list[np.ndarray], main_videos: list[np.ndarray], main_unguided: int,
+                      clips: list[dict[str, Any]], faces: list[np.ndarray], waves: list[np.ndarray], generate,
+                      options: PahaEvalOptions) -> dict[str, Any]:
+    """Per PCE guidance mode (none, sg, dg): every clip generated from the same seed (the main
+    pass's videos reused for its own mode), scored by Sync-C/D and the mouth–envelope correlation."""
+    modes: dict[str, dict[str, Any]] = {}
+    for mode in GUIDANCE:
+        if mode == options.guidance:
+            videos, mouths, fell_back = main_videos, main_mouths, main_unguided
+        else:
+            results = [generate(clip, mode) for clip in clips]
+            videos = mouths = [v for v, _ in results]
+            fell_back = sum(f for _, f in results)
+        block: dict[str, Any] = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_clips": None}
+        if options.syncnet_weights:
+            block.update(_sync(videos, faces, waves, options.syncnet_weights, options.device))
+        audio = audio_conditioning(mouths, waves, min_face_share=options.min_face_share)
+        block.update(mouth_envelope_r=audio["matched"], mouth_clips=audio["clips"]["matched"],
+                     frames_with_face=audio["frames_with_face"], unguided_clips=fell_back,
+                     notes=[n for n in audio["notes"] if not n.startswith("swapped")])
+        modes[mode] = block
+    notes = [] if options.syncnet_weights else ["sync_c/sync_d: give --syncnet-weights (syncnet_v2.model of syncnet_python)"]
+    if any(b["unguided_clips"] for b in modes.values()):
+        notes.append("unguided_clips: clips with no mouth/hands box in their first frame, generated without PCE guidance")
+    return {"measure": "each clip generated once per PCE guidance mode from the same seed, scored by SyncNet (Sync-C/D) "
+                       "and the MediaPipe mouth opening vs audio envelope (mouth_envelope_r); the PCE classifiers that "
+                       "guided the sampling are deliberately not the judge",
+            "seed": options.seed, "guidance_scale": options.guidance_scale, "modes": modes, "notes": notes}

@@ -63,14 +63,17 @@ def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: s
 
 
 def load_reference(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(square-cropped RGB image at its own resolution, the same resized to size×size)."""
+    """(square-cropped RGB image at its own resolution, the same resized to size×size).
+
+    The square is ``trainers.data.centre_square``, the rule the ``paha`` view applies to clips
+    without an ingest crop, so the reference has the proportions the model was trained on."""
+    from trainers.data import centre_square
+
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"cannot read the reference image {path}")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
+    x0, y0, s = centre_square(img.shape[1], img.shape[0])
     square = img[y0: y0 + s, x0: x0 + s]
     return square, cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 

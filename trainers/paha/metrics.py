@@ -1,27 +1,38 @@
-"""Metrics of trainer 2. Video arrays are (T, H, W, 3) uint8 RGB unless said otherwise.
+"""Metrics of trainer 2, each computed as its reference code computes it. Video arrays are
+(T, H, W, 3) uint8 RGB unless said otherwise; ``device`` is where the networks run.
 
-Weight-free: PSNR, SSIM (scikit-image), hand keypoint confidence/variance (MediaPipe, whose models
-ship in its wheel). With weights supplied by path (never downloaded; a clear error when missing):
+| metric | reference (repository: file, function) | input | weights |
+|---|---|---|---|
+| PSNR, SSIM | scikit-image ``structural_similarity`` | frames | — |
+| LPIPS | richzhang/PerceptualSimilarity (the ``lpips`` wheel) | frames in [−1, 1] | torchvision ``alexnet-owt-7be5be79.pth`` |
+| FID | mseitzer/pytorch-fid: ``fid_score.py`` ``calculate_frechet_distance`` (+ ``calculate_activation_statistics``) | every frame, 2048-d pool3 | ``pt_inception-2015-12-05-6726825d.pth`` |
+| FVD | universome/stylegan-v: ``src/metrics/frechet_video_distance.py`` ``compute_fvd`` + ``metric_utils.FeatureStats`` | one 16-frame clip per video, 400-d I3D features | ``i3d_torchscript.pt`` |
+| Sync-C/D (LSE-C/D), offset | joonson/syncnet_python: ``SyncNetInstance.py`` ``evaluate`` / ``calc_pdist``, ``run_pipeline.py`` ``crop_video`` | face-track crops + 16 kHz audio | ``syncnet_v2.model`` |
+| HKC, HKV | CyberHost (arXiv 2409.01876) — no code released, no formula found; see ``hand_keypoints`` | frames | MediaPipe (in its wheel) |
+| mouth opening (conditioning) | ``geometry.landmarks.mouth_opening`` on MediaPipe FaceMesh; see ``mouth_series`` | frames | MediaPipe (in its wheel) |
 
-| metric | weights | format |
-|---|---|---|
-| FID | ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's FID Inception) | state dict |
-| FVD | ``i3d_torchscript.pt`` (StyleGAN-V / fvd-comparison) | TorchScript, ``detector(x, rescale=False, resize=False, return_features=True)`` on (B, 3, T, 224, 224) in [-1, 1] |
-| LPIPS | torchvision AlexNet ``alexnet-owt-7be5be79.pth`` (LPIPS's own linear heads ship in the lpips wheel) | state dict |
-| Sync-C / Sync-D | SyncNet (syncnet_python) exported to TorchScript | ``forward_lip(x)`` on (B, 3, 5, 224, 224) BGR 0–255 mouth crops, ``forward_aud(m)`` on (B, 1, 13, 20) python_speech_features MFCCs |
+Fréchet distances refuse sample counts at or under the feature dimension (a covariance of N
+samples has rank ≤ N − 1, so its square root is not the Gaussian's; pytorch-fid's README sends
+sets of fewer than 2048 images to a lower feature layer) unless ``allow_few_samples=True``.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+FID_DIMS = 2048  # pytorch-fid's default block: pool3 of the FID Inception
+I3D_DIMS = 400  # StyleGAN-V's I3D with return_features=True: the logits layer before the softmax
+FVD_FRAMES = 16  # StyleGAN-V's fvd2048_16f: 16 consecutive frames per video
 
-def _need(path: str | None, what: str) -> Path:
+
+def need_weights(path: str | None, what: str) -> Path:
+    """The weights file of metric ``what``: a ValueError when not given, FileNotFoundError when absent."""
     if not path:
         raise ValueError(f"{what}: weights not given (see docs/paha.md, 'Metrics')")
     p = Path(path).expanduser()
@@ -37,48 +48,204 @@ def _float(video: np.ndarray) -> torch.Tensor:
 
 # --- weight-free -----------------------------------------------------------------------------
 def psnr(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Peak signal-to-noise ratio over all pixels of two uint8 videos, dB (inf when equal)."""
     mse = np.mean((pred.astype(np.float64) - ref.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Mean over frames of scikit-image's SSIM (RGB, data range 255)."""
     from skimage.metrics import structural_similarity
 
     return float(np.mean([structural_similarity(p, r, channel_axis=-1, data_range=255) for p, r in zip(pred, ref)]))
 
 
-def hand_keypoints(video: np.ndarray) -> dict[str, float | None]:
-    """Hand keypoint confidence (HKC: mean MediaPipe hand score over frames and both hands, 0 when
-    a hand is not found) and variance (HKV: variance over time of the detected hand keypoints'
-    positions, in pixels², averaged over keypoints; None — undefined, not 0 — when no hand was seen
-    in two frames) — CyberHost's hand metrics."""
+#: MediaPipe Pose landmarks of each hand (wrist, pinky, index and thumb knuckles), subject's side
+POSE_HAND_KEYPOINTS = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
+
+
+def hand_keypoints(video: np.ndarray) -> dict[str, Any]:
+    """CyberHost's hand keypoint confidence (HKC) and variance (HKV) of one video, from MediaPipe.
+
+    CyberHost (arXiv 2409.01876) reports HKC for the quality of generated hands and HKV for the
+    richness of hand motion; it released no code and no formula for them was found, so they are
+    read as later papers that reuse them describe them: HKC = the mean confidence of the detected hand keypoints, HKV = the
+    variance over time of their positions.
+
+    * **HKC** — deviation, said plainly: MediaPipe's 21-point hand landmarks carry no per-keypoint
+      confidence (their ``visibility``/``presence`` are unset), and the hand's ``handedness`` score
+      is a left/right classification, not a confidence. The per-keypoint confidences MediaPipe does
+      give for hands are the Pose model's ``visibility`` of each hand's wrist, pinky, index and
+      thumb landmarks (``POSE_HAND_KEYPOINTS``). So: for every frame and every hand the hand
+      landmarker detected, the mean visibility of the four Pose hand keypoints of the nearer
+      wrist; HKC = the mean over those (frame, hand) pairs, in [0, 1]. ``None`` — undefined, not 0 —
+      when no hand was detected together with a body in any frame.
+    * **HKV** — the variance over time of each of the 21 hand landmarks' pixel positions (x and y
+      variances summed), averaged over landmarks, then over the hands seen in at least two frames;
+      px² of this video's frames. ``None`` when no hand was seen in two frames.
+
+    Also returned: ``hand_frames`` (frames with at least one detected hand)."""
     from geometry.landmarks import LandmarkModels, analyse_frame
 
     models = LandmarkModels()
-    scores, points = [], {"left_hand": [], "right_hand": []}
+    confidences: list[float] = []
+    points: dict[str, list[np.ndarray]] = {"left_hand": [], "right_hand": []}
+    hand_frames = 0
     for frame in video:
         a = analyse_frame(models, frame)
-        scores.append([a["left_hand_score"], a["right_hand_score"]])
-        for side in points:
-            if not np.isnan(a[side][0, 0]):
-                points[side].append(a[side][:, :2] * np.array(frame.shape[1::-1]))
-    var = [np.var(np.stack(p), axis=0).sum(-1).mean() for p in points.values() if len(p) > 1]
-    return {"hkc": float(np.mean(scores)), "hkv": float(np.mean(var)) if var else None}
+        wh = np.array(frame.shape[1::-1], np.float64)
+        body, visibility = a["body"], a["body_visibility"]
+        seen = False
+        for side, track in points.items():
+            hand = a[side]
+            if np.isnan(hand[0, 0]):
+                continue
+            seen = True
+            track.append(hand[:, :2] * wh)
+            if np.isnan(body[0, 0]):
+                continue  # no body: MediaPipe gives this hand no keypoint confidence
+            # the Pose hand whose wrist is nearer the hand landmarker's wrist (landmark 0): no reliance
+            # on the handedness label, which flips on mirrored or ambiguous hands
+            near = min(POSE_HAND_KEYPOINTS.values(), key=lambda kp: np.linalg.norm((body[kp[0], :2] - hand[0, :2]) * wh))
+            confidences.append(float(np.mean(visibility[list(near)])))
+        hand_frames += seen
+    variances = [np.var(np.stack(p), axis=0).sum(-1).mean() for p in points.values() if len(p) > 1]
+    return {"hkc": float(np.mean(confidences)) if confidences else None,
+            "hkv": float(np.mean(variances)) if variances else None, "hand_frames": hand_frames}
+
+
+# --- mouth opening (the audio-conditioning measure) ------------------------------------------
+#: frames with a shorter side are upscaled (bicubic) to this before meshing: see ``mouth_series``
+MOUTH_MIN_SIDE = 256
+
+
+NOSE_TIP = 1  # FaceMesh landmark: inside any face detection box of the same face
+
+
+def _inside(point: np.ndarray, box, margin: float = 0.1) -> bool:
+    """Whether ``point`` ([0, 1] image coordinates) lies in a relative bounding box widened by ``margin`` of its size."""
+    mx, my = margin * box.width, margin * box.height
+    return (box.xmin - mx <= point[0] <= box.xmin + box.width + mx) and (box.ymin - my <= point[1] <= box.ymin + box.height + my)
+
+
+def _mesh_points(found) -> np.ndarray:
+    """(478, 2) FaceMesh landmarks of the first face found, in [0, 1] image coordinates."""
+    return np.array([[p.x, p.y] for p in found[0].landmark], np.float64)
+
+
+def mouth_series(video: np.ndarray, min_side: int = MOUTH_MIN_SIDE) -> np.ndarray:
+    """(T,) mouth opening of the face in each frame of ``video`` (T, H, W, 3) uint8 RGB, NaN where
+    MediaPipe finds no face: ``geometry.landmarks.mouth_opening`` (inner-lip gap over the outer
+    eye-corner distance, so head size and zoom cancel) of the 478-point FaceMesh.
+
+    FaceMesh runs as the pose stage's ``LandmarkModels.mesh`` (video mode: it tracks the face from
+    frame to frame; refined landmarks; confidence 0.5), one graph per video so no tracking state
+    crosses clips. A frame counts only where BlazeFace full range (``LandmarkModels.faces``) also
+    detects a face around the mesh's nose tip: FaceMesh's own short-range detector, and its tracker
+    once locked, take a drawn disc with a mouth bar for a face (the ``tiny`` preset's synthetic
+    frames: meshed in most frames, counted in 1 of 128), while real faces count in 87–100 % of the
+    frames (tests/test_paha_conditioning.py's talking photos at 64–480 px, the fewest for a face
+    that fills a 64-px frame). Where FaceMesh meshes nothing but full range detects a face (a face under
+    ~15 % of the frame, beyond the short-range detector), the face is meshed as the pose stage
+    meshes small faces: a square crop of twice the detection box, upscaled to ``min_side``, static mode.
+
+    Frames whose shorter side is under ``min_side`` px are first upscaled (bicubic): MediaPipe
+    samples the face's region into the landmark network's 192² input bilinearly, which from a face
+    a few dozen pixels wide gives blocky lip edges. Measured on the talking astronaut (an upper
+    body) scaled down to 128 px, the correlation of this series with the audio envelope of three
+    real utterances rose from 0.62–0.78 to 0.75–0.86 with the upscale; on a portrait whose face
+    fills the frame it changed by ≤ 0.02. It adds no detail: a generated face too small to show
+    its lips stays unmeasurable."""
+    import cv2
+    import mediapipe as mp
+
+    from geometry.landmarks import mouth_opening
+
+    out = np.full(len(video), np.nan, np.float32)
+    s = mp.solutions
+    with s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                              min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh, \
+            s.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                 min_detection_confidence=0.5) as crop_mesh, \
+            s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
+        for t, frame in enumerate(video):
+            frame = np.ascontiguousarray(frame)
+            h, w = frame.shape[:2]
+            if min(h, w) < min_side:
+                scale = min_side / min(h, w)
+                frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+                h, w = frame.shape[:2]
+            found = mesh.process(frame).multi_face_landmarks  # every frame, so the tracker sees the whole clip
+            detections = sorted(detector.process(frame).detections or [], key=lambda d: -d.score[0])
+            boxes = [d.location_data.relative_bounding_box for d in detections]
+            if not boxes:
+                continue
+            if found:
+                points = _mesh_points(found)
+                nose = points[NOSE_TIP]
+                if any(_inside(nose, b) for b in boxes):
+                    out[t] = mouth_opening(points, w, h)
+                continue
+            b = boxes[0]  # the most confident detection
+            cx, cy = (b.xmin + b.width / 2) * w, (b.ymin + b.height / 2) * h
+            half = max(b.width * w, b.height * h)
+            x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+            x1, y1 = int(min(w, cx + half)), int(min(h, cy + half))
+            if x1 - x0 < 16 or y1 - y0 < 16:
+                continue
+            crop = cv2.resize(frame[y0:y1, x0:x1], (min_side, min_side), interpolation=cv2.INTER_CUBIC)
+            found = crop_mesh.process(crop).multi_face_landmarks
+            if found:
+                # in the frame's pixels (the crop is not square at the frame's edges); the offset cancels in the ratio
+                out[t] = mouth_opening(_mesh_points(found), x1 - x0, y1 - y0)
+    return out
 
 
 # --- Fréchet distances -----------------------------------------------------------------------
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N, D)."""
-    from scipy import linalg
+def check_sample_count(n: int, dims: int, what: str, allow_few_samples: bool = False) -> bool:
+    """Whether ``n`` samples of ``dims``-dimensional features give a full-rank covariance
+    (``n > dims``); a ValueError naming both when not, unless ``allow_few_samples``."""
+    if n > dims:
+        return True
+    if not allow_few_samples:
+        raise ValueError(f"{what}: {n} samples of {dims}-dimensional features: their covariance has rank at most "
+                         f"{max(n - 1, 0)} < {dims}, so the distance is not the Gaussians'; give more than {dims} "
+                         "samples, or allow_few_samples=True (--allow-few-samples) for a value flagged unreliable")
+    return False
 
-    mu1, mu2 = a.mean(0), b.mean(0)
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, allow_few_samples: bool = False, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D), as pytorch-fid computes
+    FID: statistics as ``calculate_activation_statistics`` (``np.mean``, ``np.cov(rowvar=False)``),
+    distance by ``fid_score.calculate_frechet_distance`` itself (its ``eps`` on the diagonal when
+    the product is singular). Refuses ``N ≤ D`` (``check_sample_count``)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    check_sample_count(min(len(a), len(b)), a.shape[1], "Fréchet distance", allow_few_samples)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular: regularise as pytorch-fid does
-        off = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return float(calculate_frechet_distance(a.mean(0), s1, b.mean(0), s2, eps=eps))
+
+
+def fvd_distance(generated: np.ndarray, real: np.ndarray, allow_few_samples: bool = False) -> float:
+    """FVD from I3D features (N, D) as StyleGAN-V computes it: ``FeatureStats.get_mean_cov`` (mean and
+    the biased covariance E[xxᵀ] − μμᵀ, float64) and ``compute_fvd``'s
+    ``real(‖μ_g − μ_r‖² + tr(Σ_g + Σ_r − 2·sqrtm(Σ_g Σ_r)))`` — no ε regularisation there.
+    Refuses ``N ≤ D`` (``check_sample_count``)."""
+    import scipy.linalg
+
+    check_sample_count(min(len(generated), len(real)), np.shape(generated)[1], "FVD", allow_few_samples)
+
+    def mean_cov(x):
+        x = np.asarray(x, np.float64)
+        mean = x.sum(0) / len(x)
+        return mean, x.T @ x / len(x) - np.outer(mean, mean)
+
+    mu_g, sigma_g = mean_cov(generated)
+    mu_r, sigma_r = mean_cov(real)
+    m = np.square(mu_g - mu_r).sum()
+    s, _ = scipy.linalg.sqrtm(np.dot(sigma_g, sigma_r), disp=False)
+    return float(np.real(m + np.trace(sigma_g + sigma_r - s * 2)))
 
 
 def fid_inception_architecture() -> torch.nn.Module:
@@ -95,62 +262,80 @@ def fid_inception_architecture() -> torch.nn.Module:
     return net
 
 
-def fid_inception(weights: str | None) -> torch.nn.Module:
+def fid_inception(weights: str | None, device: str = "cpu") -> torch.nn.Module:
     """The FID Inception with the weights file ``weights`` (pt_inception-2015-12-05-6726825d.pth)."""
-    path = _need(weights, "FID")
+    path = need_weights(weights, "FID")
     net = fid_inception_architecture()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net.eval()
+    return net.to(device).eval()
 
 
 @torch.no_grad()
 def inception_features(net: torch.nn.Module, frames: torch.Tensor, batch: int = 32) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] → (N, 2048) pool features (299², inputs scaled to [-1, 1])."""
+    """(N, 3, H, W) in [0, 1] → (N, 2048) pool3 features, as pytorch-fid's ``InceptionV3`` with
+    ``resize_input`` and ``normalize_input``: bilinear to 299² (align_corners False), scaled to [−1, 1]."""
+    device = next(net.parameters()).device
     out = []
     for i in range(0, len(frames), batch):
-        x = F.interpolate(frames[i: i + batch], size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+        x = F.interpolate(frames[i: i + batch].to(device), size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
         for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
                      "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                      "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
             x = getattr(net, name)(x)
-        out.append(x.flatten(1).numpy())
+        out.append(x.flatten(1).cpu().numpy())
     return np.concatenate(out)
 
 
-def fid(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None) -> float:
-    net = fid_inception(weights)
+def fid(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None, allow_few_samples: bool = False,
+        device: str = "cpu") -> float:
+    """FID between every frame of the generated and of the real videos (pytorch-fid's statistics
+    and distance, ``frechet_distance``); refuses ≤ 2048 frames per set unless ``allow_few_samples``."""
+    path = str(need_weights(weights, "FID"))
+    check_sample_count(min(sum(map(len, generated)), sum(map(len, real))), FID_DIMS, "FID", allow_few_samples)
+    net = fid_inception(path, device)
     g = inception_features(net, torch.cat([_float(v) for v in generated]))
     r = inception_features(net, torch.cat([_float(v) for v in real]))
-    return frechet_distance(g, r)
+    return frechet_distance(g, r, allow_few_samples=allow_few_samples)
 
 
-def fvd(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None, clip_frames: int = 16) -> float:
-    """FVD over clips of ``clip_frames`` frames (every video contributes its non-overlapping clips)."""
-    det = torch.jit.load(str(_need(weights, "FVD")), map_location="cpu").eval()
+def fvd_clips(videos: list[np.ndarray], clip_frames: int = FVD_FRAMES) -> list[np.ndarray]:
+    """One clip per video, its first ``clip_frames`` frames (StyleGAN-V loads ``num_frames``
+    consecutive frames per video and discards shorter videos)."""
+    return [v[:clip_frames] for v in videos if len(v) >= clip_frames]
 
-    def feats(videos):
-        clips = []
-        for v in videos:
-            x = _float(v)
-            for s in range(0, len(x) - clip_frames + 1, clip_frames):
-                c = F.interpolate(x[s: s + clip_frames], size=(224, 224), mode="bilinear", align_corners=False)
-                clips.append(c.permute(1, 0, 2, 3) * 2 - 1)  # (3, T, 224, 224) in [-1, 1]
-        if len(clips) < 2:
-            raise ValueError(f"FVD needs at least two {clip_frames}-frame clips per set")
-        with torch.no_grad():
-            return torch.cat([det(c[None], rescale=False, resize=False, return_features=True) for c in clips]).numpy()
 
-    return frechet_distance(feats(generated), feats(real))
+@torch.no_grad()
+def fvd(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None, clip_frames: int = FVD_FRAMES,
+        allow_few_samples: bool = False, device: str = "cpu", batch: int = 8) -> float:
+    """FVD as StyleGAN-V's ``compute_fvd``: the TorchScript I3D called with its ``detector_kwargs``
+    ``rescale=True, resize=True, return_features=True`` on (B, 3, T, H, W) videos of 0–255 values
+    (the detector rescales to [−1, 1] and resizes to 224² itself), one ``clip_frames`` clip per
+    video, then ``fvd_distance``. Refuses ≤ 400 clips per set unless ``allow_few_samples``."""
+    path = str(need_weights(weights, "FVD"))
+    g_clips, r_clips = fvd_clips(generated, clip_frames), fvd_clips(real, clip_frames)
+    check_sample_count(min(len(g_clips), len(r_clips)), I3D_DIMS, "FVD", allow_few_samples)
+    det = torch.jit.load(path, map_location=device).eval()
+
+    def feats(clips: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for i in range(0, len(clips), batch):
+            # (B, T, H, W, 3) uint8 → (B, 3, T, H, W); float (0–255) rather than uint8 so any detector
+            # built with float layers accepts it — with rescale=True the values are what matters
+            x = torch.from_numpy(np.stack(clips[i: i + batch])).permute(0, 4, 1, 2, 3).float().to(device)
+            out.append(det(x, rescale=True, resize=True, return_features=True).cpu().numpy())
+        return np.concatenate(out)
+
+    return fvd_distance(feats(g_clips), feats(r_clips), allow_few_samples=allow_few_samples)
 
 
 # --- LPIPS -----------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=2)
-def lpips_model(backbone: str | None):
+def lpips_model(backbone: str | None, device: str = "cpu"):
     """LPIPS (AlexNet) with its linear heads from the lpips wheel and the AlexNet features from
     ``backbone`` (torchvision's alexnet state dict); built once per path (eval calls it per clip)."""
     import lpips
 
-    state = torch.load(_need(backbone, "LPIPS"), map_location="cpu", weights_only=True)
+    state = torch.load(need_weights(backbone, "LPIPS"), map_location="cpu", weights_only=True)
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     own = model.net.state_dict()  # keys slice<k>.<index>.weight, index as in alexnet.features
     mapped = {}
@@ -161,52 +346,97 @@ def lpips_model(backbone: str | None):
             raise ValueError(f"LPIPS backbone {backbone}: no {src} (expected torchvision's AlexNet state dict)")
         mapped[k] = state[src]
     model.net.load_state_dict(mapped)
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.no_grad()
-def lpips_distance(pred: np.ndarray, ref: np.ndarray, backbone: str | None) -> float:
-    model = lpips_model(backbone)
-    return float(model(_float(pred) * 2 - 1, _float(ref) * 2 - 1).mean())
+def lpips_distance(pred: np.ndarray, ref: np.ndarray, backbone: str | None, device: str = "cpu") -> float:
+    """Mean LPIPS over frames, inputs scaled to [−1, 1] as the lpips package expects."""
+    model = lpips_model(backbone, device)
+    return float(model(_float(pred).to(device) * 2 - 1, _float(ref).to(device) * 2 - 1).mean())
 
 
-# --- Sync-C / Sync-D -------------------------------------------------------------------------
-def mfcc(wave: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
-    """SyncNet's audio input: python_speech_features' 13 MFCCs every 10 ms, (13, N)."""
-    import python_speech_features
+# --- Sync-C / Sync-D (LSE-C / LSE-D) ---------------------------------------------------------
+SYNC_FPS, SYNC_SR = 25, 16000  # SyncNet: 25 fps video, 16 kHz audio (640 samples a frame)
+SYNC_MEDFILT = 13  # crop_video's median filter over the track's box centres and sizes
 
-    return torch.from_numpy(python_speech_features.mfcc(wave.astype(np.float64), sample_rate).T.astype(np.float32))
+
+def sync_from_features(lip: np.ndarray, audio: np.ndarray, vshift: int = 15) -> dict[str, Any]:
+    """Sync-D, Sync-C and the AV offset from SyncNet lip features (L, D) and audio features (L, D),
+    as syncnet_python's ``evaluate``: ``calc_pdist`` (each lip feature against the audio features
+    ±``vshift`` frames away, zero rows past the ends), mean over frames per offset → ``mdist``;
+    Sync-D (LSE-D) = min, Sync-C (LSE-C) = median − min, offset = vshift − argmin (> 0: the audio
+    leads). The search is ``stages.sync.score``'s syncnet backend, the ingest's own."""
+    from stages.sync import score
+
+    mdist = torch.from_numpy(np.asarray(score(lip, audio, "syncnet", vshift).curve, np.float32))
+    minval, minidx = torch.min(mdist, 0)
+    # torch.median as evaluate does (the lower middle value on even lengths; 2·vshift+1 is odd)
+    return {"sync_d": float(minval), "sync_c": float(torch.median(mdist) - minval), "sync_offset": int(vshift - minidx),
+            "mdist": mdist.numpy()}
+
+
+def face_track(boxes: np.ndarray, kernel: int = SYNC_MEDFILT) -> tuple[int, np.ndarray] | None:
+    """The face track of a clip as syncnet_python's ``run_pipeline.py`` builds and smooths it:
+    ``boxes`` (T, 4) [x0, y0, x1, y1] per frame (NaN where no face); the track runs from the first
+    to the last frame with a box, missing boxes linearly interpolated (``track_shot``'s interp1d);
+    then each frame's half-size ``max(w, h)/2`` and centre are median-filtered over ``kernel``
+    frames (``crop_video``'s ``signal.medfilt``). Returns (first frame, (n, 4) smoothed boxes
+    centre ± half-size), or None without any box.
+
+    ``medfilt`` pads with zeros, so a kernel longer than the track would pull the boxes towards 0
+    (syncnet_python never filters tracks under ``min_track`` = 100 frames): a track shorter than
+    ``kernel`` is filtered with the largest odd kernel that fits it."""
+    from scipy import signal
+
+    boxes = np.asarray(boxes, np.float64)
+    have = np.flatnonzero(~np.isnan(boxes).any(axis=1))
+    if not len(have):
+        return None
+    frames = np.arange(have[0], have[-1] + 1)
+    track = np.stack([np.interp(frames, have, boxes[have, i]) for i in range(4)], 1)
+    kernel = min(kernel, len(frames) - (1 - len(frames) % 2))
+    s = signal.medfilt(np.maximum(track[:, 3] - track[:, 1], track[:, 2] - track[:, 0]) / 2, kernel_size=kernel)
+    x = signal.medfilt((track[:, 0] + track[:, 2]) / 2, kernel_size=kernel)
+    y = signal.medfilt((track[:, 1] + track[:, 3]) / 2, kernel_size=kernel)
+    return int(have[0]), np.stack([x - s, y - s, x + s, y + s], 1)
 
 
 @functools.lru_cache(maxsize=2)
-def _syncnet(weights: str | None):
-    return torch.jit.load(str(_need(weights, "Sync-C/Sync-D")), map_location="cpu").eval()
+def _syncnet(weights: str, device: str):
+    from stages.sync import SyncNet
+
+    return SyncNet(weights, device)
 
 
-@torch.no_grad()
-def sync_scores(mouth_frames: np.ndarray, wave: np.ndarray, weights: str | None, max_offset: int = 15) -> dict[str, float]:
-    """Sync-D (smallest mean feature distance over audio offsets of ±max_offset frames) and Sync-C
-    (median minus smallest distance), SyncNet's evaluation protocol, for mouth crops (T, H, W, 3)
-    at 25 fps and 16 kHz audio."""
-    net = _syncnet(weights)  # loaded once per weights file, not once per clip
-    # syncnet_python feeds cv2-read frames: BGR, 0-255
-    bgr = torch.from_numpy(np.ascontiguousarray(mouth_frames[..., ::-1])).permute(0, 3, 1, 2).float()
-    x = F.interpolate(bgr, size=(224, 224), mode="bilinear", align_corners=False)  # (T, 3, 224, 224)
-    T = len(x) - 4
-    if T < 1:
-        raise ValueError("Sync-C/Sync-D need at least 5 frames")
-    lip = torch.cat([net.forward_lip(x[i: i + 5].permute(1, 0, 2, 3)[None]) for i in range(T)])
-    m = mfcc(wave)
-    need = 4 * (T - 1) + 20
-    if m.shape[1] < need:
-        m = F.pad(m, (0, need - m.shape[1]))
-    aud = torch.cat([net.forward_aud(m[None, None, :, 4 * i: 4 * i + 20]) for i in range(T)])
-    dists = []
-    for off in range(-max_offset, max_offset + 1):
-        idx = torch.arange(T) + off
-        ok = (idx >= 0) & (idx < T)
-        dists.append(F.pairwise_distance(lip[ok], aud[idx[ok]]).mean().item() if ok.any() else float("inf"))
-    d = np.array(dists)
-    finite = d[np.isfinite(d)]
-    return {"sync_d": float(finite.min()), "sync_c": float(np.median(finite) - finite.min()),
-            "av_offset": int(np.argmin(d) - max_offset)}
+def sync_scores(video: np.ndarray, face_boxes: np.ndarray, wave: np.ndarray, weights: str | None, vshift: int = 15,
+                device: str = "cpu", batch_size: int = 20) -> dict[str, Any] | None:
+    """Sync-C / Sync-D / offset of one video at 25 fps with its 16 kHz ``wave`` (float in [−1, 1]),
+    as syncnet_python scores a face track: ``face_track`` of ``face_boxes`` (T, 4; NaN = no face),
+    each frame's ``stages.sync.syncnet_crop`` (224², BGR, crop_scale 0.4), the audio cut to the
+    track's frames and read as 16-bit integers (``evaluate`` reads a PCM-16 wav: MFCCs of ints),
+    SyncNet ``syncnet_v2.model`` through ``stages.sync.SyncNet`` (the ingest's loader), windows
+    0 … min_length − 6 as ``evaluate`` takes them, then ``sync_from_features``. None when the track
+    has fewer than 6 frames (no 5-frame window left)."""
+    from stages.sync import syncnet_crop
+
+    net = _syncnet(str(need_weights(weights, "Sync-C/Sync-D")), device)
+    track = face_track(face_boxes)
+    if track is None:
+        return None
+    first, boxes = track
+    if len(boxes) < 6:
+        return None
+    frames = video[first: first + len(boxes)]
+    crops = np.stack([syncnet_crop(np.ascontiguousarray(f[..., ::-1]), b) for f, b in zip(frames, boxes)])
+    per_frame = SYNC_SR // SYNC_FPS
+    pcm = np.asarray(wave)[first * per_frame: (first + len(boxes)) * per_frame]  # SyncNet.audio_features makes it PCM-16
+    min_length = min(len(crops), len(pcm) // per_frame)
+    last = min_length - 5  # evaluate's lastframe: windows 0 … min_length - 6
+    if last < 1:
+        return None
+    lip = net.lip_features(crops[:min_length], batch_size)[:last]
+    aud = net.audio_features(pcm, last, batch_size)
+    out = sync_from_features(lip, aud, vshift)
+    out["frames"] = min_length
+    return out

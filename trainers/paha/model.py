@@ -73,17 +73,21 @@ class VideoModel(nn.Module):
         audio_seq = torch.cat([torch.zeros_like(audio[:, :1]), audio], dim=1)  # the reference gets the null token
         return self.unet(seq, tt, types, audio_seq, drop_audio)[:, 1 + M:]
 
-    def loss(self, batch: dict[str, torch.Tensor], use_motion: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: dict[str, torch.Tensor], use_motion: bool, t: torch.Tensor | None = None,
+             p_drop_audio: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step's loss; ``t`` (B,) fixes the timesteps and ``p_drop_audio`` the audio
+        dropout (validation: its timestep grid, audio always given)."""
         video, ref = batch["video"], batch["reference"]
         z = self.encode_frames(video)
         zr = self.encode_frames(ref[:, None])[:, 0]
         B, T = z.shape[:2]
         M = self.cfg.motion_frames if use_motion else 0
         audio = self.audio_features(batch["audio"], T)
-        t = torch.randint(0, self.schedule.steps, (B,), device=z.device)
+        if t is None:
+            t = torch.randint(0, self.schedule.steps, (B,), device=z.device)
         noise = torch.randn_like(z[:, M:])
         x_t = self.schedule.q_sample(z[:, M:], t, noise)
-        drop = torch.rand(B, device=z.device) < self.cfg.p_drop_audio
+        drop = torch.rand(B, device=z.device) < (self.cfg.p_drop_audio if p_drop_audio is None else p_drop_audio)
         v = self.denoise(zr, z[:, :M] if M else None, x_t, t, audio, drop)
         target = self.schedule.target(self.cfg.prediction, z[:, M:], noise, t)
         masks = downsample_masks(batch["part_masks"][:, M:], *z.shape[-2:])
@@ -111,7 +115,9 @@ class ClassifierModel(nn.Module):
     def raw_audio(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self.frontend(wave, num_frames)
 
-    def loss(self, batch: dict[str, torch.Tensor], min_shift: int, buckets: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: dict[str, torch.Tensor], min_shift: int, buckets: int,
+             t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One PCE step's loss and accuracies; ``t`` (B,) fixes the timesteps (validation)."""
         video = batch["video"]
         B, T = video.shape[:2]
         with torch.no_grad():
@@ -119,7 +125,8 @@ class ClassifierModel(nn.Module):
             z = z.reshape(B, T, *z.shape[1:])
         audio = self.raw_audio(batch["audio"], T)
         negative = mismatched_audio(audio, min_shift=min_shift)
-        t = torch.randint(0, self.schedule.steps, (B,), device=z.device)
+        if t is None:
+            t = torch.randint(0, self.schedule.steps, (B,), device=z.device)
         z_t = self.schedule.q_sample(z, t, torch.randn_like(z))
         masks = downsample_masks(batch["part_masks"], *z.shape[-2:])
         terms: dict[str, torch.Tensor] = {}

@@ -16,6 +16,7 @@ from trainers.checkpoint import restore_checkpoint, seed_everything
 from trainers.data import LoaderConfig, batch_stream
 from trainers.reporting import Reporter
 from trainers.session import current_session, launch, wrap_ddp
+from trainers.validation import Validator
 from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
 from .config import PahaConfig
@@ -35,17 +36,28 @@ def build_model(cfg: PahaConfig) -> torch.nn.Module:
         return ClassifierModel(cfg.model)
     model = VideoModel(cfg.model)
     if cfg.model.init_2d:
-        loaded, skipped = model.unet.init_from_2d(torch.load(cfg.model.init_2d, map_location="cpu", weights_only=True))
-        log.warning("init_2d: %d tensors loaded from %s, %d skipped (no matching layer/shape)", len(loaded),
-                    cfg.model.init_2d, len(skipped))
+        from pathlib import Path
+
+        from .init2d import check_fraction, load_init_2d
+
+        result = load_init_2d(model.unet, cfg.model.init_2d)
+        check_fraction(result, cfg.train.min_init_fraction)  # a wrong folder must not train from scratch silently
+        log.info("init_2d: %s", result.summary())
+        # recorded with the run (metrics.jsonl "started" event), not only in a log a cluster may drop
+        model.init_2d_record = {"source": result.source, "fraction": result.fraction, "initialised": result.initialised,
+                                "total": result.total}
+        if Path(cfg.model.init_2d).is_dir() and cfg.model.prediction != "eps":
+            log.info("init_2d: SD 1.5 predicts ε, model.prediction is %s: the output layers relearn their target",
+                     cfg.model.prediction)
     return model
 
 
-def loader_config(cfg: PahaConfig) -> LoaderConfig:
+def loader_config(cfg: PahaConfig, urls: str | list[str] | None = None) -> LoaderConfig:
+    """The paha view of the training shards (or of ``urls``, e.g. the validation shards)."""
     d = cfg.data
     if not d.urls:
         raise ValueError("data.urls is not set: give the training shards (paths, brace pattern or <split>.index.json)")
-    return LoaderConfig(urls=d.urls, view="paha", window_frames=d.window_frames, image_size=d.image_size,
+    return LoaderConfig(urls=urls or d.urls, view="paha", window_frames=d.window_frames, image_size=d.image_size,
                         batch_size=d.batch_size, num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
                         shuffle_shards=True, seed=cfg.train.seed)
 
@@ -77,7 +89,10 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     ema = EMA(model, t.ema_decay, skip_prefixes=_FROZEN_PREFIXES)  # frozen weights need no average
     seed_everything(t.seed * 1000 + session.rank)
     step, position, restored = restore_checkpoint(session, {"model": (model, load_state), "opt": opt, "ema": ema})
-    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps, step if restored else None)
+    reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps, step if restored else None,
+                        info={"init_2d": getattr(model, "init_2d_record", None)})
+    validator = Validator(session, loader_config(cfg, cfg.data.val_urls) if cfg.data.val_urls else None, t,
+                          cfg.model.noise_steps, t.seed, cfg.run.storage_path, cfg.run.name)
     stream = batch_stream(loader_config(cfg), position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}
@@ -95,13 +110,45 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
         ema.update(model)
         step += 1
         terms["loss"] = loss.detach()
-        last = reporter.after_step(step, terms, {}, position, lambda: {
-            "model": trainable_state(model, _FROZEN_PREFIXES), "opt": opt.state_dict(),
-            "ema": ema.shadow,
-            "config": cfg.model_dump(mode="json")}) or last
+        validate = validator.due(step, t.steps)
+        if validate:
+            terms.update(validate_model(model, validator, cfg))
+
+        def payload() -> dict[str, Any]:
+            return {"model": trainable_state(model, _FROZEN_PREFIXES), "opt": opt.state_dict(), "ema": ema.shadow,
+                    "config": cfg.model_dump(mode="json")}
+
+        logged = reporter.after_step(step, terms, {}, position, payload, force=validate)
+        last = logged or last
+        if validate:
+            validator.best.offer(step, logged["val/loss"], payload)
     reporter.close()
     session.close()
     return last
+
+
+def validate_model(model: torch.nn.Module, validator: Validator, cfg: PahaConfig) -> dict[str, torch.Tensor]:
+    """Held-out metrics on the fixed timestep grid: UniVDM's PAR-weighted loss (no motion frames, audio
+    always given), or PCE's loss and per-region accuracy (negatives drawn with fixed seeds)."""
+    model.eval()
+    t = cfg.train
+    if isinstance(model, VideoModel):
+        out = validator.run(lambda batch, tt: _univdm_terms(model, batch, tt), ("loss", "mse"))
+    else:
+        keys = ("loss",) + tuple(f"{r}_acc" for r in model.pce.regions)
+        out = validator.run(lambda batch, tt: _pce_terms(model, batch, tt, t.pce_min_shift, t.pce_noise_buckets), keys)
+    model.train()
+    return out
+
+
+def _univdm_terms(model: VideoModel, batch: dict[str, Any], tt: torch.Tensor) -> dict[str, torch.Tensor]:
+    loss, terms = model.loss(batch, False, tt, 0.0)
+    return {"loss": loss, "mse": terms["univdm/mse"]}
+
+
+def _pce_terms(model: ClassifierModel, batch: dict[str, Any], tt: torch.Tensor, min_shift: int, buckets: int) -> dict[str, torch.Tensor]:
+    loss, terms = model.loss(batch, min_shift, buckets, tt)
+    return {"loss": loss, **{f"{r}_acc": terms[f"pce/{r}_acc"] for r in model.pce.regions}}
 
 
 def run_training(cfg: PahaConfig) -> Any:

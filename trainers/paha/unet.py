@@ -47,26 +47,50 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.c2(F.silu(self.n2(h)))
 
 
+class GEGLUFeedForward(nn.Module):
+    """Stable Diffusion's feed-forward: Linear(c, 8c) split into value and gate, value·GELU(gate), Linear(4c, c)."""
+
+    def __init__(self, ch: int, mult: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(ch, 2 * mult * ch)
+        self.out = nn.Linear(mult * ch, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)  # diffusers' GEGLU order: value first, gate second
+        return self.out(value * F.gelu(gate))
+
+
 class VideoTransformer(nn.Module):
-    """Spatial (+ reference) attention, temporal attention, audio cross-attention, MLP."""
+    """Stable Diffusion's Transformer2DModel around a video block: GroupNorm → proj_in → spatial (+ reference)
+    attention, temporal attention, audio cross-attention, GEGLU feed-forward → proj_out, residual around it all.
+
+    The spatial attention, norms, feed-forward and projections have SD 1.5's shapes (``init2d.py`` maps them);
+    SD's text cross-attention has no counterpart — the audio attention takes its place and, like the temporal
+    attention, starts with a zero output projection. ``proj_out`` starts at zero too (as in Latent Diffusion's
+    SpatialTransformer), so a block that is not initialised from SD starts as the identity.
+    """
 
     def __init__(self, ch: int, heads: int, audio_dim: int, max_frames: int = 64):
         super().__init__()
         self.heads = heads
+        self.norm_in = nn.GroupNorm(_groups(ch), ch, eps=1e-6)  # SD: GroupNorm(32, c, eps=1e-6)
+        self.proj_in = nn.Linear(ch, ch)  # SD 1.5's 1×1 Conv2d, applied per token
         self.norm_s, self.norm_t, self.norm_a, self.norm_m = (nn.LayerNorm(ch) for _ in range(4))
         self.spatial = nn.MultiheadAttention(ch, heads, batch_first=True)
         self.temporal = nn.MultiheadAttention(ch, heads, batch_first=True)
         self.audio = nn.MultiheadAttention(ch, heads, kdim=audio_dim, vdim=audio_dim, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
+        self.ff = GEGLUFeedForward(ch)
+        self.proj_out = nn.Linear(ch, ch)
         self.frame_pos = nn.Parameter(torch.zeros(max_frames, ch))
-        for attn in (self.temporal, self.audio):  # new (non-2D) paths start as identity
-            nn.init.zeros_(attn.out_proj.weight)
-            nn.init.zeros_(attn.out_proj.bias)
+        for lin in (self.temporal.out_proj, self.audio.out_proj, self.proj_out):  # new paths start as identity
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     def forward(self, x, B: int, Fr: int, audio):  # x (B*F, C, h, w); audio (B*F, K, A)
         N, C, h, w = x.shape
-        tok = x.flatten(2).transpose(1, 2)  # (B*F, hw, C)
-        # spatial attention over own tokens + the reference frame's tokens (frame 0 of each video)
+        tok = self.proj_in(self.norm_in(x).flatten(2).transpose(1, 2))  # (B*F, hw, C)
+        # spatial attention over own tokens + the reference frame's tokens (frame 0 of each video); for the
+        # reference frame itself the keys are its tokens twice, which leaves softmax attention unchanged
         hs = self.norm_s(tok)
         ref = hs.view(B, Fr, h * w, C)[:, :1].expand(B, Fr, h * w, C).reshape(N, h * w, C)
         kv = torch.cat([hs, ref], dim=1)
@@ -76,10 +100,21 @@ class VideoTransformer(nn.Module):
         ht = self.norm_t(tt) + self.frame_pos[:Fr]
         tt = tt + self.temporal(ht, ht, ht, need_weights=False)[0]
         tok = tt.view(B, h * w, Fr, C).permute(0, 2, 1, 3).reshape(N, h * w, C)
-        # audio cross-attention to this frame's audio window
+        # audio cross-attention to this frame's audio window (where SD attends to the text)
         tok = tok + self.audio(self.norm_a(tok), audio, audio, need_weights=False)[0]
-        tok = tok + self.mlp(self.norm_m(tok))
-        return tok.transpose(1, 2).reshape(N, C, h, w)
+        tok = tok + self.ff(self.norm_m(tok))
+        return x + self.proj_out(tok).transpose(1, 2).reshape(N, C, h, w)
+
+
+class Upsample(nn.Conv2d):
+    """Nearest-neighbour upsampling to the next skip's size (×2, or the odd size the encoder had), then a 3×3
+    conv: Stable Diffusion's order, so its upsampler weights do what they were trained for."""
+
+    def __init__(self, ch: int):
+        super().__init__(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        return super().forward(F.interpolate(x, size=size, mode="nearest"))
 
 
 class UniVDM(nn.Module):
@@ -111,7 +146,7 @@ class UniVDM(nn.Module):
         for i, c in reversed(list(enumerate(channels))):
             self.up.append(ResBlock(ch + skips[i], c, temb))
             self.up_attn.append(VideoTransformer(c, heads, audio_dim, max_frames) if i in attn_levels else nn.Identity())
-            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if i > 0 else nn.Identity())
+            self.upsample.append(Upsample(c) if i > 0 else nn.Identity())
             ch = c
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, latent_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
@@ -148,16 +183,16 @@ class UniVDM(nn.Module):
         x = self.mid_attn(self.mid(x, temb), B, Fr, win)
         for res, attn, up in zip(self.up, self.up_attn, self.upsample):
             skip = skips.pop()
-            if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = res(torch.cat([x, skip], dim=1), temb)
             x = attn(x, B, Fr, win) if isinstance(attn, VideoTransformer) else x
-            x = up(x)
+            if skips:  # upsample to the next skip's size (handles odd encoder sizes)
+                x = up(x, skips[-1].shape[-2:])
         return self.out(x).reshape(B, Fr, C, h, w)
 
     def init_from_2d(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-        """Load 2D (image-model) weights into the matching layers; temporal/audio layers keep their
-        identity initialisation. Returns (loaded keys, skipped keys)."""
+        """Load 2D (image-model) weights in UniVDM's own key names into the matching layers; temporal/audio
+        layers keep their identity initialisation. Returns (loaded keys, skipped keys). A Stable Diffusion
+        UNet is mapped by ``init2d.load_init_2d``."""
         own = self.state_dict()
         loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
         self.load_state_dict({**own, **{k: state[k] for k in loaded}})
