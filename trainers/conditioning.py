@@ -15,7 +15,7 @@ FPS = 25  # frame rate of both trainers' motion and video
 
 def audio_envelope(wave: np.ndarray, num_frames: int, sr: int = SR, fps: float = FPS) -> np.ndarray:
     """Per-frame RMS of 80–4000 Hz of ``wave``: voiced speech, not rumble or hiss."""
-    from stages.sync import speech_band_rms
+    from geometry.syncnet import speech_band_rms
 
     return speech_band_rms(wave, sr, fps, num_frames, band=(80.0, 4000.0))
 

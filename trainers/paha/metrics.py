@@ -366,8 +366,8 @@ def sync_from_features(lip: np.ndarray, audio: np.ndarray, vshift: int = 15) -> 
     as syncnet_python's ``evaluate``: ``calc_pdist`` (each lip feature against the audio features
     ±``vshift`` frames away, zero rows past the ends), mean over frames per offset → ``mdist``;
     Sync-D (LSE-D) = min, Sync-C (LSE-C) = median − min, offset = vshift − argmin (> 0: the audio
-    leads). The search is ``stages.sync.score``'s syncnet backend, the ingest's own."""
-    from stages.sync import score
+    leads). The search is ``geometry.syncnet.score``, the ingest sync stage's own."""
+    from geometry.syncnet import score
 
     mdist = torch.from_numpy(np.asarray(score(lip, audio, "syncnet", vshift).curve, np.float32))
     minval, minidx = torch.min(mdist, 0)
@@ -404,21 +404,21 @@ def face_track(boxes: np.ndarray, kernel: int = SYNC_MEDFILT) -> tuple[int, np.n
 
 @functools.lru_cache(maxsize=2)
 def _syncnet(weights: str, device: str):
-    from stages.sync import SyncNet
+    from geometry.syncnet import SyncNetModel
 
-    return SyncNet(weights, device)
+    return SyncNetModel(weights, device)
 
 
 def sync_scores(video: np.ndarray, face_boxes: np.ndarray, wave: np.ndarray, weights: str | None, vshift: int = 15,
                 device: str = "cpu", batch_size: int = 20) -> dict[str, Any] | None:
     """Sync-C / Sync-D / offset of one video at 25 fps with its 16 kHz ``wave`` (float in [−1, 1]),
     as syncnet_python scores a face track: ``face_track`` of ``face_boxes`` (T, 4; NaN = no face),
-    each frame's ``stages.sync.syncnet_crop`` (224², BGR, crop_scale 0.4), the audio cut to the
+    each frame's ``geometry.syncnet.syncnet_crop`` (224², BGR, crop_scale 0.4), the audio cut to the
     track's frames and read as 16-bit integers (``evaluate`` reads a PCM-16 wav: MFCCs of ints),
-    SyncNet ``syncnet_v2.model`` through ``stages.sync.SyncNet`` (the ingest's loader), windows
+    SyncNet ``syncnet_v2.model`` through ``geometry.syncnet.SyncNetModel`` (the ingest's loader), windows
     0 … min_length − 6 as ``evaluate`` takes them, then ``sync_from_features``. None when the track
     has fewer than 6 frames (no 5-frame window left)."""
-    from stages.sync import syncnet_crop
+    from geometry.syncnet import syncnet_crop
 
     net = _syncnet(str(need_weights(weights, "Sync-C/Sync-D")), device)
     track = face_track(face_boxes)

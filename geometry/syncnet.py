@@ -1,0 +1,185 @@
+"""SyncNet and the audio-visual offset search, as syncnet_python computes them, shared by the ingest's
+sync stage (``stages/sync.py``) and trainer 2's Sync-C/Sync-D (``trainers/paha/metrics.py``).
+
+* ``score``: the offset search over ±vshift frames — ``distance`` curves (SyncNet embeddings:
+  syncnet_python's ``calc_pdist`` / ``evaluate``; offset = vshift − argmin, confidence = median −
+  min) or ``correlation`` curves (a mouth-opening series against an audio envelope).
+* ``SyncNetModel``: ``syncnet_v2.model`` (a state dict of syncnet_python's ``S``) with its lip and
+  audio embeddings; ``syncnet_crop``: syncnet_python's face crop.
+* ``speech_band_rms``: per-frame RMS of a frequency band of the audio.
+
+Offset convention (SyncNet's): ``offset > 0`` means the audio leads the mouth by ``offset`` frames.
+Errors are plain Python ones (missing file, wrong file, missing package); the stage turns them into
+its own recorded reasons.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SyncScore:
+    offset: int  # frames; > 0: audio leads
+    confidence: float
+    curve: np.ndarray  # score per offset -vshift..vshift (correlation for mouth, distance for syncnet)
+
+
+# ---------------------------------------------------------------------------------------------
+# the offset search
+
+
+def score(video: np.ndarray, audio: np.ndarray, backend: str, vshift: int = 15, min_mouth_std: float = 0.0) -> SyncScore:
+    """Offset and confidence of one stretch: ``video`` (n, D) features of one face, ``audio`` (n, D')."""
+    if backend == "syncnet":
+        return _score_distance(video, audio, vshift)
+    return _score_correlation(video[:, 0] if video.ndim == 2 else video, audio[:, 0] if audio.ndim == 2 else audio, vshift, min_mouth_std)
+
+
+def _score_correlation(mouth: np.ndarray, env: np.ndarray, vshift: int, min_std: float) -> SyncScore:
+    """Pearson correlation of ``mouth[t]`` with ``env[t - k]`` for k in -vshift..vshift over the frames
+    both have; the curve's peak is the offset, its height over the median the confidence."""
+    n = len(mouth)
+    shifts = np.arange(-vshift, vshift + 1)
+    curve = np.zeros(len(shifts))
+    ok_mouth = ~np.isnan(mouth)
+    if ok_mouth.sum() < max(10, n // 2) or np.nanstd(mouth) < min_std:
+        return SyncScore(0, 0.0, curve)  # no face for most of it, or a frozen mouth
+    for i, k in enumerate(shifts):
+        if k >= 0:
+            m, e = mouth[k:], env[: n - k]
+        else:
+            m, e = mouth[: n + k], env[-k:]
+        ok = ~np.isnan(m) & ~np.isnan(e)
+        if ok.sum() < 10:
+            continue
+        m, e = m[ok], e[ok]
+        sm, se = m.std(), e.std()
+        curve[i] = float(((m - m.mean()) * (e - e.mean())).mean() / (sm * se)) if sm > 0 and se > 0 else 0.0
+    if not curve.any():  # nothing overlapped (silence under the face): no evidence either way
+        return SyncScore(0, 0.0, curve)
+    best = int(curve.argmax())
+    return SyncScore(int(shifts[best]), round(float(curve[best] - np.median(curve)), 4), curve)
+
+
+def _score_distance(im_feat: np.ndarray, cc_feat: np.ndarray, vshift: int) -> SyncScore:
+    """syncnet_python's offset search (``calc_pdist`` and ``evaluate``): for every frame i, the
+    distance of the lip feature i to the audio features i-vshift … i+vshift (zero rows past the
+    ends); mean over frames per offset; offset = vshift − argmin, confidence = median − min."""
+    import torch
+
+    f1, f2 = torch.from_numpy(np.asarray(im_feat, np.float32)), torch.from_numpy(np.asarray(cc_feat, np.float32))
+    win = 2 * vshift + 1
+    f2p = torch.nn.functional.pad(f2, (0, 0, vshift, vshift))
+    dists = torch.stack([torch.nn.functional.pairwise_distance(f1[[i], :].repeat(win, 1), f2p[i: i + win, :]) for i in range(len(f1))], 1)
+    mdist = dists.mean(1)
+    minval, minidx = torch.min(mdist, 0)
+    return SyncScore(int(vshift - minidx), round(float(torch.median(mdist) - minval), 4), mdist.numpy())
+
+
+def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (300.0, 3400.0)) -> np.ndarray:
+    """(num_frames,) RMS of the speech band of ``audio`` in each video frame (a Hann window of two
+    frame lengths centred on the frame), so music bass and hiss weigh little."""
+    hop = sr / fps
+    win = int(round(2 * hop))
+    window = np.hanning(win)
+    freqs = np.fft.rfftfreq(win, 1.0 / sr)
+    keep = (freqs >= band[0]) & (freqs <= band[1])
+    x = np.asarray(audio, np.float64)
+    if x.ndim > 1:
+        x = x.mean(axis=1)
+    pad = np.concatenate([np.zeros(win), x, np.zeros(win)])
+    starts = (np.arange(num_frames) * hop + hop / 2 - win / 2 + win).astype(int)
+    starts = np.clip(starts, 0, len(pad) - win)
+    frames = pad[starts[:, None] + np.arange(win)] * window
+    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    return np.sqrt(spec[:, keep].sum(axis=1) / win).astype(np.float32)
+
+
+def _syncnet_class():
+    """``S`` from the syncnet-python package's ``SyncNetModel.py``, loaded by file: the package's
+    ``__init__`` imports its whole pipeline, which needs scenedetect < 0.7 (this project uses 0.7)."""
+    spec = importlib.util.find_spec("syncnet_python")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SyncNet needs the syncnet-python package (make setup installs it)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SyncNetModel.py")
+    mod_spec = importlib.util.spec_from_file_location("cnas_syncnet_model", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.S
+
+
+class SyncNetModel:
+    """The SyncNet model loaded from ``syncnet_v2.model`` (a state dict of syncnet_python's ``S``,
+    copied in parameter by parameter as its ``loadParameters`` does)."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        import torch
+
+        if not path or not os.path.isfile(path):
+            raise FileNotFoundError(f"SyncNet weights not found: {path!r} (syncnet_v2.model from syncnet_python)")
+        self.net = _syncnet_class()(num_layers_in_fc_layers=1024)
+        state = self.net.state_dict()
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        unknown = sorted(set(loaded) - set(state))
+        if unknown:
+            raise ValueError(f"{path} is not a SyncNet state dict (unexpected keys such as {unknown[0]!r})")
+        for name, param in loaded.items():
+            state[name].copy_(param)
+        self.device = device
+        self.net.to(device).eval()
+
+    def audio_features(self, audio16k: np.ndarray, num_frames: int, batch_size: int = 20) -> np.ndarray:
+        """(num_frames, 1024) audio embeddings; frame i sees MFCC steps 4i … 4i+19 (zeros past the end).
+        Float audio in [−1, 1] is taken as 16-bit PCM first: syncnet_python computes its MFCCs on the
+        integers of a PCM-16 wav, and the log energies (hence c0) depend on that scale."""
+        import python_speech_features
+        import torch
+
+        pcm = np.asarray(audio16k)
+        if pcm.dtype.kind == "f":
+            pcm = np.clip(np.round(pcm.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
+        mfcc = python_speech_features.mfcc(pcm, 16000).T  # (13, steps) at 100 Hz
+        need = 4 * num_frames + 20
+        mfcc = np.pad(mfcc, ((0, 0), (0, max(0, need - mfcc.shape[1]))))
+        cct = torch.from_numpy(mfcc[None, None].astype(np.float32))
+        out = []
+        with torch.no_grad():
+            for i in range(0, num_frames, batch_size):
+                batch = torch.cat([cct[:, :, :, f * 4: f * 4 + 20] for f in range(i, min(num_frames, i + batch_size))], 0)
+                out.append(self.net.forward_aud(batch.to(self.device)).cpu().numpy())
+        return np.concatenate(out, 0) if out else np.zeros((0, 1024), np.float32)
+
+    def lip_features(self, crops_bgr: np.ndarray, batch_size: int = 20) -> np.ndarray:
+        """(n, 1024) lip embeddings of (n, 224, 224, 3) BGR face crops; row i sees crops i … i+4
+        (the last four rows repeat the last full window)."""
+        import torch
+
+        n = len(crops_bgr)
+        if n < 5:
+            return np.full((n, 1024), np.nan, np.float32)
+        im = torch.from_numpy(np.ascontiguousarray(np.transpose(crops_bgr, (3, 0, 1, 2))[None]).astype(np.float32))  # 1,3,n,224,224
+        out = []
+        with torch.no_grad():
+            for i in range(0, n - 4, batch_size):
+                batch = torch.cat([im[:, :, f: f + 5] for f in range(i, min(n - 4, i + batch_size))], 0)
+                out.append(self.net.forward_lip(batch.to(self.device)).cpu().numpy())
+        feats = np.concatenate(out, 0)
+        return np.concatenate([feats, np.repeat(feats[-1:], 4, 0)], 0)
+
+
+def syncnet_crop(frame_bgr: np.ndarray, box: np.ndarray, crop_scale: float = 0.4) -> np.ndarray:
+    """syncnet_python's face crop (``crop_video`` in run_pipeline.py): pad the frame by the box size,
+    take from the box centre ``bs`` up and ``bs·(1+2·cs)`` down, ``bs·(1+cs)`` to each side, 224×224."""
+    import cv2
+
+    bs = max(box[2] - box[0], box[3] - box[1]) / 2
+    bsi = int(bs * (1 + 2 * crop_scale))
+    frame = np.pad(frame_bgr, ((bsi, bsi), (bsi, bsi), (0, 0)), "constant", constant_values=(110, 110))
+    my, mx = (box[1] + box[3]) / 2 + bsi, (box[0] + box[2]) / 2 + bsi
+    face = frame[int(my - bs): int(my + bs * (1 + 2 * crop_scale)), int(mx - bs * (1 + crop_scale)): int(mx + bs * (1 + crop_scale))]
+    return cv2.resize(face, (224, 224))
