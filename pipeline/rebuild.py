@@ -245,6 +245,7 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
     schemas and stats of the release, the report and ``SHA256SUMS`` — rewritten on every run."""
     (out / REPORT).write_text("".join(r.model_dump_json() + "\n" for r in results))
     split_of = {cs.key: cs.split for cs in sources}
+    record_of = {cs.key: cs.clip for cs in sources}
     for split in recipe.splits:
         d = out / split
         shutil.rmtree(d, ignore_errors=True)
@@ -257,7 +258,7 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
                     continue
                 members = ledger.read_members(r.key, [s for s in layout.ALL_MEMBERS if s in r.member_sha256])
                 writer.write({"__key__": r.key, **members})
-                c = next(cs for cs in sources if cs.key == r.key).clip
+                c = record_of[r.key]
                 rows.append(ManifestRow(key=r.key, shard=os.path.basename(writer.fname), video_id=c.video_id, duration_s=c.end_s - c.start_s,
                                         member_bytes={k: len(v) for k, v in members.items()},
                                         member_sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()}))
