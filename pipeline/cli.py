@@ -67,12 +67,33 @@ def cmd_demo(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from .release import package_release
+    from .release import package_metadata_release, package_release
 
-    stats = package_release(args.run_dir, args.version, args.out, _load(args).release)
+    if args.with_arrays and not args.metadata_only:
+        print("--with-arrays goes with --metadata-only (a full release has the arrays in its shards)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.metadata_only:
+        stats = package_metadata_release(args.run_dir, args.version, args.out, _load(args).release, with_arrays=args.with_arrays)
+    else:
+        stats = package_release(args.run_dir, args.version, args.out, _load(args).release)
     splits = ", ".join(f"{n}: {v['clips']} clips / {len(v['speakers'])} speakers" for n, v in stats["splits"].items())
     print(f"release {stats['name']} {args.version} in {args.out}: {stats['clips']} clips, {stats['hours']:.3f} h ({splits})")
     return EXIT_OK
+
+
+def cmd_rebuild(args) -> int:
+    from .rebuild import rebuild_release
+
+    # only the download section applies (runtime settings such as cookies); normalise and cut options come from the release
+    keys = [o.split("=", 1)[0] for o in args.overrides]
+    bad = [k for k in keys if not k.startswith("download.")]
+    if bad:
+        print(f"cnas rebuild takes only download.* settings (the rest comes from the release's rebuild.json): {bad}", file=sys.stderr)
+        return EXIT_USAGE
+    dl = _load(args).download.model_dump()
+    overrides = {k.split(".", 1)[1]: dl[k.split(".", 1)[1]] for k in keys}
+    summary = rebuild_release(args.release, args.out, overrides, accept_changed=args.accept_changed, source_dir=args.source_dir)
+    return EXIT_OK if summary["rebuilt"] == summary["clips"] else EXIT_PARTIAL
 
 
 def cmd_validate(args) -> int:
@@ -136,7 +157,7 @@ def cmd_adapt_mead(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Register the data commands (ingest, demo, release, validate, schema, assets, sources, adapt)."""
+    """Register the data commands (ingest, demo, release, rebuild, validate, schema, assets, sources, adapt)."""
     p = sub.add_parser("ingest", help="run the ingestion DAG: sources -> shards, manifest, failures, stats")
     p.add_argument("--sources", required=True, help="txt / csv / jsonl of URLs or local paths")
     p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
@@ -152,8 +173,21 @@ def add_commands(sub) -> None:
     p.add_argument("run_dir", help="output folder of `cnas ingest`")
     p.add_argument("--version", required=True)
     p.add_argument("--out", required=True, help="release folder (must be new or empty)")
+    p.add_argument("--metadata-only", action="store_true",
+                   help="no media: per clip the source, times, crop, checksums and record; users rebuild with `cnas rebuild`")
+    p.add_argument("--with-arrays", action="store_true", help="with --metadata-only: ship the pose.npz / flame.npz members")
     _add_config_args(p)
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("rebuild", help="rebuild a metadata-only release: fetch, re-cut, verify every member; resumable")
+    p.add_argument("release", help="folder of a `cnas release --metadata-only`")
+    p.add_argument("--out", required=True, help="output folder: shards in the release layout, rebuild_report.jsonl; re-running resumes")
+    p.add_argument("--accept-changed", action="store_true", help="cut clips whose source checksum changed (still reported as differs)")
+    p.add_argument("--source-dir", help="look here (by file name) for local sources that are no longer at their recorded path")
+    p.add_argument("--config", help="YAML config file (only its download section is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="download.KEY=VALUE",
+                   help="download setting, e.g. --set download.cookies_file=cookies.txt (repeatable)")
+    p.set_defaults(func=cmd_rebuild, address=None, work_dir=None, num_cpus=None)
 
     p = sub.add_parser("validate", help="check a release: checksums, shards, members, schemas, lengths")
     p.add_argument("dir")

@@ -11,6 +11,7 @@ from .source import DownloadResult, SourceItem
 from .speech import Segment, Transcript, Word
 from .sync import ClipSync, SyncResult
 from .identity import Identity, IdentityRegistry, IdentityResult, TrackEmbedding
+from .release import ClipSource, RebuildRecipe, RebuildResult
 
 #: Every exported record type, by the name its JSON Schema file gets.
 ALL_RECORDS: dict[str, type[Record]] = {
@@ -33,11 +34,14 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "failure": FailureRecord,
     "ledger_entry": LedgerEntry,
     "run_stats": RunStats,
+    "clip_source": ClipSource,
+    "rebuild_recipe": RebuildRecipe,
+    "rebuild_result": RebuildResult,
 }
 
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
-    "ClipRecord", "ClipSet", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
+    "ClipRecord", "ClipSet", "ClipSource", "RebuildRecipe", "RebuildResult", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
     "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas", "shard",
 ]
