@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.rebuild import REPORT, SUMMARY, rebuild_release
-from pipeline.release import package_metadata_release, validate_release
+from pipeline.release import validate_release
 from pipeline.runner import run_ingest
 from schemas import ManifestRow
 from schemas.release import ClipSource, RebuildRecipe, RebuildResult
