@@ -12,6 +12,7 @@ Croissant 1.0 description (``croissant.json``).
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -94,7 +95,7 @@ def read_card_header(card: str) -> dict:
 CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
     "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
-    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "data": {"@id": "cr:data", "@type": "@json"}, "equivalentProperty": "cr:equivalentProperty", "samplingRate": "cr:samplingRate", "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
     "dct": "http://purl.org/dc/terms/", "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
     "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
     "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath",
@@ -104,17 +105,12 @@ CONTEXT = {
     "transform": "cr:transform",
 }
 
-#: (field name, data type, JSON path in a clip record, description): the clip record fields in a record set.
-CLIP_FIELDS = [
-    ("key", "sc:Text", "$.key", "sample key <video_id>-<index>"),
-    ("video_id", "sc:Text", "$.video_id", "the source video's id in the run"),
-    ("source_uri", "sc:Text", "$.source_uri", "the source URL or path"),
-    ("start_s", "sc:Float", "$.start_s", "clip start in the normalised source (s)"),
-    ("end_s", "sc:Float", "$.end_s", "clip end in the normalised source (s)"),
-    ("fps", "sc:Float", "$.fps", "video frame rate"),
-    ("num_frames", "sc:Integer", "$.num_frames", "video frames"),
-    ("sample_rate_hz", "sc:Integer", "$.sample_rate_hz", "audio sample rate"),
-    ("num_audio_samples", "sc:Integer", "$.num_audio_samples", "audio samples"),
+#: fields of a <split>/manifest.jsonl line (ManifestRow) read by column: the samples of the shards.
+MANIFEST_FIELDS = [
+    ("key", "sc:Text", "sample key <video_id>-<index>: the WebDataset key of its members in the shard"),
+    ("shard", "sc:Text", "the shard (in the split's folder) that holds the sample"),
+    ("video_id", "sc:Text", "the source video's id in the run"),
+    ("duration_s", "sc:Float", "clip duration (s)"),
 ]
 #: fields of a clips.jsonl line (ClipSource) read by column.
 SOURCE_FIELDS = [
@@ -155,13 +151,17 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
                 distribution.append({"@type": "cr:FileObject", "@id": f"{split}/{name}", "name": f"{split}/{name}",
                                      "contentUrl": f"{split}/{name}", "encodingFormat": "application/x-tar",
                                      "sha256": _sha256(str(root / split / name)), "description": f"WebDataset shard of split {split}"})
-            fid = f"{split}-json"
-            distribution.append({"@type": "cr:FileSet", "@id": fid, "name": fid, "containedIn": [{"@id": f"{split}/{n}"} for n in shards],
-                                 "includes": "*.json", "encodingFormat": "application/json",
-                                 "description": f"{split}: the json member (clip record) of every sample in {split}/*.tar; "
-                                                "the mp4, wav and array members sit next to it under the same key"})
+            distribution.append({"@type": "cr:FileSet", "@id": f"{split}-json", "name": f"{split}-json",
+                                 "containedIn": [{"@id": f"{split}/{n}"} for n in shards], "includes": "*.json",
+                                 "encodingFormat": "application/json",
+                                 "description": f"{split}: the json member (clip record, schemas/clip.schema.json) of every sample in "
+                                                f"{split}/*.tar; the mp4, wav and array members sit next to it under the same key"})
+            fid = f"{split}-manifest"
+            distribution.append({"@type": "cr:FileObject", "@id": fid, "name": fid, "contentUrl": f"{split}/manifest.jsonl",
+                                 "encodingFormat": "application/jsonlines", "sha256": _sha256(str(root / split / "manifest.jsonl")),
+                                 "description": f"{split}: one ManifestRow per sample (key, shard, member sizes and sha256)"})
             fields = [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
-                       "source": {"fileSet": {"@id": fid}, "extract": {"jsonPath": path}}} for name, dtype, path, desc in CLIP_FIELDS]
+                       "source": {"fileObject": {"@id": fid}, "extract": {"column": name}}} for name, dtype, desc in MANIFEST_FIELDS]
         record_sets.append({"@type": "cr:RecordSet", "@id": f"clips_{split}", "name": f"clips_{split}",
                             "description": f"the clips of split {split} ({s['clips']} clips, {s['hours']} h)", "field": fields})
     kind = "metadata-only release (no media; rebuild with `cnas rebuild`)" if metadata_only else \
@@ -173,7 +173,7 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
                        f"{stats['speakers']} speakers, speaker-disjoint splits {', '.join(stats['splits'])}. {kind}. "
                        f"Licence / terms: {cfg.licence}. {cfg.terms}",
         "license": _licence_url(cfg.licence), "url": "README.md", "version": _semver(version),
-        "citeAs": f"{cfg.name} {version}", "isLiveDataset": False,
+        "citeAs": f"{cfg.name} {version}", "isLiveDataset": False, "datePublished": stats.get("date") or date.today().isoformat(),
         "distribution": distribution, "recordSet": record_sets,
     }
     if stats.get("languages"):

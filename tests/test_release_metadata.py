@@ -91,10 +91,17 @@ def test_croissant_validates_and_iterates(release, meta_release):  # noqa: F811
     out, stats = release
     doc = json.loads((out / CROISSANT).read_text())
     assert doc["conformsTo"] == "http://mlcommons.org/croissant/1.0" and doc["@type"] == "sc:Dataset"
-    shards = [d for d in doc["distribution"] if d["@type"] == "cr:FileObject"]
+    shards = [d for d in doc["distribution"] if d["@type"] == "cr:FileObject" and d["contentUrl"].endswith(".tar")]
     assert sorted(d["contentUrl"] for d in shards) == sorted(str(p.relative_to(out)) for p in out.glob("*/*.tar"))
     assert all(d["encodingFormat"] == "application/x-tar" and len(d["sha256"]) == 64 for d in shards)
-    mlc.Dataset(jsonld=str(out / CROISSANT))  # validates
+    fds = mlc.Dataset(jsonld=str(out / CROISSANT))  # validates
+    assert fds.metadata.ctx.issues.report() == "" and ds.metadata.ctx.issues.report() == ""  # no warnings either
+    for split, s in stats["splits"].items():  # the samples, through each split's manifest.jsonl
+        recs = list(fds.records(record_set=f"clips_{split}"))
+        assert [r[f"clips_{split}/key"].decode() for r in recs] == _keys(out, split, "manifest.jsonl")
+        assert {r[f"clips_{split}/shard"].decode() for r in recs} == {p.name for p in (out / split).glob("*.tar")}
+    json_sets = [d for d in doc["distribution"] if d["@type"] == "cr:FileSet"]
+    assert {d["includes"] for d in json_sets} == {"*.json"} and all(d["containedIn"] for d in json_sets)
 
 
 def test_validate_checks_the_metadata(release, meta_release, tmp_path):  # noqa: F811
