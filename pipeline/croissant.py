@@ -125,6 +125,18 @@ SOURCE_FIELDS = [
 ]
 
 
+#: fields nested in a clips.jsonl line: (field name, data type, column, JSON path in it, description).
+NESTED_FIELDS = [
+    ("source_uri", "sc:Text", "source", "$.uri", "the source URL or path as the sources file gave it"),
+    ("video_id", "sc:Text", "clip", "$.video_id", "the source video's id in the run"),
+    ("start_s", "sc:Float", "clip", "$.start_s", "clip start in the normalised source (s)"),
+    ("end_s", "sc:Float", "clip", "$.end_s", "clip end in the normalised source (s)"),
+    ("language", "sc:Text", "clip", "$.language", "the clip's language tag"),
+    ("transcript", "sc:Text", "clip", "$.transcript.text", "the clip's transcript (normalised text); null without speech"),
+    ("identity", "sc:Text", "clip", "$.identity", "face identity id (the same person in every video)"),
+]
+
+
 def _licence_url(licence: str) -> str:
     lic = hf_licence(licence)
     return f"https://spdx.org/licenses/{SPDX[lic]}.html" if lic in SPDX else licence
@@ -145,6 +157,9 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
                                  "description": f"{split}: one ClipSource record per clip (schemas/clip_source.schema.json)"})
             fields = [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
                        "source": {"fileObject": {"@id": fid}, "extract": {"column": name}}} for name, dtype, desc in SOURCE_FIELDS]
+            fields += [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
+                        "source": {"fileObject": {"@id": fid}, "extract": {"column": col}, "transform": {"jsonPath": path}}}
+                       for name, dtype, col, path, desc in NESTED_FIELDS]
         else:
             shards = sorted(p.name for p in (root / split).glob("*.tar"))
             for name in shards:

@@ -88,6 +88,10 @@ def test_croissant_validates_and_iterates(release, meta_release):  # noqa: F811
         keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
         assert keys == _keys(mout, split, "clips.jsonl")
         assert all(isinstance(r[f"clips_{split}/num_frames"], int) for r in recs)
+        lines = [json.loads(l) for l in (mout / split / "clips.jsonl").read_text().splitlines()]
+        assert [r[f"clips_{split}/source_uri"].decode() for r in recs] == [l["source"]["uri"] for l in lines]  # nested, by JSON path
+        assert [r[f"clips_{split}/video_id"].decode() for r in recs] == [l["clip"]["video_id"] for l in lines]
+        assert all(r[f"clips_{split}/transcript"] is None for r in recs)  # the run had no speech stage
     out, stats = release
     doc = json.loads((out / CROISSANT).read_text())
     assert doc["conformsTo"] == "http://mlcommons.org/croissant/1.0" and doc["@type"] == "sc:Dataset"
