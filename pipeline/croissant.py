@@ -162,6 +162,8 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
                        for name, dtype, col, path, desc in NESTED_FIELDS]
         else:
             shards = sorted(p.name for p in (root / split).glob("*.tar"))
+            if not shards:
+                continue
             for name in shards:
                 distribution.append({"@type": "cr:FileObject", "@id": f"{split}/{name}", "name": f"{split}/{name}",
                                      "contentUrl": f"{split}/{name}", "encodingFormat": "application/x-tar",
@@ -239,3 +241,34 @@ def check_metadata(root: Path) -> list[str]:
                 if not list(root.glob(df["path"])):
                     errs.append(f"README.md: config {conf.get('config_name')} split {df.get('split')}: {df['path']} matches no file")
     return errs
+
+
+def write_rebuilt_metadata(out: Path) -> None:
+    """For a release rebuilt from a metadata-only one (``cnas rebuild``): the copied card's header
+    points at the rebuilt shards (splits with any) instead of ``clips.jsonl``, and ``croissant.json``
+    describes the shards, with the clip counts and hours of the manifests."""
+    from types import SimpleNamespace
+
+    stats = json.loads((out / "stats.json").read_text())
+    splits = {}
+    for name in stats.get("splits", {}):
+        rows = [json.loads(l) for l in (out / name / "manifest.jsonl").read_text().splitlines() if l.strip()] \
+            if (out / name / "manifest.jsonl").exists() else []
+        splits[name] = {**stats["splits"][name], "clips": len(rows) if any((out / name).glob("*.tar")) else 0,
+                        "hours": round(sum(r["duration_s"] for r in rows) / 3600, 4), "shards": len({r["shard"] for r in rows})}
+    stats = {**stats, "splits": splits, "clips": sum(s["clips"] for s in splits.values()),
+             "hours": round(sum(s["hours"] for s in splits.values()), 4)}
+    card_path = out / "README.md"
+    if card_path.exists():
+        card = card_path.read_text()
+        head = read_card_header(card)
+        if head:
+            body = card[4:].partition("\n---\n")[2]
+            head["pretty_name"] = str(head.get("pretty_name", "")).replace(" (metadata only)", "")
+            head["tags"] = ["webdataset" if t == "metadata-only" else t for t in head.get("tags", [])]
+            head["size_categories"] = [size_category(stats["clips"])]
+            head["configs"] = [{"config_name": "default", "data_files": [{"split": s, "path": p} for s, p in data_files_of(stats, False).items()]}]
+            card_path.write_text("---\n" + yaml.safe_dump(head, sort_keys=False, allow_unicode=True) + "---\n" + body)
+    cfg = SimpleNamespace(name=stats.get("name", "CNAS"), licence=stats.get("licence", "see README.md"),
+                          terms="Rebuilt from a metadata-only release with `cnas rebuild`; the terms are in README.md.")
+    write_croissant(out, stats, cfg, stats.get("version", "0"))

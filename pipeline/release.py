@@ -278,7 +278,9 @@ WebDataset shards `<split>/cnas-<split>-NNNNNN.tar`; a sample per clip, key `<vi
 (H.264, 25 fps), `wav` (16 kHz mono PCM){', `pose.npz` (MediaPipe landmarks, part confidences)' if stats['part_confidence'] else ''}
 and, when FLAME was fitted, `flame.npz`. Per split: `<split>.index.json` (wids shard index with
 sample counts, sizes, sha256), `<split>/manifest.jsonl` (per-member sizes and sha256). `SHA256SUMS`
-covers every file. Check a copy with `cnas validate <dir>`.
+covers every file. Check a copy with `cnas validate <dir>`. The YAML header of this card lists the
+splits' data files for the Hugging Face Hub and `datasets`; `croissant.json` is the Croissant 1.0
+description (files with sha256, a record set `clips_<split>` per split).
 
 ```python
 import webdataset as wds
