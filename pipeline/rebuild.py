@@ -33,6 +33,7 @@ from stages.download import DownloadOptions, download
 from stages.errors import StageError, temp_name
 from stages.normalize import NormalizeOptions, normalize
 
+from .croissant import write_rebuilt_metadata
 from .release import ARRAY_MEMBERS, CLIPS_JSONL, RECIPE, SUMS, _sha256, ffmpeg_version, iter_tar_samples
 
 REPORT, SUMMARY, WORK = "rebuild_report.jsonl", "rebuild_summary.json", "work"
@@ -278,5 +279,7 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
         if (root / name).exists():
             shutil.rmtree(out / name, ignore_errors=True)
             shutil.copytree(root / name, out / name)
+    if (out / "stats.json").exists():
+        write_rebuilt_metadata(out)  # the card's data_files and croissant.json: the shards, not clips.jsonl
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (SUMS, SUMMARY) and WORK not in p.relative_to(out).parts[:1])
     (out / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(out)}\n" for p in files))

@@ -27,6 +27,7 @@ import webdataset as wds
 from schemas import SCHEMA_VERSION, ClipRecord, ManifestRow, export_json_schemas
 
 from .config import ReleaseConfig
+from .croissant import card_header, check_metadata, write_croissant
 
 SUMS = "SHA256SUMS"
 
@@ -151,7 +152,8 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
         stats = release_stats(clips, split_of_speaker, rows, cfg, ingest_stats, version)
         (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
         make_plots(clips, split_of_speaker, cfg, staging / "plots")
-        (staging / "README.md").write_text(dataset_card(stats, cfg, version))
+        (staging / "README.md").write_text(card_header(stats, cfg, version) + dataset_card(stats, cfg, version))
+        write_croissant(staging, stats, cfg, version)
         files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
         (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
         out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +183,7 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
                        "shards": len({r.shard for r in rows[n]})} for n in cfg.split_ratios},
         "per_speaker_hours": {k: round(v, 4) for k, v in sorted(per_speaker.items())},
         "split_key": split_key_used(list(clips.values()), cfg),
+        "languages": languages_of(clips.values()),
         "identities": len({c.identity for c in clips.values() if c.identity}),
         "per_identity_hours": {k: round(sum((c.end_s - c.start_s) / 3600 for c in clips.values() if c.identity == k), 4)
                                for k in sorted({c.identity for c in clips.values() if c.identity})},
@@ -195,6 +198,18 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
         "failure_reasons": ingest_stats.get("failures_by_reason", {}),
         "skipped_stages": ingest_stats.get("skipped_stages", {}),
     }
+
+
+def languages_of(clips) -> dict[str, int]:
+    """ISO 639-1 code -> clips: the clip's language, else its transcript's, else the source metadata's."""
+    from .croissant import language_of
+
+    out: Counter = Counter()
+    for c in clips:
+        tag = c.language or (c.transcript.language if c.transcript else None) or c.source_metadata.get("language")
+        if (code := language_of(str(tag) if tag else None)):
+            out[code] += 1
+    return dict(sorted(out.items()))
 
 
 #: Clip audio figures (stages/audio_quality.py) plotted in the card, with their axis labels.
@@ -263,13 +278,17 @@ WebDataset shards `<split>/cnas-<split>-NNNNNN.tar`; a sample per clip, key `<vi
 (H.264, 25 fps), `wav` (16 kHz mono PCM){', `pose.npz` (MediaPipe landmarks, part confidences)' if stats['part_confidence'] else ''}
 and, when FLAME was fitted, `flame.npz`. Per split: `<split>.index.json` (wids shard index with
 sample counts, sizes, sha256), `<split>/manifest.jsonl` (per-member sizes and sha256). `SHA256SUMS`
-covers every file. Check a copy with `cnas validate <dir>`.
+covers every file. Check a copy with `cnas validate <dir>`. The YAML header of this card lists the
+splits' data files for the Hugging Face Hub and `datasets`; `croissant.json` is the Croissant 1.0
+description (files with sha256, a record set `clips_<split>` per split).
 
 ```python
 import webdataset as wds
 ds = wds.WebDataset("train/cnas-train-{{000000..000009}}.tar").decode()
 from datasets import load_dataset
-hf = load_dataset("webdataset", data_files={{"train": "train/*.tar"}}, split="train")
+hf = load_dataset("path/to/this/folder", split="train")   # reads the configs in this card's YAML header
+import mlcroissant as mlc                                   # or through croissant.json
+records = mlc.Dataset(jsonld="path/to/this/folder/croissant.json").records(record_set="clips_train")
 ```
 
 ## Statistics
@@ -378,6 +397,7 @@ def validate_release(folder: str, check_media: bool = True) -> ValidationReport:
                 continue
             if n != entry["nsamples"]:
                 rep.errors.append(f"{entry['url']}: {n} samples, index says {entry['nsamples']}")
+    rep.errors += check_metadata(root)
     if metadata_only:
         validate_metadata_release(root, rep)
     elif rep.shards == 0:
@@ -535,7 +555,8 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
             s["shards"] = 0
         (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
         make_plots(clips, split_of_speaker, cfg, staging / "plots")
-        (staging / "README.md").write_text(metadata_card(stats, cfg, version, with_arrays))
+        (staging / "README.md").write_text(card_header(stats, cfg, version, metadata_only=True) + metadata_card(stats, cfg, version, with_arrays))
+        write_croissant(staging, stats, cfg, version, metadata_only=True)
         files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
         (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
         out.mkdir(parents=True, exist_ok=True)

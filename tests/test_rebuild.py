@@ -98,6 +98,13 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
     assert rep.ok, rep.errors
     assert rep.samples == len(manifest)
     assert json.loads((out / SUMMARY).read_text())["cut_this_run"] == len(manifest)
+    # the card's header and croissant.json describe the rebuilt shards, not the clips.jsonl files
+    from pipeline.croissant import read_card_header
+
+    head = read_card_header((out / "README.md").read_text())
+    assert {d["path"] for d in head["configs"][0]["data_files"]} == {f"{sp}/*.tar" for sp in ("train", "val", "test") if any((out / sp).glob("*.tar"))}
+    urls = {d["contentUrl"] for d in json.loads((out / "croissant.json").read_text())["distribution"] if "contentUrl" in d}
+    assert {str(p.relative_to(out)) for p in out.glob("*/*.tar")} <= urls and not any(u.endswith("clips.jsonl") for u in urls)
     # a third run redoes nothing
     s = rebuild_release(str(rel), str(out), echo=lambda m: None)
     assert s["skipped_already_rebuilt"] == len(manifest) and s["cut_this_run"] == 0 and s["rebuilt"] == len(manifest)
