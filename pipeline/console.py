@@ -54,7 +54,7 @@ def logs_dir() -> str | None:
 
 class _OwnRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.split(".")[0] in OWN_LOGGERS
+        return record.levelno >= logging.WARNING and record.name.split(".")[0] in OWN_LOGGERS
 
 
 def setup_logging(verbose: bool) -> None:
@@ -162,8 +162,8 @@ class Snapshot:
                 f" ({rate:.2f} h/h); ETA {_hms(eta) if eta is not None else '?'}")
         out = [head]
         if self.stages:
-            out.append("stages (done, at): " + ", ".join(
-                f"{s} {self.stage_done.get(s, 0)}, {self.stage_at.get(s, 0)}" for s in self.stages))
+            out.append("stages (done/in progress): " + ", ".join(
+                f"{s} {self.stage_done.get(s, 0)}/{self.stage_at.get(s, 0)}" for s in self.stages))
         return out
 
     def to_json(self) -> dict:
@@ -303,8 +303,13 @@ class Progress:
         return self
 
     def _plain(self) -> None:
+        last = None
         while not self._stop.wait(self.every_s):
-            say(self.snapshot(max_age_s=0).lines()[0])
+            snap = self.snapshot(max_age_s=0)
+            key = (snap.done, snap.failed, snap.running, snap.stage_done)
+            if key != last:  # a log stays short: a line when something moved
+                say(snap.lines()[0])
+                last = key
 
     def stop(self) -> Snapshot:
         self._stop.set()
