@@ -166,6 +166,11 @@ class Snapshot:
                 f"{s} {self.stage_done.get(s, 0)}/{self.stage_at.get(s, 0)}" for s in self.stages))
         return out
 
+    def line(self) -> str:
+        """One line for a log: the counts, and where the videos in progress are."""
+        at = ", ".join(f"{s} {self.stage_at[s]}" for s in self.stages if self.stage_at.get(s))
+        return self.lines()[0] + (f"; in progress at: {at}" if at else "")
+
     def to_json(self) -> dict:
         return {"total": self.total, "done": self.done, "failed": self.failed, "running": self.running, "queued": self.queued,
                 "source_s": round(self.source_s, 3), "elapsed_s": round(self.elapsed_s, 3), "stage_done": self.stage_done,
@@ -308,7 +313,7 @@ class Progress:
             snap = self.snapshot(max_age_s=0)
             key = (snap.done, snap.failed, snap.running, snap.stage_done)
             if key != last:  # a log stays short: a line when something moved
-                say(snap.lines()[0])
+                say(snap.line())
                 last = key
 
     def stop(self) -> Snapshot:

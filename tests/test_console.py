@@ -32,7 +32,7 @@ def quiet_run(tmp_path_factory, media_dir):
     d = tmp_path_factory.mktemp("console")
     (d / "s.csv").write_text(f"path,id\n{media_dir / 'zh_a.mp4'},a\n{media_dir / 'en_b.mp4'},b\n{media_dir / 'text.mp4'},bad\n")
     sets = sum((["--set", s] for s in FILES_ONLY), [])
-    # a Python warning the driver emits after the routing: it must land in the log, not here
+    # PYTHONWARNINGS=always: Ray Data's DeprecationWarnings (DataContext) are emitted; they must land in the log, not here
     args = ["ingest", "--sources", str(d / "s.csv"), "--num-cpus", "2", *sets]
     p = _cnas([*args, "--out", str(d / "run")], PYTHONWARNINGS="always")
     return d, args, p
@@ -58,6 +58,7 @@ def test_terminal_is_quiet_and_shows_progress_and_summary(quiet_run):
     assert driver_log.strip() and "Ray worker logs:" in driver_log
     assert (logs / "ray").is_symlink() and (logs / "ray").resolve().is_dir()
     assert native_log is not None
+    assert "py.warnings" in driver_log and "DeprecationWarning" in driver_log  # Ray Data's, under PYTHONWARNINGS=always
     beat = json.loads((logs / "progress.json").read_text())
     assert beat["done"] == 2 and beat["failed"] == 1 and beat["queued"] == 0
 
