@@ -23,8 +23,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, TextIO
+from typing import TextIO
 
 LOGS_DIR = "logs"
 DRIVER_LOG = "cnas.log"
@@ -291,7 +292,7 @@ class Progress:
         except OSError:
             pass
 
-    def start(self) -> "Progress":
+    def start(self) -> Progress:
         if self.tty:
             from rich.console import Console
             from rich.live import Live
@@ -368,7 +369,8 @@ def run_status(run_dir: str, now: float | None = None) -> list[str]:
     beat = os.path.join(out.path(LOGS_DIR), PROGRESS_FILE) if out.is_local else None
     if beat and os.path.exists(beat):
         try:
-            age = now - json.load(open(beat, encoding="utf-8"))["updated_at"]
+            with open(beat, encoding="utf-8") as f:
+                age = now - json.load(f)["updated_at"]
             state = (f"running (progress written {age:.0f} s ago)" if age < 120 else
                      f"stopped or stalled (no progress for {_hms(age)}; re-run the same command to resume)")
         except (OSError, ValueError, KeyError):
@@ -382,5 +384,5 @@ def _mtime(out, *parts: str) -> float | None:
     try:
         m = out.fs.modified(out.path(*parts))
         return m.timestamp()
-    except Exception:
+    except (OSError, AttributeError, ValueError):
         return None

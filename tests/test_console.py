@@ -18,20 +18,20 @@ from pipeline.workdir import WorkDir
 FILES_ONLY = ["speech.hygiene=false", "clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0",
               "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false"]
 NOISE = re.compile(r"UserWarning|DeprecationWarning|FutureWarning|feedback manager|^[WIE]0000|core_worker\.cc|^\[20\d\d-|"
-                   r"Traceback|INFO |ray\.data", re.M)
+                   r"Traceback|INFO |ray\.data", re.MULTILINE)
 
 
 def _cnas(args: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
     e = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CNAS_PROGRESS_EVERY_S": "2", **env}
     return subprocess.run([sys.executable, "-m", "cnas", *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+                          text=True, timeout=timeout, check=False, cwd=Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope="module")
 def quiet_run(tmp_path_factory, media_dir):
     d = tmp_path_factory.mktemp("console")
     (d / "s.csv").write_text(f"path,id\n{media_dir / 'zh_a.mp4'},a\n{media_dir / 'en_b.mp4'},b\n{media_dir / 'text.mp4'},bad\n")
-    sets = sum((["--set", s] for s in FILES_ONLY), [])
+    sets = [a for s in FILES_ONLY for a in ("--set", s)]
     # PYTHONWARNINGS=always: Ray Data's DeprecationWarnings (DataContext) are emitted; they must land in the log, not here
     args = ["ingest", "--sources", str(d / "s.csv"), "--num-cpus", "2", *sets]
     p = _cnas([*args, "--out", str(d / "run")], PYTHONWARNINGS="always")
@@ -120,3 +120,24 @@ def test_ledger_snapshot_counts_videos_by_stage(tmp_path):
     head = snap.lines()[0]
     assert "2/4 videos (1 ok, 1 failed, 1 running, 1 queued); 2.000 source-h in 1:00:00 (2.00 h/h); ETA 1:00:00" in head
     assert Snapshot(total=3).lines()[0].endswith("ETA ?")
+
+
+def test_live_display_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    from pipeline import console, ledger
+
+    term = io.StringIO()
+    monkeypatch.setitem(console._state, "terminal", term)
+    work = WorkDir(str(tmp_path / "work"))
+    ledger.write_ok(work, "v1", "download", {}, 1.0)
+    p = console.Progress(2, ["v1", "v2"], ("download", "normalize"), work, str(tmp_path), tty=True).start()
+    console.say("[1/2] v2: 3 clips")
+    p.video_finished("v2", True, 36.0, ["download", "normalize"])
+    snap = p.stop()
+    assert "live" not in console._state
+    assert (snap.done, snap.running, snap.stage_done, snap.stage_at) == (1, 1, {"download": 2, "normalize": 1}, {"normalize": 1})
+    out = term.getvalue()
+    assert "[1/2] v2: 3 clips" in out and "\x1b[" in out  # printed above a live (ANSI) display
+    assert "progress: 1/2 videos (1 ok, 0 failed, 1 running, 0 queued)" in out
+    assert json.loads((tmp_path / "progress.json").read_text())["running"] == 1
