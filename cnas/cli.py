@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from pipeline import cli as data_cli
+from pipeline.console import terminal
 from trainers import cli as train_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnas", description="CNAS toolkit: videos -> WebDataset shards -> models")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging; third-party warnings and Ray worker output on the terminal too (else in OUT/logs/)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_commands(sub)
     train_cli.add_commands(sub)
@@ -23,12 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.console import setup_logging
+
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"cnas {args.command}: error: {e}", file=sys.stderr)
+        print(f"cnas {args.command}: error: {e}", file=terminal())
         return data_cli.EXIT_ERROR
+    except Exception:  # with the native stderr routed away, the traceback would only be in the log
+        if terminal() is not sys.stderr:
+            import traceback
+
+            traceback.print_exc(file=terminal())
+        raise
 
 
 if __name__ == "__main__":

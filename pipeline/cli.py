@@ -36,8 +36,10 @@ def _load(args, defaults: tuple[str, ...] = ()):
 
 
 def cmd_ingest(args) -> int:
+    from .console import LOGS_DIR, route_to_logs
     from .runner import run_ingest
 
+    route_to_logs(os.path.join(args.out, LOGS_DIR))
     result = run_ingest(args.sources, args.out, _load(args))
     return EXIT_PARTIAL if result.stats.videos_failed else EXIT_OK
 
@@ -47,14 +49,16 @@ DEMO_SETTINGS = ("clips.min_face_px=64",)
 
 
 def cmd_demo(args) -> int:
+    from .console import LOGS_DIR, route_to_logs, say
     from .demo import write_demo_inputs
     from .runner import run_ingest
 
+    route_to_logs(os.path.join(args.out, "run", LOGS_DIR))  # before the inputs: they run MediaPipe (TFLite's log lines)
     inputs = os.path.join(args.out, "inputs")
-    print(f"generating demo inputs in {inputs} ...", file=sys.stderr)
+    say(f"generating demo inputs in {inputs} ...")
     sources = write_demo_inputs(inputs)
-    print(f"demo settings (yours win): {' '.join(DEMO_SETTINGS)} -- the generated anchors' faces are 70-110 px tall; "
-          "broadcast faces at 1080p are well above the default clips.min_face_px", file=sys.stderr)
+    say(f"demo settings (yours win): {' '.join(DEMO_SETTINGS)} -- the generated anchors' faces are 70-110 px tall; "
+        "broadcast faces at 1080p are well above the default clips.min_face_px")
     result = run_ingest(sources, os.path.join(args.out, "run"), _load(args, DEMO_SETTINGS))
     expected = {"broken_upload"}
     failed = {f.video_id for f in result.failures}
@@ -62,8 +66,16 @@ def cmd_demo(args) -> int:
     if failed == expected:
         print("The one deliberately broken input (broken_upload) was rejected as expected; see failures.jsonl.")
         return EXIT_OK
-    print(f"unexpected failures: {sorted(failed - expected)}; missing expected failure: {sorted(expected - failed)}", file=sys.stderr)
+    say(f"unexpected failures: {sorted(failed - expected)}; missing expected failure: {sorted(expected - failed)}")
     return EXIT_PARTIAL
+
+
+def cmd_status(args) -> int:
+    from .console import run_status
+
+    for line in run_status(args.run_dir):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_release(args) -> int:
@@ -157,7 +169,7 @@ def cmd_adapt_mead(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Register the data commands (ingest, demo, release, rebuild, validate, schema, assets, sources, adapt)."""
+    """Register the data commands (ingest, demo, status, release, rebuild, validate, schema, assets, sources, adapt)."""
     p = sub.add_parser("ingest", help="run the ingestion DAG: sources -> shards, manifest, failures, stats")
     p.add_argument("--sources", required=True, help="txt / csv / jsonl of URLs or local paths")
     p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
@@ -168,6 +180,10 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="demo_out", help="demo folder (default: demo_out)")
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="where an ingest run stands (going on in another shell, or finished)")
+    p.add_argument("run_dir", help="output folder of `cnas ingest` (for `cnas demo`: DEMO/run)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("release", help="package an ingest run as a CNAS release (splits, shards, checksums, card)")
     p.add_argument("run_dir", help="output folder of `cnas ingest`")

@@ -14,6 +14,7 @@ from typing import Callable
 
 from schemas import ClipRecord, FailureRecord, IdentityResult, ManifestRow, NormalizedMedia, RunStats, StageTiming
 
+from . import console
 from .config import Config, dump_config
 from .dag import DAG
 from .executor import build_plan, clips_of
@@ -48,7 +49,9 @@ def init_ray(cfg: Config) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # The workers' output (MediaPipe, torchaudio and Ray warnings) goes to the Ray session's log
     # files, not this terminal: the terminal shows progress; the summary names the log folder.
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    # With -v (console.is_verbose) the workers' output comes to this terminal as well.
+    verbose = console.is_verbose()
+    quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **quiet)
         where = cfg.ray.address
@@ -59,7 +62,7 @@ def init_ray(cfg: Config) -> str:
 
     for handler in logging.getLogger("ray.data").handlers:  # Ray Data's own log file keeps everything
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.INFO if verbose else logging.ERROR)
     return where
 
 
@@ -99,7 +102,7 @@ def run_ingest(
     Re-running with the same arguments resumes: stages recorded in the ledger are skipped, and
     the shards are rebuilt only if the set of clips changed.
     """
-    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = echo or console.say
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     out_dir = WorkDir(out)
     work_uri = cfg.work_dir or out_dir.path("work")
@@ -114,13 +117,16 @@ def run_ingest(
     out_dir.write_text("".join(s.to_json() + "\n" for s in sources), SOURCES)
     where = init_ray(cfg)
     say(f"cnas ingest: {len(sources)} videos, ray={where}, work dir {work.uri}")
-    if ray_log_dir():
+    console.link_ray_logs(ray_log_dir())
+    if console.logs_dir():
+        say(f"logs (warnings, library and Ray output; -v shows them here): {console.logs_dir()}")
+    elif ray_log_dir():
         say(f"worker logs: {ray_log_dir()}")
 
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_progress_bars = console.is_verbose() and sys.stderr.isatty()  # otherwise console.Progress shows it
     # One block per video: a worker that dies (out of memory, a segfault in a native library)
     # loses that video's block, not the run. Missing videos are reported as failures below.
     ctx.max_errored_blocks = len(sources)
@@ -138,29 +144,40 @@ def run_ingest(
     reject_counts: Counter = Counter()
     reject_seconds: dict[str, float] = defaultdict(float)
     identity_results: dict[str, IdentityResult] = {}
-    for done, row in enumerate(ds.iter_rows(), 1):
-        for stage, seconds in json.loads(row["timings"]).items():
-            stage_seconds[stage] += seconds
-            stage_videos[stage] += 1
-        if row["normalize"]:
-            source_s += NormalizedMedia.model_validate_json(row["normalize"]).duration_s
-        if row["failure"]:
-            f = FailureRecord.model_validate_json(row["failure"])
-            failures.append(f)
-            say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
-            continue
-        seen_ok.add(row["video_id"])
-        if row.get("identity"):
-            identity_results[row["video_id"]] = IdentityResult.model_validate_json(row["identity"])
-        got, rejects, rejected_s = clips_of(row)
-        clips.extend(got)
-        reject_counts.update(rejects)
-        for k, v in rejected_s.items():
-            reject_seconds[k] += v
-        was_resumed = "clips" in json.loads(row["resumed"])
-        resumed += was_resumed
-        why = "" if got or not rejected_s else " (rejected: " + ", ".join(f"{r} {sec:.1f} s" for r, sec in sorted(rejected_s.items(), key=lambda kv: -kv[1])[:3]) + ")"
-        say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips{why}" + (" (from ledger)" if was_resumed else ""))
+    stages = DAG.active(cfg)
+    progress = console.Progress(len(sources), [s.video_id for s in sources], stages, work, console.logs_dir()).start() \
+        if echo is None else None
+    per_video = len(sources) <= console.PER_VIDEO_LINES_MAX  # a long run shows its failures and the progress only
+    try:
+        for done, row in enumerate(ds.iter_rows(), 1):
+            row_s = NormalizedMedia.model_validate_json(row["normalize"]).duration_s if row["normalize"] else 0.0
+            if progress is not None:
+                progress.video_finished(row["video_id"], not row["failure"], row_s, [s for s in stages if row.get(s)])
+            for stage, seconds in json.loads(row["timings"]).items():
+                stage_seconds[stage] += seconds
+                stage_videos[stage] += 1
+            source_s += row_s
+            if row["failure"]:
+                f = FailureRecord.model_validate_json(row["failure"])
+                failures.append(f)
+                say(f"[{done}/{len(sources)}] {f.video_id}: FAILED at {f.stage} ({f.reason}: {f.message})")
+                continue
+            seen_ok.add(row["video_id"])
+            if row.get("identity"):
+                identity_results[row["video_id"]] = IdentityResult.model_validate_json(row["identity"])
+            got, rejects, rejected_s = clips_of(row)
+            clips.extend(got)
+            reject_counts.update(rejects)
+            for k, v in rejected_s.items():
+                reject_seconds[k] += v
+            was_resumed = "clips" in json.loads(row["resumed"])
+            resumed += was_resumed
+            why = "" if got or not rejected_s else " (rejected: " + ", ".join(f"{r} {sec:.1f} s" for r, sec in sorted(rejected_s.items(), key=lambda kv: -kv[1])[:3]) + ")"
+            if per_video:
+                say(f"[{done}/{len(sources)}] {row['video_id']}: {len(got)} clips{why}" + (" (from ledger)" if was_resumed else ""))
+    finally:
+        if progress is not None:
+            progress.stop()
 
     returned = {c.video_id for c in clips} | {f.video_id for f in failures} | seen_ok
     for item in sources:
