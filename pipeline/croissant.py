@@ -142,6 +142,20 @@ def _licence_url(licence: str) -> str:
     return f"https://spdx.org/licenses/{SPDX[lic]}.html" if lic in SPDX else licence
 
 
+def _jsonl_file(root: Path, fid: str, rel: str, description: str) -> dict:
+    """A JSON-lines ``cr:FileObject`` of the release, with its sha256."""
+    from .release import _sha256
+
+    return {"@type": "cr:FileObject", "@id": fid, "name": fid, "contentUrl": rel, "encodingFormat": "application/jsonlines",
+            "sha256": _sha256(str(root / rel)), "description": description}
+
+
+def _column_fields(split: str, fid: str, specs) -> list[dict]:
+    """``cr:Field``s of record set ``clips_<split>`` read from columns of file ``fid``: specs are (name, dataType, description)."""
+    return [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
+             "source": {"fileObject": {"@id": fid}, "extract": {"column": name}}} for name, dtype, desc in specs]
+
+
 def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: bool = False) -> dict:
     """The Croissant 1.0 JSON-LD of the release in ``root`` (its data files must be written)."""
     from .release import _sha256
@@ -152,11 +166,9 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
             continue
         if metadata_only:
             fid = f"{split}-clips-jsonl"
-            distribution.append({"@type": "cr:FileObject", "@id": fid, "name": fid, "contentUrl": f"{split}/clips.jsonl",
-                                 "encodingFormat": "application/jsonlines", "sha256": _sha256(str(root / split / "clips.jsonl")),
-                                 "description": f"{split}: one ClipSource record per clip (schemas/clip_source.schema.json)"})
-            fields = [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
-                       "source": {"fileObject": {"@id": fid}, "extract": {"column": name}}} for name, dtype, desc in SOURCE_FIELDS]
+            distribution.append(_jsonl_file(root, fid, f"{split}/clips.jsonl",
+                                            f"{split}: one ClipSource record per clip (schemas/clip_source.schema.json)"))
+            fields = _column_fields(split, fid, SOURCE_FIELDS)
             fields += [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
                         "source": {"fileObject": {"@id": fid}, "extract": {"column": col}, "transform": {"jsonPath": path}}}
                        for name, dtype, col, path, desc in NESTED_FIELDS]
@@ -174,11 +186,9 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
                                  "description": f"{split}: the json member (clip record, schemas/clip.schema.json) of every sample in "
                                                 f"{split}/*.tar; the mp4, wav and array members sit next to it under the same key"})
             fid = f"{split}-manifest"
-            distribution.append({"@type": "cr:FileObject", "@id": fid, "name": fid, "contentUrl": f"{split}/manifest.jsonl",
-                                 "encodingFormat": "application/jsonlines", "sha256": _sha256(str(root / split / "manifest.jsonl")),
-                                 "description": f"{split}: one ManifestRow per sample (key, shard, member sizes and sha256)"})
-            fields = [{"@type": "cr:Field", "@id": f"clips_{split}/{name}", "name": name, "description": desc, "dataType": dtype,
-                       "source": {"fileObject": {"@id": fid}, "extract": {"column": name}}} for name, dtype, desc in MANIFEST_FIELDS]
+            distribution.append(_jsonl_file(root, fid, f"{split}/manifest.jsonl",
+                                            f"{split}: one ManifestRow per sample (key, shard, member sizes and sha256)"))
+            fields = _column_fields(split, fid, MANIFEST_FIELDS)
         record_sets.append({"@type": "cr:RecordSet", "@id": f"clips_{split}", "name": f"clips_{split}",
                             "description": f"the clips of split {split} ({s['clips']} clips, {s['hours']} h)", "field": fields})
     kind = "metadata-only release (no media; rebuild with `cnas rebuild`)" if metadata_only else \

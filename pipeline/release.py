@@ -97,6 +97,15 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _publish(staging: Path, out: Path) -> None:
+    """Write ``SHA256SUMS`` over every file of a finished release in ``staging`` and move it into ``out``."""
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
+    (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
+    out.mkdir(parents=True, exist_ok=True)
+    for p in staging.iterdir():
+        shutil.move(str(p), str(out / p.name))
+
+
 def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig) -> dict:
     """Build the release in ``out_dir`` from an ingest run's shards and manifest; returns the stats."""
     run, out = Path(run_dir), Path(out_dir)
@@ -154,11 +163,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
         make_plots(clips, split_of_speaker, cfg, staging / "plots")
         (staging / "README.md").write_text(card_header(stats, cfg, version) + dataset_card(stats, cfg, version))
         write_croissant(staging, stats, cfg, version)
-        files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
-        (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
-        out.mkdir(parents=True, exist_ok=True)
-        for p in staging.iterdir():
-            shutil.move(str(p), str(out / p.name))
+        _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stats
@@ -557,11 +562,7 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
         make_plots(clips, split_of_speaker, cfg, staging / "plots")
         (staging / "README.md").write_text(card_header(stats, cfg, version, metadata_only=True) + metadata_card(stats, cfg, version, with_arrays))
         write_croissant(staging, stats, cfg, version, metadata_only=True)
-        files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
-        (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
-        out.mkdir(parents=True, exist_ok=True)
-        for p in staging.iterdir():
-            shutil.move(str(p), str(out / p.name))
+        _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stats
