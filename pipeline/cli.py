@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -108,6 +109,31 @@ def cmd_rebuild(args) -> int:
     return EXIT_OK if summary["rebuilt"] == summary["clips"] else EXIT_PARTIAL
 
 
+def cmd_inspect(args) -> int:
+    from .report import clip_sheet, inspect, is_release, is_run
+
+    if args.clip:
+        src = os.path.abspath(args.dir)
+        if not (is_run(Path(src)) or is_release(Path(src))):
+            print(f"{args.dir}: neither an ingest run nor a release", file=sys.stderr)
+            return EXIT_ERROR
+        out = args.out or (os.path.join(src, "inspect", "sheets") if is_run(Path(src)) else src.rstrip("/") + "-inspect")
+        for key in args.clip:
+            try:
+                print(clip_sheet(src, key, os.path.join(out, f"{key}.png"), args.frames))
+            except KeyError as e:
+                print(e.args[0], file=sys.stderr)
+                return EXIT_ERROR
+        return EXIT_OK
+    try:
+        index = inspect(args.dir, args.out, args.max_clips, args.per_reason, args.frames, args.run)
+    except ValueError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_ERROR
+    print(f"report: {index}")
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     from .release import validate_release
 
@@ -169,7 +195,7 @@ def cmd_adapt_mead(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Register the data commands (ingest, demo, status, release, rebuild, validate, schema, assets, sources, adapt)."""
+    """Register the data commands (ingest, demo, status, release, rebuild, inspect, validate, schema, assets, sources, adapt)."""
     p = sub.add_parser("ingest", help="run the ingestion DAG: sources -> shards, manifest, failures, stats")
     p.add_argument("--sources", required=True, help="txt / csv / jsonl of URLs or local paths")
     p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
@@ -204,6 +230,16 @@ def add_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="download.KEY=VALUE",
                    help="download setting, e.g. --set download.cookies_file=cookies.txt (repeatable)")
     p.set_defaults(func=cmd_rebuild, address=None, work_dir=None, num_cpus=None)
+
+    p = sub.add_parser("inspect", help="contact sheets of clips and an HTML report of a run or release")
+    p.add_argument("dir", help="an ingest run folder or a release folder")
+    p.add_argument("--out", help="report folder (default: RUN/inspect, or RELEASE-inspect beside a release)")
+    p.add_argument("--clip", action="append", metavar="KEY", help="only the contact sheet of this clip (repeatable)")
+    p.add_argument("--max-clips", type=int, default=12, help="clip sheets in the report (per split of a release; default 12)")
+    p.add_argument("--per-reason", type=int, default=2, help="example sheets per reject reason (default 2)")
+    p.add_argument("--frames", type=int, default=8, help="frames per sheet (default 8)")
+    p.add_argument("--run", help="for a release: the ingest run it came from (timings, failures, reject examples)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("validate", help="check a release: checksums, shards, members, schemas, lengths")
     p.add_argument("dir")

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from schemas import ClipSet, DownloadResult, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
+from schemas import ClipSet, DownloadResult, RejectSpan, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
 from stages.clips import ClipOptions, fixed_windows, make_clips, measure_audio
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
@@ -30,7 +30,7 @@ from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
 from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, read_frames_at, save_pose,
                          slice_pose)
-from stages.select import select_clips
+from stages.select import reject_examples, select_clips
 from stages.shots import ShotOptions, detect_shots
 from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
 from stages.speech_assets import check_speech_assets
@@ -217,11 +217,12 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
             # audio figures of every window; selected clips must also pass the audio limits
-            kept, figures, rejects, rejected_s = measure_audio(a, media.fps, windows, opts, sel is not None and opts.audio_filter)
+            kept, figures, audio_rejected = measure_audio(a, media.fps, windows, opts, sel is not None and opts.audio_filter)
             if sel is not None:
-                rejects.update(sel.rejects)
-                rejected_s.update(sel.rejected_s)
-                result.rejects, result.rejected_s = dict(rejects), {k: round(v, 3) for k, v in rejected_s.items()}
+                for i, why in audio_rejected:
+                    sel.reject(why, windows[i][0], windows[i][0] + windows[i][1], media.fps, syncs[i].face_track if syncs[i] else None)
+                result.rejects, result.rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
+                result.reject_spans = reject_examples(sel.spans, media.fps)
             keep = kept[: opts.max_clips_per_video]
             windows, crops, syncs, figures = [windows[i] for i in keep], [crops[i] for i in keep], [syncs[i] for i in keep], figures[: len(keep)]
             local = media.model_copy(update={"video_path": v, "audio_path": a})
@@ -301,6 +302,7 @@ def _run_flame(ctx: StageContext) -> ClipSet:
                 if errors[1] > ctx.options.max_landmark_error_px:  # the fit does not follow this face
                     out.rejects["flame_fit_poor"] = out.rejects.get("flame_fit_poor", 0) + 1
                     out.rejected_s["flame_fit_poor"] = round(out.rejected_s.get("flame_fit_poor", 0.0) + clip.end_s - clip.start_s, 3)
+                    out.reject_spans.append(RejectSpan(start_s=clip.start_s, end_s=clip.end_s, reason="flame_fit_poor", face_track=clip.face_track))
                     continue
             kept.append(clip)
             FlameFit.from_arrays(fit)  # the shapes of the contract, before anything is written

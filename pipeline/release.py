@@ -221,7 +221,9 @@ def languages_of(clips) -> dict[str, int]:
 AUDIO_FIGURES = {"loudness_lufs": "loudness (LUFS)", "snr_db": "SNR (dB)", "music_score": "music score", "clipping_ratio": "clipped share"}
 
 
-def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> None:
+def make_plots(clips, split_of_speaker: dict[str, str] | None, cfg: ReleaseConfig, folder: Path) -> None:
+    """The card's plots (durations, minutes per speaker, part confidences, audio figures) as PNGs in
+    ``folder``; ``split_of_speaker`` None (a run, not a release) draws speakers in one colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,8 +240,12 @@ def make_plots(clips, split_of_speaker, cfg: ReleaseConfig, folder: Path) -> Non
         per[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += (c.end_s - c.start_s) / 60
     fig, ax = plt.subplots(figsize=(5, 3))
     names = sorted(per, key=per.get, reverse=True)[:30]
-    ax.bar(range(len(names)), [per[n] for n in names], color=["#228833" if split_of_speaker.get(n) == "train" else "#ee6677" for n in names])
-    ax.set(xlabel="speaker (green: train)", ylabel="minutes", title="Minutes per speaker (top 30)")
+    if split_of_speaker is None:
+        ax.bar(range(len(names)), [per[n] for n in names], color="#228833")
+        ax.set(xlabel="speaker", ylabel="minutes", title="Minutes per speaker (top 30)")
+    else:
+        ax.bar(range(len(names)), [per[n] for n in names], color=["#228833" if split_of_speaker.get(n) == "train" else "#ee6677" for n in names])
+        ax.set(xlabel="speaker (green: train)", ylabel="minutes", title="Minutes per speaker (top 30)")
     fig.tight_layout(), fig.savefig(folder / "speakers.png", dpi=100), plt.close(fig)
     audio = {k: [c.quality[k] for c in clips.values() if k in c.quality] for k in AUDIO_FIGURES}
     fig, axes = plt.subplots(1, len(AUDIO_FIGURES), figsize=(3 * len(AUDIO_FIGURES), 2.8))

@@ -88,6 +88,15 @@ class ClipRecord(Record):
         return self
 
 
+class RejectSpan(Record):
+    """A stretch of the normalised source that a clip filter turned down (an example for ``cnas inspect``)."""
+
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    reason: str
+    face_track: int | None = Field(None, description="the face track the rejected clip was about, when there was one")
+
+
 class ClipSet(Record):
     """The clips of one video, as the clip stages record them, and the clip-level rejects."""
 
@@ -95,3 +104,4 @@ class ClipSet(Record):
     rejects: dict[str, int] = Field(default_factory=dict, description="reason -> clips (or stretches) rejected")
     rejected_s: dict[str, float] = Field(default_factory=dict, description="reason -> seconds rejected")
     speaker_faces: dict[str, list[int]] = Field(default_factory=dict, description="diarized speaker -> face tracks it was heard in sync with")
+    reject_spans: list[RejectSpan] = Field(default_factory=list, description="examples of rejected stretches: the longest few of each reason")

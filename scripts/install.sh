@@ -29,7 +29,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off)
 import importlib, sys
 mods = ["torch", "torchaudio", "torchvision", "ray.data", "ray.train.torch", "webdataset", "yt_dlp", "ffmpeg",
         "whisperx", "faster_whisper", "mediapipe.python.solutions.holistic", "scenedetect", "pydantic",
-        "resemblyzer", "opencc", "python_speech_features", "dlib", "face_recognition_models", "pyloudnorm", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard",
+        "resemblyzer", "opencc", "python_speech_features", "dlib", "face_recognition_models", "pyloudnorm", "cv2", "skimage", "soundfile", "diffusers", "lpips", "pytorch_fid", "tensorboard", "selenium.webdriver",
         "schemas", "geometry.flame_layer", "pipeline", "stages", "cnas.cli", "trainers.facial.train", "trainers.paha.train"]
 bad = []
 for m in mods:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -134,22 +133,21 @@ def make_clips(
 
 
 def measure_audio(audio_path: str, fps: float, windows: list[tuple[int, int]], opts: ClipOptions,
-                  filter_: bool) -> tuple[list[int], list[dict[str, float]], Counter, Counter]:
+                  filter_: bool) -> tuple[list[int], list[dict[str, float]], list[tuple[int, str]]]:
     """Audio figures of every window (``stages.audio_quality``) and, with ``filter_``, the windows
-    that pass the audio limits: (indices kept, figures of the kept, rejects, rejected seconds)."""
+    that pass the audio limits: (indices kept, figures of the kept, (index, reason) of the rejected)."""
     audio, sr = sf.read(audio_path, dtype="int16", always_2d=False)
-    kept, figures, rejects, rejected_s = [], [], Counter(), Counter()
+    kept, figures, rejected = [], [], []
     for i, (first, count) in enumerate(windows):
         a, b = first / fps, (first + count) / fps
         q = audio_quality(audio[round(a * sr): round(b * sr)], sr, opts)
         why = audio_reject(q, opts) if filter_ else None
         if why:
-            rejects[why] += 1
-            rejected_s[why] += b - a
+            rejected.append((i, why))
             continue
         kept.append(i)
         figures.append(q)
-    return kept, figures, rejects, rejected_s
+    return kept, figures, rejected
 
 
 def _shifted(audio: np.ndarray, start: int, n: int) -> np.ndarray:

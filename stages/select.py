@@ -20,7 +20,7 @@ import numpy as np
 
 from pydantic import Field
 
-from schemas import ClipSync, ShotList, Transcript
+from schemas import ClipSync, RejectSpan, ShotList, Transcript
 from schemas.settings import Settings
 
 from .pose import slice_pose
@@ -57,9 +57,31 @@ class Selection:
     rejects: Counter = field(default_factory=Counter)  # reason -> clips (or stretches) rejected
     rejected_s: Counter = field(default_factory=Counter)  # reason -> seconds rejected
     speaker_faces: dict[str, set[int]] = field(default_factory=dict)  # diarized speaker -> face tracks in sync with it
+    spans: list[tuple[int, int, str, int | None]] = field(default_factory=list)  # rejected (first, end frame, reason, track)
+
+    def reject(self, why: str, f0: int, f1: int, fps: float, track: int | None = None) -> None:
+        """Count frames ``[f0, f1)`` as one rejected clip (or stretch) for ``why`` and keep the span
+        (``cnas inspect`` shows examples of each reason)."""
+        self.rejects[why] += 1
+        self.rejected_s[why] += (f1 - f0) / fps
+        self.spans.append((int(f0), int(f1), why, track))
 
 
 Turn = tuple[int, int, "str | None"]  # first frame, end frame, diarized speaker
+
+
+#: Rejected spans kept per reason in a video's clip set (the longest): examples, not an inventory.
+SPANS_PER_REASON = 5
+
+
+def reject_examples(spans: list[tuple[int, int, str, int | None]], fps: float, per_reason: int = SPANS_PER_REASON) -> list[RejectSpan]:
+    """The longest ``per_reason`` rejected spans of each reason, in time order, as records."""
+    by_reason: dict[str, list] = {}
+    for s in spans:
+        by_reason.setdefault(s[2], []).append(s)
+    kept = [s for group in by_reason.values() for s in sorted(group, key=lambda s: s[0] - s[1])[:per_reason]]
+    return [RejectSpan(start_s=round(a / fps, 3), end_s=round(b / fps, 3), reason=why, face_track=track)
+            for a, b, why, track in sorted(kept)]
 
 
 def speech_turns(t: Transcript | None, num_frames: int, fps: float, opts: SelectOptions, every_speaker: bool = False) -> list[Turn]:
@@ -150,8 +172,7 @@ def select_clips(
         sync = None  # sync evidence lives in the face tracks of the pose stage
     turns = speech_turns(transcript, num_frames, fps, opts, every_speaker=sync is not None)
     if transcript is not None and not turns:
-        sel.rejects["too_little_speech"] += 1
-        sel.rejected_s["too_little_speech"] += num_frames / fps
+        sel.reject("too_little_speech", 0, num_frames, fps)
         return sel
     cuts = sorted({s.start_frame for s in shots.shots} | {num_frames}) if shots else [0, num_frames]
     pieces = []
@@ -162,10 +183,11 @@ def select_clips(
     active, reason = active_faces(num_frames, pose, sync, sync_opts)
     min_f, max_f = round(opts.min_clip_s * fps), round(opts.max_clip_s * fps)
     for a, b, who in pieces:
-        for r in set(reason[a:b]) - {""}:  # frames of the turn lost to a filter
-            n = int(np.sum(reason[a:b] == r))
-            sel.rejected_s[r] += n / fps
+        for r in sorted(set(reason[a:b]) - {""}):  # frames of the turn lost to a filter: one reject, its runs as spans
+            runs = _runs(reason[a:b] == r)
             sel.rejects[r] += 1
+            sel.rejected_s[r] += sum(y - x for x, y in runs) / fps
+            sel.spans += [(a + int(x), a + int(y), r, None) for x, y in runs]
         # one identity per clip: runs of one active face track
         for x, y in _value_runs(active[a:b]):
             track = int(active[a + x])
@@ -174,15 +196,13 @@ def select_clips(
             x, y = a + x, a + y
             n = y - x
             if n < min_f:
-                sel.rejects["too_short"] += 1
-                sel.rejected_s["too_short"] += n / fps
+                sel.reject("too_short", x, y, fps, track)
                 continue
             parts = int(np.ceil(n / max_f))
             if n / parts < min_f:  # equal parts would be too short: max-length clips, the rest rejected
                 parts -= 1
                 rest = n - parts * max_f
-                sel.rejects["too_short"] += 1
-                sel.rejected_s["too_short"] += rest / fps
+                sel.reject("too_short", y - rest, y, fps, track)
                 y = x + parts * max_f
             edges = np.linspace(x, y, parts + 1).round().astype(int)
             for f0, f1 in zip(edges, edges[1:]):
@@ -196,8 +216,7 @@ def select_clips(
                 view = speaker_view(pose, int(f0), int(f1), track if sync is not None else None)
                 why = why or quality_reject(view, height, transcript, who if sync is not None else None, f0 / fps, f1 / fps, opts)
                 if why:
-                    sel.rejects[why] += 1
-                    sel.rejected_s[why] += (f1 - f0) / fps
+                    sel.reject(why, int(f0), int(f1), fps, track)
                     continue
                 sel.windows.append((int(f0), int(f1 - f0)))
                 sel.crops.append(crop_box(view, width, height, opts))

@@ -93,3 +93,24 @@ def view_shards(tmp_path_factory, media_dir, ray_session):
     sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", "clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0"]
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
     return sorted(str(p) for p in (d / "run" / "shards").glob("*.tar"))
+
+
+@pytest.fixture(scope="session")
+def dub_run(tmp_path_factory, ray_session):
+    """A real run (pose, sync, clips; no speech models) over a genuine demo anchor and a dub of it:
+    the anchor gives clips, the dub's speech is rejected (voice_over / not_speaking). Returns
+    (run folder, genuine DemoVideo, dub DemoVideo)."""
+    from pipeline.config import load_config
+    from pipeline.demo import DEMO_VIDEOS
+    from pipeline.runner import run_ingest
+
+    d = tmp_path_factory.mktemp("dub")
+    genuine, dub = DEMO_VIDEOS[0], next(v for v in DEMO_VIDEOS if v.dub_text)
+    rows = ["path,id"]
+    for v in (genuine, dub):
+        make_talking_video(str(d / f"{v.name}.mp4"), v)
+        rows.append(f"{d / v.name}.mp4,{v.name}")
+    (d / "s.csv").write_text("\n".join(rows) + "\n")
+    sets = ["speech.enabled=false", "clips.min_face_px=0", "normalize.max_height=360", "clips.min_clip_s=1"]
+    run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
+    return d / "run", genuine, dub

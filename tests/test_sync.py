@@ -219,26 +219,14 @@ def test_syncnet_weights_missing_or_wrong_are_clear(tmp_path):
         SyncNet(str(tmp_path / "other.model"))
 
 
-def test_dag_keeps_the_talking_anchor_and_rejects_the_dub(tmp_path, ray_session):
+def test_dag_keeps_the_talking_anchor_and_rejects_the_dub(dub_run):
     """Through the real DAG (Ray Data, ffmpeg, MediaPipe): a dub is rejected with its reason, the
     genuine video's clips carry their sync record and their audio shift."""
     import json
 
-    from pipeline.config import load_config
-    from pipeline.demo import DEMO_VIDEOS, make_talking_video
-    from pipeline.runner import run_ingest
     from schemas import ClipRecord
 
-    genuine, dub = DEMO_VIDEOS[0], next(v for v in DEMO_VIDEOS if v.dub_text)
-    assert dub.dub_text
-    rows = ["path,id"]
-    for v in (genuine, dub):
-        make_talking_video(str(tmp_path / f"{v.name}.mp4"), v)
-        rows.append(f"{tmp_path / v.name}.mp4,{v.name}")
-    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
-    sets = ["speech.enabled=false", "clips.min_face_px=0", "normalize.max_height=360", "clips.min_clip_s=1"]
-    run_ingest(str(tmp_path / "s.csv"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
-    out = tmp_path / "run"
+    out, genuine, dub = dub_run
     stats = json.loads((out / "stats.json").read_text())
     clips = []
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

@@ -1,0 +1,303 @@
+"""``cnas inspect``: contact sheets of clips and an HTML report of a run or a release.
+
+The report is a self-contained folder (``index.html``, ``sheets/``, ``plots/``) with no script and
+no outside resource, so it opens from disk, from a web server or from an archive:
+
+- run: summary, the card's plots (drawn from the run's clips), time per stage, failed videos,
+  clip rejects by reason with example sheets of the rejected stretches (from the ledger's
+  ``reject_spans`` and the work dir's normalised media), then sheets of the first clips;
+- release: the card's plots and split table, rejection reasons, sheets of the first clips of each
+  split (a metadata-only release has no media: plots and tables only). ``run=`` adds the run's
+  timings and reject examples.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedMedia, PoseResult, RunStats, SourceItem, Transcript
+
+from .release import iter_tar_samples, make_plots
+from .sheets import draw_sheet, sheet_from_sample, sheet_from_source
+
+#: Stages whose ledger output is the video's final clip set (FLAME refits and may reject more).
+CLIP_SET_STAGES = ("flame", "clips")
+
+
+@dataclass
+class Section:
+    title: str
+    body: list[str] = field(default_factory=list)  # HTML fragments
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(src: str, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure><a href="{_e(src)}"><img src="{_e(src)}" alt="{_e(alt)}"></a>{cap}</figure>'
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "sources.jsonl").exists() and (folder / "config.yaml").exists()
+
+
+def is_release(folder: Path) -> bool:
+    return any(folder.glob("*.index.json")) or (folder / "rebuild.json").exists()
+
+
+def clip_sheets(shard_paths: list[Path], out: Path, limit: int, count: int) -> tuple[list[str], list[ClipRecord]]:
+    """Sheets of the first ``limit`` samples of the shards, in order; (HTML figures, their clips)."""
+    figures, clips = [], []
+    for shard in shard_paths:
+        for key, members in iter_tar_samples(str(shard)):
+            if len(clips) >= limit:
+                return figures, clips
+            clip = ClipRecord.model_validate_json(members["json"])
+            name = f"sheets/{key}.png"
+            draw_sheet(sheet_from_sample(members, count), str(out / name))
+            words = " ".join(w.text.strip() for s in (clip.transcript.segments if clip.transcript else []) for w in s.words)
+            figures.append(_img(name, f"contact sheet of {key}", f"{key}: {words}" if words else key))
+            clips.append(clip)
+    return figures, clips
+
+
+def _timings(stats: RunStats, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [[k, round(v.seconds, 1), v.videos, round(v.seconds / v.videos, 2) if v.videos else ""]
+            for k, v in stats.stage_timings.items()]
+    if not rows:
+        return ["<p>No stage ran in this invocation (everything came from the ledger).</p>"]
+    fig, ax = plt.subplots(figsize=(5, 0.3 * len(rows) + 1))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#4477aa")
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (summed over videos and workers)", title="Time per stage")
+    fig.tight_layout(), fig.savefig(out / "plots" / "stage_timings.png", dpi=100), plt.close(fig)
+    return [_table(["stage", "seconds", "videos", "seconds per video"], rows),
+            f"<p>Wall time {stats.wall_s:.1f} s for {stats.source_hours * 3600:.1f} s of source "
+            f"({stats.source_hours / (stats.wall_s / 3600):.2f} source-hours per wall-hour).</p>" if stats.wall_s else "",
+            _img("plots/stage_timings.png", "time per stage")]
+
+
+def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[str, list[str]]:
+    """Reason → HTML figures of up to ``per_reason`` rejected stretches, drawn from the run's work dir."""
+    import yaml
+
+    from stages.pose import load_pose
+
+    from .config import Config
+    from .ledger import read_entry
+    from .workdir import WorkDir
+
+    cfg = Config.model_validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    work = WorkDir(cfg.work_dir or str(run / "work"))
+    items = [SourceItem.model_validate_json(l) for l in (run / "sources.jsonl").read_text().splitlines() if l.strip()]
+    figures: dict[str, list[str]] = defaultdict(list)
+    for item in items:
+        entry = next((e for s in CLIP_SET_STAGES if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
+        if entry is None:
+            continue
+        spans = [s for s in ClipSet.model_validate(entry.output).reject_spans if len(figures[s.reason]) < per_reason]
+        if not spans:
+            continue
+        media = read_entry(work, item.video_id, "normalize")
+        if media is None or media.status != "ok":
+            continue
+        media = NormalizedMedia.model_validate(media.output)
+        speech = read_entry(work, item.video_id, "speech")
+        transcript = Transcript.model_validate(speech.output) if speech and speech.status == "ok" and speech.output else None
+        pose_entry = read_entry(work, item.video_id, "pose")
+        pose_path = PoseResult.model_validate(pose_entry.output).path if pose_entry and pose_entry.status == "ok" else None
+        if not work.fs.exists(media.video_path):
+            continue  # the work dir was cleaned: counts only
+        with work.fetch(media.video_path) as video, work.fetch(media.audio_path) as audio:
+            pose = None
+            if pose_path and work.fs.exists(pose_path):
+                with work.fetch(pose_path) as p:
+                    pose = load_pose(p)  # memory maps stay valid after a fetched copy is removed
+            for s in spans:
+                if len(figures[s.reason]) >= per_reason:
+                    continue
+                name = f"sheets/reject-{s.reason}-{item.video_id}-{int(s.start_s * 1000)}.png"
+                track = f", face track {s.face_track}" if s.face_track is not None else ""
+                facts = [f"rejected: {s.reason}{track}", f"{item.video_id} {s.start_s:.2f}-{s.end_s:.2f} s of the normalised source"]
+                data = sheet_from_source(video, audio, pose, transcript, media.fps, s.start_s, s.end_s,
+                                         f"{item.video_id} {s.reason}", facts, count)
+                draw_sheet(data, str(out / name))
+                figures[s.reason].append(_img(name, f"{s.reason} example", f"{item.video_id} {s.start_s:.2f}-{s.end_s:.2f} s"))
+    return figures
+
+
+def _rejects_section(counts: dict[str, int], seconds: dict[str, float], examples: dict[str, list[str]]) -> Section:
+    sec = Section("Clip rejects by reason")
+    if not counts:
+        sec.body.append("<p>No candidate clip was rejected.</p>")
+        return sec
+    sec.body.append(_table(["reason", "rejected clips or stretches", "seconds"],
+                           [[k, v, round(seconds.get(k, 0.0), 2)] for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]))
+    for reason in sorted(counts):
+        figs = examples.get(reason, [])
+        note = "" if figs else "<p class='note'>no example: the run predates recorded spans, or its work dir was cleaned</p>"
+        sec.body.append(f"<h3>{_e(reason)}</h3>{note}<div class='sheets'>{''.join(figs)}</div>")
+    return sec
+
+
+def _failures_section(path: Path) -> Section:
+    sec = Section("Failed videos")
+    rows = [FailureRecord.model_validate_json(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    sec.body.append(_table(["video", "stage", "reason", "message"], [[f.video_id, f.stage, f.reason, f.message] for f in rows])
+                    if rows else "<p>None.</p>")
+    return sec
+
+
+def _plots_section(folder: Path, names: list[str]) -> Section:
+    sec = Section("Card plots")
+    sec.body.append("<div class='plots'>" + "".join(_img(f"plots/{n}", n[:-4].replace("_", " ")) for n in names if (folder / n).exists()) + "</div>")
+    return sec
+
+
+def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int) -> list[Section]:
+    import yaml
+
+    from .config import Config
+
+    release_cfg = Config.model_validate(yaml.safe_load((run / "config.yaml").read_text()) or {}).release  # speakers as the release would count them
+    stats = RunStats.model_validate_json((run / "stats.json").read_text()) if (run / "stats.json").exists() else None
+    manifest = [ManifestRow.model_validate_json(l) for l in (run / "manifest.jsonl").read_text().splitlines() if l.strip()] \
+        if (run / "manifest.jsonl").exists() else []
+    summary = Section("Summary")
+    if stats:
+        summary.body.append(_table(["videos in", "ok", "failed", "source hours", "clip hours", "clips", "shards", "wall (s)"],
+                                   [[stats.videos_in, stats.videos_ok, stats.videos_failed, round(stats.source_hours, 4),
+                                     round(stats.clip_hours, 4), stats.clips, stats.shards, round(stats.wall_s, 1)]]))
+        if stats.skipped_stages:
+            summary.body.append(_table(["skipped stage", "why"], [[k, v] for k, v in stats.skipped_stages.items()]))
+    else:
+        summary.body.append("<p>The run has not finished (no stats.json): figures below are what is on disk now.</p>")
+    shards = [run / "shards" / s for s in sorted({r.shard for r in manifest})]
+    clips_fig, clips = clip_sheets(shards, out, max_clips, count)
+    all_clips = {}
+    for shard in shards:
+        for key, members in iter_tar_samples(str(shard)):
+            all_clips[key] = ClipRecord.model_validate_json(members["json"])
+    sections = [summary]
+    if all_clips:
+        make_plots(all_clips, None, release_cfg, out / "plots")
+        sections.append(_plots_section(out / "plots", ["durations.png", "speakers.png", "part_confidence.png", "audio.png"]))
+    timings = Section("Time per stage", _timings(stats, out) if stats else ["<p>No stats.json yet.</p>"])
+    sections += [timings, _failures_section(run / "failures.jsonl")]
+    examples = reject_examples(run, out, per_reason, count)
+    sections.append(_rejects_section(stats.rejects_by_reason if stats else {}, stats.rejected_seconds_by_reason if stats else {}, examples))
+    sections.append(Section(f"Clips (first {len(clips)} of {len(manifest)})", [f"<div class='sheets'>{''.join(clips_fig)}</div>"]))
+    return sections
+
+
+def release_report(release: Path, out: Path, max_clips: int, per_reason: int, count: int, run: Path | None) -> list[Section]:
+    stats = json.loads((release / "stats.json").read_text())
+    summary = Section("Summary", [
+        _table(["name", "version", "licence", "clips", "hours", "speakers", "identities"],
+               [[stats["name"], stats["version"], stats.get("licence", ""), stats["clips"], stats["hours"], stats["speakers"], stats.get("identities", "")]]),
+        _table(["split", "clips", "hours", "speakers", "shards"],
+               [[n, s["clips"], s["hours"], len(s["speakers"]), s.get("shards", "")] for n, s in stats["splits"].items()]),
+    ])
+    names = []
+    if (release / "plots").is_dir():
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+        for p in sorted((release / "plots").glob("*.png")):
+            shutil.copyfile(p, out / "plots" / p.name)
+            names.append(p.name)
+    sections = [summary, _plots_section(out / "plots", names)]
+    run_stats = RunStats.model_validate_json((run / "stats.json").read_text()) if run and (run / "stats.json").exists() else None
+    if run_stats:
+        sections.append(Section("Time per stage (ingest run)", _timings(run_stats, out)))
+        sections.append(_failures_section(run / "failures.jsonl"))
+    examples = reject_examples(run, out, per_reason, count) if run else {}
+    seconds = run_stats.rejected_seconds_by_reason if run_stats else {}
+    sections.append(_rejects_section(stats.get("rejection_reasons", {}), seconds, examples))
+    failures = stats.get("failure_reasons", {})
+    if failures and not run_stats:
+        sections.append(Section("Failed videos by stage/reason", [_table(["stage/reason", "videos"], list(failures.items()))]))
+    for split in stats["splits"]:
+        index = release / f"{split}.index.json"
+        if not index.exists():
+            continue  # metadata-only: no media to draw
+        shards = [release / s["url"] for s in json.loads(index.read_text())["shardlist"]]
+        figs, clips = clip_sheets(shards, out, max_clips, count)
+        sections.append(Section(f"{split}: first {len(clips)} clips of {stats['splits'][split]['clips']}", [f"<div class='sheets'>{''.join(figs)}</div>"]))
+    return sections
+
+
+CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;font-size:90%;text-align:left;vertical-align:top}
+figure{display:inline-block;margin:4px}figure img{max-width:640px;border:1px solid #ddd}
+.plots figure img{max-width:480px}figcaption{font-size:80%;max-width:640px}.note{color:#777}"""
+
+
+def write_report(title: str, sections: list[Section], out: Path) -> Path:
+    toc = "".join(f'<li><a href="#s{i}">{_e(s.title)}</a></li>' for i, s in enumerate(sections))
+    body = "".join(f'<section id="s{i}"><h2>{_e(s.title)}</h2>{"".join(s.body)}</section>' for i, s in enumerate(sections))
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f'<link rel="icon" href="data:,"><style>{CSS}</style></head>'
+            f"<body><h1>{_e(title)}</h1><ul>{toc}</ul>{body}</body></html>\n")
+    path = out / "index.html"
+    tmp = out / "index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def inspect(folder: str, out: str | None = None, max_clips: int = 12, per_reason: int = 2, frames: int = 8,
+            run: str | None = None) -> Path:
+    """Write the HTML report of a run or release folder; returns the path of ``index.html``.
+
+    Default ``out``: ``RUN/inspect`` for a run, ``RELEASE-inspect`` beside a release (a release
+    folder stays exactly as checksummed)."""
+    src = Path(folder)
+    if is_run(src):
+        dest = Path(out) if out else src / "inspect"
+        kind = "run"
+    elif is_release(src):
+        dest = Path(out) if out else src.with_name(src.name + "-inspect")
+        kind = "release"
+    else:
+        raise ValueError(f"{folder}: neither an ingest run (sources.jsonl + config.yaml) nor a release (*.index.json / rebuild.json)")
+    (dest / "sheets").mkdir(parents=True, exist_ok=True)
+    (dest / "plots").mkdir(parents=True, exist_ok=True)
+    if kind == "run":
+        sections = run_report(src, dest, max_clips, per_reason, frames)
+    else:
+        sections = release_report(src, dest, max_clips, per_reason, frames, Path(run) if run else None)
+    return write_report(f"cnas inspect: {kind} {src.resolve()}", sections, dest)
+
+
+def clip_sheet(folder: str, key: str, out: str, frames: int = 8) -> Path:
+    """The contact sheet of one clip of a run or release (found through its manifests), as ``out``."""
+    src = Path(folder)
+    manifests = [src / "manifest.jsonl"] if is_run(src) else sorted(src.glob("*/manifest.jsonl"))
+    for m in manifests:
+        for line in m.read_text().splitlines() if m.exists() else []:
+            row = ManifestRow.model_validate_json(line)
+            if row.key != key:
+                continue
+            shard = src / "shards" / row.shard if is_run(src) else m.parent / row.shard
+            for k, members in iter_tar_samples(str(shard)):
+                if k == key:
+                    Path(out).parent.mkdir(parents=True, exist_ok=True)
+                    return Path(draw_sheet(sheet_from_sample(members, frames), out))
+    raise KeyError(f"clip {key!r} is not in {folder} (keys are listed in its manifest.jsonl)")
