@@ -64,6 +64,7 @@ def cmd_demo(args) -> int:
     expected = {"broken_upload"}
     failed = {f.video_id for f in result.failures}
     print(f"\nDemo shards are in: {result.shards_dir}")
+    print(f"Look at the clips and the rejects: .venv/bin/cnas inspect {os.path.join(args.out, 'run')}")
     if failed == expected:
         print("The one deliberately broken input (broken_upload) was rejected as expected; see failures.jsonl.")
         return EXIT_OK
