@@ -74,12 +74,14 @@ def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
+def analyse_frame(models: LandmarkModels, rgb: np.ndarray, body: bool = True) -> dict[str, Any]:
     """Raw MediaPipe results of one frame, as arrays in pixel coordinates for boxes. ``faces`` holds
-    up to ``models.max_faces`` face meshes (NaN rows for the missing), ``face`` the first of them."""
+    up to ``models.max_faces`` face meshes (NaN rows for the missing), ``face`` the first of them.
+    ``body=False`` skips the body and hand graphs (three quarters of the time of a frame): their
+    landmarks come back NaN and their scores 0, for the caller to interpolate."""
     h, w = rgb.shape[:2]
-    pose = models.pose.process(rgb).pose_landmarks
-    hands = models.hands.process(rgb)
+    pose = models.pose.process(rgb).pose_landmarks if body else None
+    hands = models.hands.process(rgb) if body else None
     mesh = models.mesh.process(rgb).multi_face_landmarks
     dets = models.faces.process(rgb).detections or []
     out = {
@@ -98,7 +100,7 @@ def analyse_frame(models: LandmarkModels, rgb: np.ndarray) -> dict[str, Any]:
         _mesh_missed_faces(models, rgb, out)
     out["face"] = out["faces"][0]
     out["face_sharpness"] = _sharpness(rgb, out["face_boxes"][out["face_scores"].argmax()]) if dets else np.nan
-    for lms, cls in zip(hands.multi_hand_landmarks or [], hands.multi_handedness or []):
+    for lms, cls in zip((hands.multi_hand_landmarks or []) if hands else [], (hands.multi_handedness or []) if hands else []):
         label, score = cls.classification[0].label, cls.classification[0].score
         side = "left_hand" if label == "Right" else "right_hand"  # MediaPipe assumes a mirrored image
         if score > out[f"{side}_score"]:

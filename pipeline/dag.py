@@ -30,6 +30,7 @@ from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
 from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, read_frames_at, save_pose,
                          slice_pose)
+from stages.candidates import candidate_mask, scan_faces, spans_of
 from stages.select import reject_examples, select_clips
 from stages.shots import ShotOptions, detect_shots
 from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
@@ -104,7 +105,10 @@ def _run_pose(ctx: StageContext) -> PoseResult:
         # (hours of video) nor the work dir (maybe a shared mount)
         scratch = tempfile.mkdtemp(prefix=f"cnas-pose-{video_id}-")
         try:
-            arrays = extract_pose(ctx.models, v, media.width, media.height, media.fps, media.num_frames, scratch)
+            spans = None
+            if ctx.options.cascade:  # cheap passes first: the dense models look only where clips can come from
+                spans = pose_candidates(ctx.models, v, media, ctx.inputs.get("speech"), ctx.inputs.get("shots"), ctx.options)
+            arrays = extract_pose(ctx.models, v, media.width, media.height, media.fps, media.num_frames, scratch, spans)
             for start in range(0, len(arrays["part_confidences"]), 9000):  # validate before writing, 6 min at a time
                 pose_track(arrays, start, start + 9000)
             save_pose(os.path.join(out, "pose.npz"), arrays)
@@ -112,8 +116,22 @@ def _run_pose(ctx: StageContext) -> PoseResult:
             del arrays  # unmap before the files go (NFS would keep .nfs* files of mapped ones)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    looked = media.num_frames if spans is None else sum(b - a for a, b in spans)
     return PoseResult(path=work.path("media", video_id, "pose.npz"), num_frames=int(len(conf)),
-                      mean_part_confidence=[round(float(x), 4) for x in np.mean(conf, axis=0)])
+                      mean_part_confidence=[round(float(x), 4) for x in np.mean(conf, axis=0)],
+                      dense_s=round(looked / media.fps, 3),
+                      scan_s=round(media.num_frames / media.fps, 3) if spans is not None else 0.0,
+                      candidate_spans=[[a, b] for a, b in spans] if spans is not None else None)
+
+
+def pose_candidates(models, video: str, media: NormalizedMedia, transcript: Transcript | None, shots: ShotList | None,
+                    opts) -> list[tuple[int, int]]:
+    """The cascade's candidate spans of one video (stages/candidates.py): BlazeFace every
+    ``scan_every`` frames, with the transcript and the shots."""
+    scan = scan_faces(models.faces, video, media.width, media.height, opts.scan_every)
+    mask = candidate_mask(scan, media.num_frames, media.fps, transcript, shots, opts.candidate_min_face_frac,
+                          opts.candidate_pad_s, opts.candidate_min_shot_s)
+    return spans_of(mask)
 
 
 def _pose_exists(out: PoseResult, ctx: StageContext) -> bool:
@@ -324,10 +342,11 @@ DAG = Registry([
     StageSpec("normalize", NormalizeOptions, NormalizedMedia, _run_normalize, requires={"download": "the source file"},
               outputs_exist=_media_exists, version=2),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions)
     StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
-    StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, setup=PoseModels,
-              outputs_exist=_pose_exists, version=4),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
+    StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, uses=("shots", "speech"),
+              setup=PoseModels, outputs_exist=_pose_exists,
+              version=5),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
               requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,

@@ -54,6 +54,9 @@ class PoseResult(Record):
     path: str = Field(description="work-dir path or URI of the video's pose.npz")
     num_frames: int = Field(gt=0)
     mean_part_confidence: list[float] = Field(description="mean confidence per part, in PART_NAMES order")
+    dense_s: float | None = Field(None, ge=0, description="seconds of video the dense models (mesh, body, hands) looked at")
+    scan_s: float | None = Field(None, ge=0, description="seconds of video the cascade's face scan covered (0: no cascade)")
+    candidate_spans: list[list[int]] | None = Field(None, description="cascade: [first, end) frames meshed; null: every frame")
 
 
 def _check_frames(seq: list, num_frames: int, what: str) -> None:

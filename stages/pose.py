@@ -11,8 +11,8 @@ the graphs; checked: all values in [0, 1]). The legacy pose graph does not fill 
 
 from __future__ import annotations
 
+import itertools
 import os
-import subprocess
 import warnings
 import zipfile
 from typing import Any, Iterator
@@ -26,6 +26,7 @@ from geometry.landmarks import BACKEND, LIPS, LandmarkModels, analyse_frame, mes
 from schemas import PART_NAMES, PoseTrack
 from schemas.settings import Settings
 
+from .candidates import pipe_frames, read_spans
 from .errors import StageError
 
 
@@ -38,6 +39,12 @@ class PoseOptions(Settings):
     min_tracking_confidence: float = Field(0.5, ge=0, le=1)
     track_iou: float = Field(0.3, ge=0, le=1, description="a face in the next frame with at least this IoU continues the track")
     max_faces: int = Field(2, ge=1, le=8, description="face meshes tracked per frame (two anchors at a desk: 2); each one's lips are scored for sync")
+    body_every: int = Field(3, ge=1, description="body and hand graphs on every n-th analysed frame, interpolated between (they cost 3/4 of a frame; the face mesh runs on every analysed frame)")
+    cascade: bool = Field(True, description="mesh only candidate spans (a large enough face, speech, a long enough shot; stages/candidates.py); false: every frame")
+    scan_every: int = Field(10, ge=1, description="cascade: BlazeFace on every n-th frame (10 at 25 fps: 2.5 fps)")
+    candidate_min_face_frac: float = Field(0.06, ge=0, le=1, description="cascade: a BlazeFace box at least this share of the frame height (keep it below clips.min_face_height_frac, 0.08)")
+    candidate_pad_s: float = Field(0.5, ge=0, description="cascade: seconds around a face sample and around speech that still count")
+    candidate_min_shot_s: float = Field(1.0, ge=0, description="cascade: shorter shots are skipped (keep it at or below clips.min_clip_s)")
 
 
 class PoseModels(LandmarkModels):
@@ -51,18 +58,8 @@ class PoseModels(LandmarkModels):
 def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8 of a video, decoded by ffmpeg one at a time (bounded memory)."""
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # an undrained stderr pipe can block ffmpeg
-    size = width * height * 3
-    try:
-        while True:
-            buf = proc.stdout.read(size)
-            if len(buf) < size:
-                break
-            yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        proc.wait()
+    for _, rgb in pipe_frames(cmd, width, height, itertools.count()):
+        yield rgb
 
 
 def read_frames_at(video_path: str, width: int, height: int, indices: list[int], max_terms: int = 200) -> Iterator[tuple[int, np.ndarray]]:
@@ -84,18 +81,7 @@ def read_frames_at(video_path: str, width: int, height: int, indices: list[int],
     expr = "+".join(f"eq(n\\,{i})" for i in wanted)
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select={expr}",
            "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    size = width * height * 3
-    try:
-        for t in wanted:
-            buf = proc.stdout.read(size)
-            if len(buf) < size:
-                return
-            yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        proc.wait()
+    yield from pipe_frames(cmd, width, height, iter(wanted))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -148,11 +134,13 @@ class FaceSlots:
                 self._next += 1
         self.boxes = [boxes[j] if j >= 0 else None for j in order]
         return order
+#: Landmark arrays of the body and hand graphs (``body_every``); the face meshes are the others.
+BODY_KEYS = ("body", "body_visibility", "left_hand", "right_hand")
 _PER_FRAME = ("left_hand_score", "right_hand_score", "face_sharpness", "face_boxes", "face_scores")
 
 
 def extract_pose(models: PoseModels, video_path: str, width: int, height: int, fps: float, num_frames: int,
-                 scratch_dir: str | None = None) -> dict[str, np.ndarray]:
+                 scratch_dir: str | None = None, spans: list[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
     """Per-frame landmark arrays, part confidences/masks/boxes, people count and face track.
 
     Landmarks are normalised image coordinates (x, y in [0,1] of width/height, z relative), NaN
@@ -163,43 +151,72 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
     count; a video that decodes to another count is a ``decode_failed`` error). With
     ``scratch_dir`` they are memory-mapped files there: an hour of video at 25 fps is ~0.6 GB of
     landmarks, which then costs disk and page cache, not the worker's heap.
+
+    ``spans`` (the cascade's candidate spans, ``[a, b)``): only those frames are decoded and
+    analysed; the others hold no landmarks and no faces and are flagged ``skipped`` (not looked
+    at). The first and last frame of every span are analysed whatever the stride, so interpolation
+    never reaches across a span's edge.
     """
     opts = models.options
     models.reset()
     K = models.max_faces
     landmarks = {k: _allocate((num_frames, *shape), scratch_dir, k) for k, shape in landmark_shapes(K).items()}
-    per_frame: list[dict[str, Any] | None] = []  # analysed frames: scores and face boxes (a few numbers each)
+    # analysed frames: scores and face boxes (a few numbers each); None: interpolated (stride)
+    per_frame: list[dict[str, Any] | None] = [None] * num_frames
+    skipped = np.zeros(num_frames, bool)
+    edges: set[int] = {num_frames - 1}
+    if spans is None:
+        frames: Iterator[tuple[int, np.ndarray]] = enumerate(read_frames(video_path, width, height))
+        expected = num_frames
+    else:
+        skipped[:] = True
+        for a, b in spans:
+            skipped[a:b] = False
+            edges |= {a, b - 1}
+        nothing = {"left_hand_score": 0.0, "right_hand_score": 0.0, "face_sharpness": np.nan,
+                   "face_boxes": np.zeros((0, 4), np.float32), "face_scores": np.zeros(0, np.float32), "slot_ids": [-1] * K}
+        for t in np.flatnonzero(skipped):
+            per_frame[t] = nothing  # looked at by nobody: no face, no hands (shared: never mutated)
+        frames = read_spans(video_path, width, height, spans)
+        expected = int(num_frames - skipped.sum())
     slots = FaceSlots(K, opts.track_iou)
-    for t, rgb in enumerate(read_frames(video_path, width, height)):
+    decoded = 0
+    with_body = np.zeros(num_frames, bool)  # frames the body and hand graphs ran on
+    with_body[skipped] = True  # known: nothing there
+    for t, rgb in frames:
         if t >= num_frames:
             raise StageError("decode_failed", f"{video_path} decodes to more than the {num_frames} frames probed")
-        if t % opts.stride == 0 or t == num_frames - 1:
-            r = analyse_frame(models, rgb)
+        decoded += 1
+        if t % opts.stride == 0 or t in edges:
+            body = t % (opts.stride * opts.body_every) == 0 or t in edges
+            with_body[t] = body
+            r = analyse_frame(models, rgb, body=body)
             mesh_boxes = [None if np.isnan(f[0, 0]) else mesh_box(f, width, height) for f in r["faces"]]
             order = slots.assign(mesh_boxes)
             r["faces"] = np.stack([r["faces"][j] if j >= 0 else np.full((478, 3), np.nan, np.float32) for j in order])
             for key, array in landmarks.items():
                 array[t] = r[key]
-            per_frame.append({**{k: r[k] for k in _PER_FRAME}, "slot_ids": list(slots.ids)})
-        else:
-            per_frame.append(None)
-    T = len(per_frame)
-    if T == 0:
+            per_frame[t] = {**{k: r[k] for k in _PER_FRAME}, "slot_ids": list(slots.ids)}
+    T = num_frames
+    if decoded == 0 and expected:
         raise StageError("decode_failed", f"no frames decoded from {video_path}")
-    if T < num_frames:
-        raise StageError("decode_failed", f"decoded {T} of {num_frames} frames")
+    if decoded < expected:
+        raise StageError("decode_failed", f"decoded {decoded} of {expected} frames")
+    if spans is None and decoded != num_frames:
+        raise StageError("decode_failed", f"decoded {decoded} of {num_frames} frames")
     analysed = np.array([r is not None for r in per_frame])
     idx = np.flatnonzero(analysed)
-    # nearest analysed frame of every frame (O(T log n); a T x n distance matrix would not fit for hours of video)
-    j = np.clip(np.searchsorted(idx, np.arange(T)), 1, max(len(idx) - 1, 1))
-    left, right = idx[np.maximum(j - 1, 0)], idx[np.minimum(j, len(idx) - 1)]
-    nearest = np.where(np.arange(T) - left <= right - np.arange(T), left, right)
+    nearest = _nearest(idx, T)
     arrays: dict[str, np.ndarray] = dict(landmarks)
-    if len(idx) < T:
-        for array in landmarks.values():
-            _interpolate_in_place(array, idx)
-    for key in ("left_hand_score", "right_hand_score", "face_sharpness"):
-        arrays[key] = np.array([per_frame[i][key] for i in nearest], np.float32)
+    body_idx = np.flatnonzero(with_body)
+    for key, array in landmarks.items():
+        rows = body_idx if key in BODY_KEYS else idx
+        if len(rows) < T:
+            _interpolate_in_place(array, rows)
+    nearest_body = _nearest(body_idx, T)
+    for key in ("left_hand_score", "right_hand_score"):
+        arrays[key] = np.array([per_frame[i][key] for i in nearest_body], np.float32)
+    arrays["face_sharpness"] = np.array([per_frame[i]["face_sharpness"] for i in nearest], np.float32)
     # face track: continue the previous frame's face by IoU; a jump starts a new identity
     track = np.full(T, -1, np.int32)
     face_score = np.zeros(T, np.float32)
@@ -222,7 +239,7 @@ def extract_pose(models: PoseModels, video_path: str, width: int, height: int, f
             k, current = int(scores.argmax()), current + 1
         track[t], face_score[t], face_box[t] = current, scores[k], boxes[k]
         prev_box = boxes[k]
-    arrays.update(face_track=track, num_people=num_people, interpolated=~analysed)
+    arrays.update(face_track=track, num_people=num_people, interpolated=~analysed, skipped=skipped)
     arrays.update(_face_slot_arrays(arrays["faces"], face_box, [per_frame[i]["slot_ids"] for i in nearest], width, height))
     arrays["face"] = arrays["faces"][:, 0]  # the primary face (a view: not stored twice)
     arrays.update(part_arrays(arrays, face_score, face_box, width, height))
@@ -267,6 +284,14 @@ def _face_slot_arrays(faces: np.ndarray, face_box: np.ndarray, slot_ids: list[li
             mouth[start:start + block, s] = mouth_opening(np.asarray(faces[start:start + block, s]), width, height)
         head[:, s] = head_poses_deg(faces[:, s], width, height, block)
     return {"faces_track": ids, "faces_box": boxes, "faces_mouth": mouth, "faces_head_pose": head}
+
+
+def _nearest(idx: np.ndarray, T: int) -> np.ndarray:
+    """The nearest of the frames ``idx`` (sorted) to every frame ``0..T-1`` (O(T log n); a T x n
+    distance matrix would not fit for hours of video)."""
+    j = np.clip(np.searchsorted(idx, np.arange(T)), 1, max(len(idx) - 1, 1))
+    left, right = idx[np.maximum(j - 1, 0)], idx[np.minimum(j, len(idx) - 1)]
+    return np.where(np.arange(T) - left <= right - np.arange(T), left, right)
 
 
 def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:

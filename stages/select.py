@@ -140,10 +140,13 @@ def active_faces(num_frames: int, pose: dict[str, np.ndarray] | None, sync: dict
     if pose is None:
         return np.zeros(num_frames, np.int64), reason  # no pose: the whole frame, one "face"
     people, present = pose["num_people"], pose["part_present"]
+    # the cascade did not look there (no large face, no speech or a short shot in its cheap passes)
+    outside = np.asarray(pose["skipped"], bool) if "skipped" in pose else np.zeros(num_frames, bool)
     if sync is None:
         several = people > 1
         offscreen = ~several & ~present[:, 0]
         reason[several], reason[offscreen] = "several_people", "off_screen_speaker"
+        reason[outside] = "outside_candidates"
         ok = ~several & ~offscreen
         active[ok] = pose["face_track"][ok]
         return active, reason
@@ -155,6 +158,7 @@ def active_faces(num_frames: int, pose: dict[str, np.ndarray] | None, sync: dict
     any_face = (ids >= 0).any(axis=1) | present[:, 0]
     reason[~speaking & any_face] = "voice_over"
     reason[~speaking & ~any_face] = "off_screen_speaker"
+    reason[outside & ~speaking] = "outside_candidates"
     return active, reason
 
 

@@ -205,9 +205,11 @@ def test_every_option_invalidates_exactly_its_stage_and_dependants():
         assert changed == expected, f"{stage}.{field}: redone {sorted(changed)}, expected {sorted(expected)}"
         checked += 1
     assert checked == sum(len(s.options.model_fields) for s in DAG)
-    assert DAG.dependents("normalize") == ["shots", "pose", "speech", "identity", "sync", "clips", "flame"]
+    assert DAG.dependents("normalize") == ["shots", "speech", "pose", "identity", "sync", "clips", "flame"]
     assert DAG.dependents("pose") == ["identity", "sync", "clips", "flame"]
-    assert DAG.dependents("shots") == ["clips", "flame"] and DAG.dependents("flame") == []
+    # the cascade: pose reads the cheap passes (shots, speech), so they redo it
+    assert DAG.dependents("shots") == ["pose", "identity", "sync", "clips", "flame"] and DAG.dependents("flame") == []
+    assert DAG.dependents("speech") == ["pose", "identity", "sync", "clips", "flame"]
 
 
 def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
@@ -216,6 +218,6 @@ def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
     bumped = Registry([dataclasses.replace(s, version=s.version + 1) if s.name == "shots" else s for s in DAG])
     cfg = Config()
     changed = {s for s in DAG.names if DAG.fingerprint(cfg, s) != bumped.fingerprint(cfg, s)}
-    assert changed == {"shots", "clips", "flame"}
+    assert changed == {"shots", "pose", "identity", "sync", "clips", "flame"}  # pose reads the shots (cascade)
     with pytest.raises(ValidationError, match="no stage named"):
         load_config(None, ["ray.resources.speach.actors=2"])
