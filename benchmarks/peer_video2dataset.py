@@ -12,7 +12,9 @@ ResolutionSubsampler/FrameSubsampler/AudioRateSubsampler configured every sample
 ``dictionary keys changed during iteration`` in the download worker) and 1.2.0's wheel lacks its
 config files — so video2dataset does *less* work here than CNAS: no resize to 360 p, no 25 fps
 CFR, no separate 16 kHz wav.
-CNAS: `cnas ingest` with shots/pose/speech/FLAME off and fixed 2 s clips, embedded Ray on 2 CPUs.
+CNAS: `cnas ingest` with shots/pose/speech/FLAME off and fixed 2 s clips, embedded Ray on 2 CPUs,
+``normalize.max_height`` 480 by default (the sources' size: both tools then cut clips of the same
+size; the 2026-11-24 run used 360, a resize video2dataset did not do).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--venv", default="/tmp/v2d-venv")
+    ap.add_argument("--max-height", type=int, default=480,
+                    help="CNAS normalize.max_height: 480 keeps the sources' size, as video2dataset's clips do (360 resizes: more work than the peer)")
     args = ap.parse_args()
     install_s = ensure_venv(Path(args.venv))
     root = Path(tempfile.mkdtemp(prefix="cnas-peer-"))
@@ -134,7 +138,7 @@ def main() -> None:
         v2d_inner = json.loads(v2d.stdout.strip().splitlines()[-1])["wall_s"]
         (root / "s.txt").write_text("\n".join(r["url"] for r in rows) + "\n")
         sets = ["shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "flame.enabled=false",
-                "clips.mode=fixed", "clips.window_s=2", "normalize.max_height=360"]
+                "clips.mode=fixed", "clips.window_s=2", f"normalize.max_height={args.max_height}"]
         t0 = time.perf_counter()
         ours = subprocess.run([sys.executable, "-m", "cnas", "ingest", "--sources", str(root / "s.txt"), "--out",
                                str(root / "cnas"), "--num-cpus", "2", *sum((["--set", s] for s in sets), [])],

@@ -340,7 +340,7 @@ DAG = Registry([
     StageSpec("download", DownloadOptions, DownloadResult, _run_download, outputs_exist=_download_exists,
               resources=Resources(cpus=0.5), version=2),  # I/O bound; v2: provenance
     StageSpec("normalize", NormalizeOptions, NormalizedMedia, _run_normalize, requires={"download": "the source file"},
-              outputs_exist=_media_exists, version=2),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions)
+              outputs_exist=_media_exists, version=3),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions); v3: passthrough
     StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
               setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags

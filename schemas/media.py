@@ -60,6 +60,7 @@ class NormalizeDecisions(Record):
     interlace_frames: dict[str, int] = Field(default_factory=dict, description="idet counts on the sampled frames: tff, bff, progressive, undetermined")
     interlaced: bool | None = Field(False, description="idet's verdict; null when not checked (normalize.deinterlace=always|never)")
     deinterlaced: bool = Field(False, description="bwdif applied")
+    video_copied: bool = Field(False, description="the video stream was copied, not re-encoded (it already conformed: normalize.passthrough)")
     source_bit_depth: int | None = None
     tone_mapped: bool = Field(False, description="HDR (PQ/HLG) tone-mapped to 8-bit BT.709")
     variable_frame_rate: bool = False

@@ -63,6 +63,7 @@ class NormalizeOptions(Settings):
     interlace_sample_frames: int = Field(100, ge=10, description="frames idet looks at (from 10 % into the video)")
     interlaced_share: float = Field(0.5, gt=0, le=1, description="share of decided sampled frames that must be interlaced to deinterlace")
     dead_channel_db: float = Field(-30.0, lt=0, description="a channel this far below the loudest is dead and left out of the mono mix")
+    passthrough: bool = Field(True, description="copy the video stream, not re-encode it, when it is already what normalisation would make (H.264 yuv420p 8-bit, constant fps, upright, square pixels, progressive, SDR, within max_height, starting with the audio)")
     crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
     # x264 with frame threads was seen to encode the last frames differently between identical runs;
@@ -186,6 +187,18 @@ def is_interlaced(counts: dict[str, int], share: float) -> bool:
     return decided > 0 and (counts.get("tff", 0) + counts.get("bff", 0)) / decided >= share
 
 
+def conformant(p: ProbeInfo, opts: NormalizeOptions, out_w: int, out_h: int, deinterlace: bool, tone_map: bool,
+               v0: float, a0: float) -> bool:
+    """Whether the source's video already is what the transcode would produce, so a stream copy
+    gives the same frames: H.264 8-bit yuv420p at exactly ``opts.fps`` (constant), upright, square
+    pixels, progressive, SDR, at its output size, and starting on the file's start with the audio
+    (no offset to pad or trim)."""
+    return (p.video_codec == "h264" and p.pix_fmt == "yuv420p" and (p.bit_depth in (None, 8)) and p.fps is not None
+            and abs(p.fps - opts.fps) < 1e-6 and not p.variable_frame_rate and p.rotation_deg == 0
+            and abs(p.sample_aspect_ratio - 1.0) < 1e-6 and not deinterlace and not tone_map
+            and (p.width, p.height) == (out_w, out_h) and abs(v0 - p.format_start_s) < 1e-3 and abs(a0 - v0) < 1e-3)
+
+
 def stream_spans(p: ProbeInfo, track: AudioTrack) -> tuple[float, float, float, float]:
     """(video start, video end, audio start, audio end) on the source's presentation timeline."""
     v0 = p.video_start_s if p.video_start_s is not None else p.format_start_s
@@ -247,12 +260,18 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     mono = channels == 1
     if not mono and channels > 2:
         af.append("aformat=channel_layouts=stereo")  # 5.1 and up: swresample's standard stereo downmix first
+    copy = opts.passthrough and conformant(p, opts, out_w, out_h, deinterlace, tone_map, v0, a0)
+    if copy:  # nothing to change in the pictures: copy the stream (no decode, no encode), cut at out_len
+        video = ["-map", "0:V:0", "-t", f"{out_len:.6f}", "-c:v", "copy"]
+        graph = f"[0:a:{track.index}]{','.join(af)}[a]"
+    else:
+        # V: video streams that are not cover art (an MKV may store a picture first)
+        video = ["-map", "[v]", "-t", f"{out_len:.6f}", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
+                 "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+                 "-r", str(opts.fps), "-threads", str(opts.encode_threads)]
+        graph = f"[0:V:0]{','.join(vf)}[v];[0:a:{track.index}]{','.join(af)}[a]"
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1", "-i", src_path,
-           # V: video streams that are not cover art (an MKV may store a picture first)
-           "-filter_complex", f"[0:V:0]{','.join(vf)}[v];[0:a:{track.index}]{','.join(af)}[a]",
-           "-map", "[v]", "-t", f"{out_len:.6f}", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
-           "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
-           "-r", str(opts.fps), "-threads", str(opts.encode_threads), "-movflags", "+faststart", "-map_metadata", "-1",
+           "-filter_complex", graph, *video, "-movflags", "+faststart", "-map_metadata", "-1",
            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-f", "mp4", video_tmp,
            "-map", "[a]", "-t", f"{out_len:.6f}", "-c:a", "pcm_s16le", "-ac", "1" if mono else "2", "-map_metadata", "-1",
            "-fflags", "+bitexact", "-f", "wav", audio_tmp]
@@ -269,13 +288,15 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     if abs(num_frames / opts.fps - audio_info.frames / audio_info.samplerate) > 1.0:  # the streams were shorter than stated
         raise StageError("av_length_mismatch", f"decoded video {num_frames / opts.fps:.2f} s and audio "
                          f"{audio_info.frames / audio_info.samplerate:.2f} s disagree with the probed {out_len:.2f} s")
+    if copy and num_frames != round(out_len * opts.fps):  # the copy must hold exactly the frames a re-encode would
+        return normalize(video_id, src_path, out_dir, opts.model_copy(update={"passthrough": False}), language)
     decisions = NormalizeDecisions(
         rotation_deg=p.rotation_deg, sample_aspect_ratio=p.sample_aspect_ratio, display_width=disp_w, display_height=disp_h,
         interlace_frames=counts, interlaced=interlaced, deinterlaced=deinterlace, source_bit_depth=p.bit_depth,
         tone_mapped=tone_map, variable_frame_rate=p.variable_frame_rate, source_fps=p.fps, audio_track=track.index,
         audio_track_language=track.language, audio_track_reason=track_reason, audio_channels_used=used,
         video_start_s=round(v0, 6), audio_offset_s=round(a0 - v0, 6), video_length_s=round(video_len, 6),
-        audio_length_s=round(audio_len, 6),
+        audio_length_s=round(audio_len, 6), video_copied=copy,
         # a stream lost more than half a frame at its end to the common span
         trimmed_to_s=round(out_len, 6) if max(v1, a1) - min(v1, a1) > 0.5 / opts.fps else None,
     )

@@ -249,3 +249,24 @@ def test_clip_pixels_map_back_to_the_source_through_crop_and_scale(catalogue, tm
     ys, xs = np.nonzero((rgb[..., 0] > 128) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80))
     got = np.array(clip.clip_to_source) @ np.array([xs.mean() + 0.5, ys.mean() + 0.5, 1.0])
     assert np.allclose(got, mf.marker_source_xy(320, 240, 1.0), atol=3.0), got
+
+
+def test_a_conformant_video_is_copied_and_decodes_to_the_source_frames(tmp_path):
+    """25 fps H.264 yuv420p, upright, square pixels, audio from the start: nothing to change, so the
+    stream is copied (no generation loss, no encode time) and the frames are the source's, bit for bit."""
+    src = str(tmp_path / "anchor.mp4")
+    mf.flash_beep_video(src)
+    copied = normalize("anchor", src, str(tmp_path / "copy"), OPTS)
+    encoded = normalize("anchor", src, str(tmp_path / "enc"), OPTS.model_copy(update={"passthrough": False}))
+    assert copied.decisions.video_copied and not encoded.decisions.video_copied
+    assert copied.num_frames == encoded.num_frames and copied.num_audio_samples == encoded.num_audio_samples
+    w, h = copied.width, copied.height
+    assert np.array_equal(mf.gray_frames(copied.video_path, w, h), mf.gray_frames(src, w, h)[: copied.num_frames])
+    assert np.array_equal(sf.read(copied.audio_path)[0], sf.read(encoded.audio_path)[0])
+
+
+def test_what_needs_changing_is_re_encoded(catalogue):
+    for name in ("sar_4_3", "rotated_90", "ntsc_29_97", "fps_60", "interlaced_pal", "ten_bit", "hdr_pq", "odd_size", "uhd_4k",
+                 "vfr", "audio_late", "audio_early"):
+        media = catalogue[name][1]
+        assert not media.decisions.video_copied, name
