@@ -280,8 +280,8 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     os.replace(video_tmp, video_out)
     os.replace(audio_tmp, audio_out)
 
-    num_frames = count_frames(video_out)
-    out_probe = ffmpeg.probe(video_out)["streams"][0]
+    out_probe = _video_stream(video_out)  # one ffprobe: packet count (= frames in our mp4) and size
+    num_frames = int(out_probe.get("nb_read_packets") or out_probe.get("nb_frames") or 0)
     audio_info = sf.info(audio_out)
     if num_frames == 0 or audio_info.frames == 0:
         raise StageError("decode_failed", f"transcode produced {num_frames} frames and {audio_info.frames} audio samples")
@@ -359,12 +359,15 @@ def target_size(width: int, height: int, max_height: int) -> tuple[int, int]:
     return out_w, max(2, out_h)
 
 
+def _video_stream(path: str) -> dict:
+    """ffprobe's first video stream of ``path`` with its packets counted (from the container index, no decoding)."""
+    streams = ffmpeg.probe(path, select_streams="v:0", count_packets=None)["streams"]
+    return streams[0] if streams else {}
+
+
 def count_frames(path: str) -> int:
     """Exact number of video frames in an mp4 (read from the container index, no decoding)."""
-    streams = ffmpeg.probe(path, select_streams="v:0", count_packets=None)["streams"]
-    if not streams:
-        return 0
-    s = streams[0]
+    s = _video_stream(path)
     return int(s.get("nb_read_packets") or s.get("nb_frames") or 0)
 
 
