@@ -158,6 +158,29 @@ def stage_resources(cfg: Config, registry: Registry, stage: str) -> Resources:
     return res
 
 
+def fit_cpus(actor_cpus: dict[str, float], actor_counts: dict[str, int], task_cpus: dict[str, float],
+             node_cpus: list[float]) -> float | None:
+    """The CPUs per actor and per file task when the declared ones cannot all be placed, else None.
+
+    Each actor holds its CPUs for the whole run; on a small cluster the file stages would then never
+    be scheduled. Two conditions: the actors plus one file task fit in the cluster, and on some node
+    a file task fits beside the actors there. Ray may put the actors anywhere, but some node holds
+    at most ``ceil(actors / nodes)`` of them (pigeonhole), so that node's free CPUs are what must
+    fit a task: 2 nodes of 1 CPU with two 0.67-CPU actors leave 0.33 on each, and a 0.67 task waits
+    forever."""
+    nodes = [c for c in node_cpus if c > 0]
+    if not nodes or not actor_cpus:
+        return None
+    n = sum(actor_counts.get(s, 1) for s in actor_cpus)
+    per_node = -(-n // len(nodes))
+    biggest_actor, biggest_task = max(actor_cpus.values()), max(task_cpus.values(), default=0.0)
+    total_ok = sum(actor_cpus[s] * actor_counts.get(s, 1) for s in actor_cpus) + biggest_task <= sum(nodes)
+    node_ok = min(nodes) >= per_node * biggest_actor + biggest_task
+    if total_ok and node_ok:
+        return None
+    return min(sum(nodes) / (n + 1), min(nodes) / (per_node + 1))
+
+
 def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: Registry = DAG):
     """The Ray Data dataset of the whole DAG; iterate it to run. One block per video up to ``max_blocks``."""
     import ray.data
@@ -168,14 +191,12 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
     res = {s: stage_resources(cfg, registry, s) for s in stages}
     actor_cpus = {s: r.cpus for s, r in res.items() if registry[s].is_model_stage}
     task_cpus = {s: r.cpus for s, r in res.items() if not registry[s].is_model_stage}
-    total = ray.cluster_resources().get("CPU", 0.0)
-    if total and sum(actor_cpus.values()) + max(task_cpus.values(), default=0.0) > total:
-        # Each actor holds its CPUs for the whole run; on a small cluster the file stages would
-        # then never be scheduled. Share the CPUs instead of deadlocking.
-        share = total / (len(actor_cpus) + 1)
+    nodes = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    share = fit_cpus(actor_cpus, {s: res[s].actors for s in actor_cpus}, task_cpus, nodes)
+    if share is not None:
         actor_cpus = {k: min(v, share) for k, v in actor_cpus.items()}
         task_cpus = {k: min(v, share) for k, v in task_cpus.items()}
-        log.warning("only %.1f CPUs: model actors get %s, file stages at most %.2f each", total,
+        log.warning("only %.1f CPUs on %d node(s): model actors get %s, file stages at most %.2f each", sum(nodes), len(nodes),
                     {k: round(v, 2) for k, v in actor_cpus.items()}, share)
     for stage in stages:
         if registry[stage].is_model_stage:
