@@ -191,8 +191,10 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
     res = {s: stage_resources(cfg, registry, s) for s in stages}
     actor_cpus = {s: r.cpus for s, r in res.items() if registry[s].is_model_stage}
     task_cpus = {s: r.cpus for s, r in res.items() if not registry[s].is_model_stage}
-    nodes = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
-    share = fit_cpus(actor_cpus, {s: res[s].actors for s in actor_cpus}, task_cpus, nodes)
+    nodes = [c for n in ray.nodes() if n.get("Alive") and (c := float(n["Resources"].get("CPU", 0.0))) > 0]
+    # actors per node: a second node adds model capacity, not only file-task slots
+    pool = {s: res[s].actors * max(1, len(nodes)) for s in actor_cpus}
+    share = fit_cpus(actor_cpus, pool, task_cpus, nodes)
     if share is not None:
         actor_cpus = {k: min(v, share) for k, v in actor_cpus.items()}
         task_cpus = {k: min(v, share) for k, v in task_cpus.items()}
@@ -203,7 +205,7 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
             r = res[stage]
             ds = ds.map_batches(
                 ModelStageActor, fn_constructor_args=(stage, cfg, work_uri, registry), batch_size=r.batch_size,
-                batch_format="pandas", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=r.actors),
+                batch_format="pandas", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool[stage]),
                 num_cpus=actor_cpus[stage], num_gpus=r.gpus,
             )
         else:

@@ -34,7 +34,7 @@ class Resources(Settings):
 
     cpus: float = Field(1.0, gt=0, description="CPUs per task or actor")
     gpus: float = Field(0.0, ge=0, description="GPUs per actor; 0 with the stage's device=cuda means 1")
-    actors: int = Field(1, ge=1, description="model stages: at most this many actors (each loads the models once)")
+    actors: int = Field(1, ge=1, description="model stages: at most this many actors per node with CPUs (each loads the models once); the pool grows to it as videos queue")
     batch_size: int = Field(1, ge=1, description="model stages: videos per actor call")
 
 
