@@ -134,6 +134,8 @@ class FaceSlots:
                 self._next += 1
         self.boxes = [boxes[j] if j >= 0 else None for j in order]
         return order
+
+
 #: Landmark arrays of the body and hand graphs (``body_every``); the face meshes are the others.
 BODY_KEYS = ("body", "body_visibility", "left_hand", "right_hand")
 _PER_FRAME = ("left_hand_score", "right_hand_score", "face_sharpness", "face_boxes", "face_scores")
