@@ -58,13 +58,19 @@ def is_release(folder: Path) -> bool:
     return any(folder.glob("*.index.json")) or (folder / "rebuild.json").exists()
 
 
-def clip_sheets(shard_paths: list[Path], out: Path, limit: int, count: int) -> tuple[list[str], list[ClipRecord]]:
-    """Sheets of the first ``limit`` samples of the shards, in order; (HTML figures, their clips)."""
+def clip_sheets(shard_paths: list[Path], out: Path, limit: int, count: int,
+                every_clip: dict[str, ClipRecord] | None = None) -> tuple[list[str], list[ClipRecord]]:
+    """Sheets of the first ``limit`` samples of the shards, in order; (HTML figures, their clips).
+    ``every_clip``: also collect every sample's record there, in the same pass over the tars."""
     figures, clips = [], []
     for shard in shard_paths:
         for key, members in iter_tar_samples(str(shard)):
+            if every_clip is not None:
+                every_clip[key] = ClipRecord.model_validate_json(members["json"])
             if len(clips) >= limit:
-                return figures, clips
+                if every_clip is None:
+                    return figures, clips
+                continue
             clip = ClipRecord.model_validate_json(members["json"])
             name = f"sheets/{key}.png"
             draw_sheet(sheet_from_sample(members, count), str(out / name))
@@ -138,7 +144,7 @@ def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[s
                 track = f", face track {s.face_track}" if s.face_track is not None else ""
                 facts = [f"rejected: {s.reason}{track}", f"{item.video_id} {s.start_s:.2f}-{s.end_s:.2f} s of the normalised source"]
                 data = sheet_from_source(video, audio, pose, transcript, media.fps, s.start_s, s.end_s,
-                                         f"{item.video_id} {s.reason}", facts, count)
+                                         f"{item.video_id} {s.reason}", facts, media.width, media.height, count)
                 draw_sheet(data, str(out / name))
                 figures[s.reason].append(_img(name, f"{s.reason} example", f"{item.video_id} {s.start_s:.2f}-{s.end_s:.2f} s"))
     return figures
@@ -191,11 +197,8 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
     else:
         summary.body.append("<p>The run has not finished (no stats.json): figures below are what is on disk now.</p>")
     shards = [run / "shards" / s for s in sorted({r.shard for r in manifest})]
-    clips_fig, clips = clip_sheets(shards, out, max_clips, count)
-    all_clips = {}
-    for shard in shards:
-        for key, members in iter_tar_samples(str(shard)):
-            all_clips[key] = ClipRecord.model_validate_json(members["json"])
+    all_clips: dict[str, ClipRecord] = {}
+    clips_fig, clips = clip_sheets(shards, out, max_clips, count, all_clips)
     sections = [summary]
     if all_clips:
         make_plots(all_clips, None, release_cfg, out / "plots")

@@ -68,28 +68,18 @@ def frame_indices(num_frames: int, count: int) -> list[int]:
     return sorted({int((i + 0.5) * num_frames / count) for i in range(count)})
 
 
-def read_frames(path: str, indices: list[int], start: int = 0) -> list[np.ndarray]:
-    """RGB frames ``start + i`` for ``i`` in ``indices`` of a video file, read in order (one pass,
-    no seeking: exact on any codec). Raises ``ValueError`` when the video ends early."""
-    import cv2
+def read_frames(path: str, indices: list[int], width: int, height: int, start: int = 0) -> list[np.ndarray]:
+    """RGB frames ``start + i`` for ``i`` in ``indices`` of a video of ``width`` x ``height``, in one
+    frame-exact ffmpeg pass (``stages.pose.read_frames_at``). Raises ``ValueError`` when the video
+    ends early."""
+    from stages.normalize import count_frames
+    from stages.pose import read_frames_at
 
-    wanted = {start + i for i in indices}
-    last = max(wanted)
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video {path}")
-    frames, n = {}, 0
-    try:
-        while n <= last:
-            ok, bgr = cap.read() if n in wanted else (cap.grab(), None)
-            if not ok:
-                raise ValueError(f"{path} ends at frame {n}, before frame {last}")
-            if bgr is not None:
-                frames[n] = bgr[:, :, ::-1].copy()
-            n += 1
-    finally:
-        cap.release()
-    return [frames[start + i] for i in indices]
+    wanted = [start + i for i in indices]
+    got = dict(read_frames_at(path, width, height, wanted))
+    if len(got) < len(set(wanted)):
+        raise ValueError(f"{path} ends at frame {count_frames(path)}, before frame {max(wanted)}")
+    return [got[t] for t in wanted]
 
 
 def _to_pixels(xy_norm: np.ndarray, frame_size: tuple[float, float], crop: list[int] | None, out_size: tuple[int, int]) -> np.ndarray:
@@ -179,7 +169,7 @@ def sheet_from_sample(members: dict[str, bytes], count: int = 8) -> SheetData:
         path = os.path.join(tmp, "clip.mp4")
         with open(path, "wb") as f:
             f.write(members["mp4"])
-        frames = read_frames(path, idx)
+        frames = read_frames(path, idx, clip.width, clip.height)
     size = (frames[0].shape[1], frames[0].shape[0])
     data = SheetData(title=clip.key, facts=_clip_facts(clip), frames=frames, times=[i / clip.fps for i in idx],
                      duration_s=clip.num_frames / clip.fps)
@@ -196,14 +186,15 @@ def sheet_from_sample(members: dict[str, bytes], count: int = 8) -> SheetData:
 
 
 def sheet_from_source(video_path: str, audio_path: str | None, pose: dict[str, np.ndarray] | None, transcript: Transcript | None,
-                      fps: float, start_s: float, end_s: float, title: str, facts: list[str], count: int = 8) -> SheetData:
+                      fps: float, start_s: float, end_s: float, title: str, facts: list[str], width: int, height: int,
+                      count: int = 8) -> SheetData:
     """A contact sheet of ``[start_s, end_s)`` of a normalised source (a rejected stretch): every
     face slot of the pose stage is drawn, not only a speaker's."""
     import soundfile as sf
 
     f0, f1 = round(start_s * fps), max(round(end_s * fps), round(start_s * fps) + 1)
     idx = frame_indices(f1 - f0, count)
-    frames = read_frames(video_path, idx, start=f0)
+    frames = read_frames(video_path, idx, width, height, start=f0)
     size = (frames[0].shape[1], frames[0].shape[0])
     data = SheetData(title=title, facts=facts, frames=frames, times=[i / fps for i in idx], duration_s=(f1 - f0) / fps)
     if pose is not None:

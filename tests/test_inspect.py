@@ -110,10 +110,10 @@ def test_read_frames_returns_the_frames_asked_for(tmp_path):
     path = str(tmp_path / "count.mp4")
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x64", "-r", "25",
                     "-i", "-", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", path], input=frames.tobytes(), check=True)
-    got = read_frames(path, [1, 7], start=3)
+    got = read_frames(path, [1, 7], 64, 64, start=3)
     assert [int(round(f.mean())) for f in got] == [40, 100]
     with pytest.raises(ValueError, match="ends at frame 20"):
-        read_frames(path, [25])
+        read_frames(path, [25], 64, 64)
 
 
 def test_reject_spans_are_recorded_with_the_counts(dub_run):
