@@ -1,11 +1,16 @@
 """End-to-end ingestion throughput on 1 vs 2 Ray nodes on this machine (`ray start` head and
 worker as separate processes, `cnas ingest --address`), with per-stage time shares.
 
-    .venv/bin/python benchmarks/cluster_scaling.py --videos 12 [--cpus-per-node 1] [--stages file|all]
+    .venv/bin/python benchmarks/cluster_scaling.py --videos 12 [--cpus-per-node 1] [--stages file|all] [--no-pin]
 
 Each node gets ``--cpus-per-node`` CPUs, so 2 nodes have twice the CPUs of 1: the ratio shows how
-much of the added capacity the DAG turns into throughput (1.0 would be perfect scaling). The
+much of the added capacity the DAG turns into throughput (2.0 would be perfect scaling). The
 embedded-Ray run with the same total CPUs is the single-process reference.
+
+By default node i and every process it starts (raylet, workers, ffmpeg, model threads) are pinned
+to their own cores with ``taskset``, as separate machines would be: unpinned, the one-node run's
+workers spread their library threads and ffmpeg over both cores of this machine, so the one-node
+baseline is not one node's worth of CPU. The driver (``cnas ingest``) is not pinned.
 """
 
 from __future__ import annotations
@@ -33,14 +38,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(nodes: int, cpus: int, tag: str) -> tuple[str, str]:
+def _pinned(node: int, cpus: int, pin: bool) -> list[str]:
+    """``taskset`` prefix giving node ``node`` its own ``cpus`` cores (wrapping round this machine's)."""
+    if not pin:
+        return []
+    n = os.cpu_count() or 1
+    return ["taskset", "-c", ",".join(str((node * cpus + k) % n) for k in range(cpus))]
+
+
+def start_cluster(nodes: int, cpus: int, tag: str, pin: bool = True) -> tuple[str, str]:
     temp = f"/tmp/cnasb{tag}"
     port = _port()
     common = [f"--num-cpus={cpus}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false", *common],
-                   check=True, env=ENV, capture_output=True)
-    for _ in range(nodes - 1):
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, env=ENV, capture_output=True)
+    subprocess.run([*_pinned(0, cpus, pin), RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
+                    *common], check=True, env=ENV, capture_output=True)
+    for i in range(1, nodes):
+        subprocess.run([*_pinned(i, cpus, pin), RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, env=ENV,
+                       capture_output=True)
     return f"127.0.0.1:{port}", temp
 
 
@@ -80,6 +94,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--stages", choices=["file", "all"], default="file", help="file: download/normalize/shots/clips only")
+    ap.add_argument("--no-pin", dest="pin", action="store_false", help="let every node's processes use every core")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cnas-scale-"))
     lines = ["path,id"]
@@ -93,7 +108,7 @@ def main() -> None:
         sets += ["pose.enabled=false", "speech.enabled=false", "flame.enabled=false", "clips.mode=fixed"]
     results = {}
     for nodes in (1, 2):
-        address, temp = start_cluster(nodes, args.cpus_per_node, f"{os.getpid()}n{nodes}")
+        address, temp = start_cluster(nodes, args.cpus_per_node, f"{os.getpid()}n{nodes}", args.pin)
         try:
             results[f"{nodes} node(s)"] = ingest(str(root / "s.csv"), str(root / f"out{nodes}"), sets, ["--address", address], ENV)
         finally:
@@ -102,7 +117,8 @@ def main() -> None:
     results[f"embedded, {total} CPUs"] = ingest(str(root / "s.csv"), str(root / "emb"), sets, ["--num-cpus", str(total)],
                                                  {**ENV, "RAY_AUTH_MODE": "disabled"})
     hours = next(iter(results.values()))[1]["source_hours"]
-    print(f"{args.videos} videos, {hours * 3600:.0f} source-seconds, stages={args.stages}, {args.cpus_per_node} CPU(s) per node")
+    print(f"{args.videos} videos, {hours * 3600:.0f} source-seconds, stages={args.stages}, {args.cpus_per_node} CPU(s) per node, "
+          f"{'each node pinned to its own cores' if args.pin else 'not pinned'}")
     print("| run | wall s | source-hours per wall-hour | stage time shares |")
     print("|---|---|---|---|")
     for name, (wall, stats) in results.items():

@@ -354,7 +354,7 @@ DAG = Registry([
               outputs_exist=_sync_exists, unavailable=sync_unavailable),
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=6),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans
+              version=7),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True,

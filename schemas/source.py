@@ -41,6 +41,6 @@ class DownloadResult(Record):
     media_path: str = Field(description="path of the downloaded or local media file")
     info_path: str | None = Field(default=None, description="yt-dlp .info.json, when downloaded")
     size_bytes: int = Field(ge=0)
-    backend: Literal["yt-dlp", "local"]
+    backend: Literal["yt-dlp", "http", "local"]
     title: str | None = None
     provenance: SourceProvenance | None = Field(default=None, description="where the video came from (yt-dlp's info.json; local files: path and name)")

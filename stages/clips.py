@@ -1,7 +1,7 @@
 """Clip stage: cut the normalised media into clips on exact frame and sample boundaries — the
 windows ``stages.select`` chose (shots × speech turns × visibility) or, in fixed mode, equal
 windows (``fixed_windows``). ``make_clips`` writes each clip's ``mp4`` and ``wav`` members and
-returns its record; ``cut_video`` re-encodes one window.
+returns its record; ``cut_videos`` re-encodes the windows, several per ffmpeg process (one decode).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +38,8 @@ class ClipOptions(SelectOptions, AudioQualityOptions):
     crf: int = Field(20, ge=0, le=51, description="x264 quality of the cut clips")
     preset: str = "veryfast"
     encode_threads: int = Field(1, ge=1, description="one thread keeps re-cut clips byte-identical")
+    cuts_per_process: int = Field(8, ge=1, description="clips one ffmpeg process cuts from a single decode of the video")
+    max_gap_s: float = Field(4.0, ge=0, description="a clip starting more than this after the previous clip's end starts a new ffmpeg process (a seek instead of decoding the gap)")
     timeout_s: float = runtime_field(600.0, gt=0, description="per-clip ffmpeg time limit")
 
 
@@ -89,17 +91,21 @@ def make_clips(
     windows = fixed_windows(media.num_frames, media.fps, opts) if windows is None else windows
     crops = crops or [None] * len(windows)
     syncs = syncs or [None] * len(windows)
-    for index, ((first, count), crop, sync) in enumerate(zip(windows, crops, syncs)):
+    cuts: list[Cut] = []
+    for index, ((first, count), crop) in enumerate(zip(windows, crops)):
+        if round(first / media.fps * sr) + round(count / media.fps * sr) > len(audio):  # the wav can be a few samples shorter than the video
+            break
+        size = (crop_size or crop[2]) if crop else None
+        cuts.append(Cut(os.path.join(out_dir, layout.member_name(clip_key(media.video_id, index), layout.MP4)), first, count, crop, size))
+    cut_videos(media.video_path, cuts, media.fps, opts)
+    for index, (cut, sync) in enumerate(zip(cuts, syncs)):
+        first, count, crop, size = cut.first_frame, cut.num_frames, cut.crop, cut.size
         start_s, end_s = first / media.fps, (first + count) / media.fps
         key = clip_key(media.video_id, index)
         s0, n = round(start_s * sr), round(count / media.fps * sr)
-        if s0 + n > len(audio):  # the wav can be a few samples shorter than the video
-            break
         shift = round(sync.audio_shift_frames / media.fps * sr) if sync else 0
-        size = (crop_size or crop[2]) if crop else None
         scale = crop[2] / size if crop else 1.0  # normalised pixels per clip pixel
         to_normalised = np.array([[scale, 0.0, crop[0] if crop else 0.0], [0.0, scale, crop[1] if crop else 0.0], [0.0, 0.0, 1.0]])
-        cut_video(media.video_path, os.path.join(out_dir, layout.member_name(key, layout.MP4)), start_s, count, media.fps, opts, crop, size)
         _write_wav(os.path.join(out_dir, layout.member_name(key, layout.WAV)), _shifted(audio, s0 - shift, n), sr)
         records.append(
             ClipRecord(
@@ -170,34 +176,84 @@ def source_media_of(media: NormalizedMedia) -> SourceMedia:
     )
 
 
-def cut_video(
-    src: str, dst: str, start_s: float, num_frames: int, fps: float, opts: ClipOptions,
-    crop: tuple[int, int, int] | None = None, size: int | None = None,
-) -> None:
-    """Re-encode exactly ``num_frames`` frames starting at ``start_s`` (no keyframe-snapped stream copy).
+class Cut(NamedTuple):
+    """One clip to cut: ``num_frames`` frames from ``first_frame`` of the normalised video into ``path``;
+    ``crop`` ``(x, y, side)`` a square of the frame, scaled to ``size`` pixels."""
 
-    Seeking half a frame early makes the frame at ``start_s`` the first one kept, whatever the
-    float rounding of the timestamps. The decoder runs single-threaded: with frame threads, the
-    frames near the end of the stream were seen to differ between identical runs.
+    path: str
+    first_frame: int
+    num_frames: int
+    crop: tuple[int, int, int] | None = None
+    size: int | None = None
+
+
+def group_cuts(cuts: list[Cut], fps: float, opts: ClipOptions) -> list[list[Cut]]:
+    """Cuts in start order, grouped for one ffmpeg process each: at most ``opts.cuts_per_process``,
+    and a gap over ``opts.max_gap_s`` between one clip's end and the next one's start splits a group
+    (a seek is cheaper than decoding the gap)."""
+    groups: list[list[Cut]] = []
+    end = None
+    for cut in sorted(cuts, key=lambda c: c.first_frame):
+        if not groups or len(groups[-1]) >= opts.cuts_per_process or cut.first_frame - end > opts.max_gap_s * fps:
+            groups.append([])
+            end = cut.first_frame
+        groups[-1].append(cut)
+        end = max(end, cut.first_frame + cut.num_frames)
+    return groups
+
+
+def cut_videos(src: str, cuts: list[Cut], fps: float, opts: ClipOptions) -> None:
+    """Re-encode each cut's exact frames (no keyframe-snapped stream copy), ``group_cuts`` at a time
+    per ffmpeg process: the video is decoded once per group and ``split`` to one ``trim`` and one
+    x264 encoder per clip.
+
+    The input seek lands half a frame before the group's first frame, so that frame is the first
+    one decoded whatever the float rounding of the timestamps; ``trim`` then counts frames from
+    there and ``setpts`` restarts each clip at 0. (A per-clip ``-ss`` + ``-frames:v`` cut with an
+    output rate, as before, was exact on the normalised video but repeated the first frame and
+    dropped the last on a file that also holds audio; trim is exact on both.) The decoder runs
+    single-threaded: with frame threads, frames near the end of the stream were seen to differ
+    between identical runs.
     """
-    seek = max(0.0, start_s - 0.5 / fps)
-    tmp = temp_name(dst, ".mp4")
-    cmd = [
-        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-ss", f"{seek:.6f}", "-i", src,
-        "-frames:v", str(num_frames), "-an",
-        *(["-vf", f"crop={crop[2]}:{crop[2]}:{crop[0]}:{crop[1]},scale={size}:{size}:flags=lanczos"] if crop else []),
-        "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
-        "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
-        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=opts.timeout_s)
-    except subprocess.TimeoutExpired:
-        raise StageError("timeout", f"cutting {os.path.basename(dst)} ran past {opts.timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        raise StageError("cut_failed", f"ffmpeg exited {proc.returncode}: {msg[0][:300]}")
-    os.replace(tmp, dst)
+    for group in group_cuts(cuts, fps, opts):
+        base = group[0].first_frame
+        seek = max(0.0, base / fps - 0.5 / fps)
+        chains = []
+        outputs: list[str] = []
+        tmps = [temp_name(c.path, ".mp4") for c in group]
+        for i, (cut, tmp) in enumerate(zip(group, tmps)):
+            a = cut.first_frame - base
+            chain = f"trim=start_frame={a}:end_frame={a + cut.num_frames},setpts=PTS-STARTPTS"
+            if cut.crop:
+                x, y, side = cut.crop
+                chain += f",crop={side}:{side}:{x}:{y},scale={cut.size or side}:{cut.size or side}:flags=lanczos"
+            src_label = f"[s{i}]" if len(group) > 1 else "[0:v:0]"
+            chains.append(f"{src_label}{chain}[o{i}]")
+            outputs += ["-map", f"[o{i}]", "-an", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
+                        "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
+                        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp]
+        if len(group) > 1:
+            chains.insert(0, "[0:v:0]split=" + str(len(group)) + "".join(f"[s{i}]" for i in range(len(group))))
+        cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-ss", f"{seek:.6f}", "-i", src,
+               "-filter_complex", ";".join(chains), *outputs]
+        names = ", ".join(os.path.basename(c.path) for c in group)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=opts.timeout_s * len(group))
+        except subprocess.TimeoutExpired:
+            _remove(tmps)
+            raise StageError("timeout", f"cutting {names} ran past {opts.timeout_s * len(group):.0f} s") from None
+        if proc.returncode != 0:
+            _remove(tmps)
+            msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+            raise StageError("cut_failed", f"ffmpeg exited {proc.returncode} cutting {names}: {msg[0][:300]}")
+        for cut, tmp in zip(group, tmps):
+            os.replace(tmp, cut.path)
+
+
+def _remove(paths: list[str]) -> None:
+    for p in paths:
+        if os.path.exists(p):
+            os.remove(p)
 
 
 def _write_wav(path: str, samples, sr: int) -> None:

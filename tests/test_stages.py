@@ -91,12 +91,16 @@ def _url_item(vid, uri):
 def test_download_http_file_url_and_errors(media_dir, http_server, tmp_path):
     fast = DownloadOptions(retries=0, socket_timeout_s=5)
     r = download(_url_item("h", f"{http_server}/zh_a.mp4"), str(tmp_path / "h"), fast)
+    assert r.backend == "http" and open(r.media_path, "rb").read() == (media_dir / "zh_a.mp4").read_bytes()
+    assert r.media_path.endswith("source.mp4") and r.provenance.original_id == "zh_a" and r.provenance.webpage_url.endswith("/zh_a.mp4")
+    r = download(_url_item("y", f"{http_server}/zh_a.mp4"), str(tmp_path / "y"), fast.model_copy(update={"direct_media": False}))
     assert r.backend == "yt-dlp" and r.info_path and os.path.getsize(r.media_path) == os.path.getsize(media_dir / "zh_a.mp4")
     r = download(_url_item("f", (media_dir / "en_b.mp4").as_uri()), str(tmp_path / "f"), fast)
     assert open(r.media_path, "rb").read() == (media_dir / "en_b.mp4").read_bytes()
-    with pytest.raises(StageError) as e:
-        download(_url_item("n", f"{http_server}/missing.mp4"), str(tmp_path / "n"), fast)
-    assert e.value.reason == "not_found" and "404" in e.value.message
+    for opts in (fast, fast.model_copy(update={"direct_media": False})):
+        with pytest.raises(StageError) as e:
+            download(_url_item("n", f"{http_server}/missing.mp4"), str(tmp_path / "n"), opts)
+        assert e.value.reason == "not_found" and "404" in e.value.message
     with pytest.raises(StageError) as e:
         download(SourceItem(video_id="p", uri=str(tmp_path / "nope.mp4"), kind="file"), "", fast)
     assert e.value.reason == "not_found"
@@ -106,7 +110,7 @@ def test_a_redone_download_is_not_skipped_by_the_archive(http_server, tmp_path):
     from stages.download import forget_archived
 
     archive, dest = str(tmp_path / "archive.txt"), str(tmp_path / "h")
-    fast = DownloadOptions(retries=0, socket_timeout_s=5)
+    fast = DownloadOptions(retries=0, socket_timeout_s=5, direct_media=False)  # the archive is yt-dlp's
     item = _url_item("h", f"{http_server}/zh_a.mp4")
     first = download(item, dest, fast, archive)
     assert open(archive).read().strip() == "generic zh_a"
@@ -119,6 +123,45 @@ def test_a_redone_download_is_not_skipped_by_the_archive(http_server, tmp_path):
     assert forget_archived(archive, first.info_path) and open(archive).read() == "generic other\n"
     again = download(item, dest, fast, archive)
     assert os.path.getsize(again.media_path) == first.size_bytes and "generic zh_a" in open(archive).read()
+
+
+def test_a_direct_download_continues_its_partial_file_and_keeps_the_size_limit(media_dir, http_server, tmp_path):
+    """An interrupted GET left source.mp4.part: the next attempt asks for the rest (Range) and the
+    file is whole; a file over download.max_filesize_mb is refused and nothing is left behind."""
+    import http.server
+    import threading
+
+    whole = (media_dir / "zh_a.mp4").read_bytes()
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "source.mp4.part").write_bytes(whole[:1000])
+    ranges = []
+
+    class Recording(http.server.SimpleHTTPRequestHandler):  # the standard server ignores Range: answer 206 here
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            ranges.append(self.headers.get("Range"))
+            start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+            body = (whole if self.path == "/clip.mp4" else bytes(3 << 19))[start:]
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        r = download(_url_item("d", url), str(dest), DownloadOptions(retries=0))
+        assert ranges == ["bytes=1000-"] and open(r.media_path, "rb").read() == whole and os.listdir(dest) == ["source.mp4"]
+        with pytest.raises(StageError) as e:  # 1.5 MiB
+            download(_url_item("big", url.replace("clip", "big")), str(tmp_path / "big"), DownloadOptions(retries=0, max_filesize_mb=1))
+        assert e.value.reason == "too_large" and os.listdir(tmp_path / "big") == []
+    finally:
+        server.shutdown()
 
 
 def test_download_retries_transient_errors_with_backoff(tmp_path):
