@@ -148,6 +148,14 @@ class ModelStageActor:
         return pd.DataFrame([self.task(row) for row in batch.to_dict("records")])
 
 
+def actor_class(stage: str) -> type[ModelStageActor]:
+    """``ModelStageActor`` under the stage's name (``SpeechActor``): Ray's operator names, progress
+    bars and process titles (``ray::MapWorker(MapBatches(SpeechActor))``) then say which stage a
+    worker runs."""
+    name = "".join(part.title() for part in stage.split("_")) + "Actor"
+    return type(name, (ModelStageActor,), {"__module__": __name__, "__qualname__": name})
+
+
 def stage_resources(cfg: Config, registry: Registry, stage: str) -> Resources:
     """The declared resources of ``stage`` with the config's ``ray.resources.<stage>`` on top; a model
     stage whose options say ``device: cuda`` gets one GPU per actor unless told otherwise."""
@@ -203,9 +211,13 @@ def build_plan(sources: list[SourceItem], cfg: Config, work_uri: str, registry: 
     for stage in stages:
         if registry[stage].is_model_stage:
             r = res[stage]
+            # The whole pool from the start (an actor loads its models only when a video reaches it),
+            # and at most two videos in flight per actor (one running, one queued): queued deeper
+            # behind a busy actor on one node, a video would wait while another node's actor idles.
             ds = ds.map_batches(
-                ModelStageActor, fn_constructor_args=(stage, cfg, work_uri, registry), batch_size=r.batch_size,
-                batch_format="pandas", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool[stage]),
+                actor_class(stage), fn_constructor_args=(stage, cfg, work_uri, registry), batch_size=r.batch_size,
+                batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(min_size=pool[stage], max_size=pool[stage], max_tasks_in_flight_per_actor=2),
                 num_cpus=actor_cpus[stage], num_gpus=r.gpus,
             )
         else:
