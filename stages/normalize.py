@@ -280,7 +280,7 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     os.replace(video_tmp, video_out)
     os.replace(audio_tmp, audio_out)
 
-    out_probe = _video_stream(video_out)  # one ffprobe: packet count (= frames in our mp4) and size
+    out_probe = _video_stream(video_out)  # packet count (= frames in our mp4) and size
     num_frames = int(out_probe.get("nb_read_packets") or out_probe.get("nb_frames") or 0)
     audio_info = sf.info(audio_out)
     if num_frames == 0 or audio_info.frames == 0:
@@ -360,9 +360,17 @@ def target_size(width: int, height: int, max_height: int) -> tuple[int, int]:
 
 
 def _video_stream(path: str) -> dict:
-    """ffprobe's first video stream of ``path`` with its packets counted (from the container index, no decoding)."""
-    streams = ffmpeg.probe(path, select_streams="v:0", count_packets=None)["streams"]
-    return streams[0] if streams else {}
+    """Frame count and size of the first video stream of ``path``, read in-process with PyAV from the
+    container's index (an mp4's sample table: no decoding, no ffprobe process); a container without
+    a count has its packets counted."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            return {}
+        stream = container.streams.video[0]
+        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        return {"nb_read_packets": frames, "width": stream.codec_context.width, "height": stream.codec_context.height}
 
 
 def count_frames(path: str) -> int:
