@@ -81,23 +81,33 @@ def _score_distance(im_feat: np.ndarray, cc_feat: np.ndarray, vshift: int) -> Sy
     return SyncScore(int(vshift - minidx), round(float(torch.median(mdist) - minval), 4), mdist.numpy())
 
 
-def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (300.0, 3400.0)) -> np.ndarray:
+def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (300.0, 3400.0),
+                    block: int = 2048) -> np.ndarray:
     """(num_frames,) RMS of the speech band of ``audio`` in each video frame (a Hann window of two
-    frame lengths centred on the frame), so music bass and hiss weigh little."""
+    frame lengths centred on the frame), so music bass and hiss weigh little. ``audio`` may be int16
+    (taken as /32768, the float a wav reader gives) or float, and a memory map: ``block`` frames are
+    windowed at a time, so an hour of audio costs tens of MB here, not gigabytes."""
     hop = sr / fps
     win = int(round(2 * hop))
     window = np.hanning(win)
     freqs = np.fft.rfftfreq(win, 1.0 / sr)
     keep = (freqs >= band[0]) & (freqs <= band[1])
-    x = np.asarray(audio, np.float64)
-    if x.ndim > 1:
-        x = x.mean(axis=1)
-    pad = np.concatenate([np.zeros(win), x, np.zeros(win)])
-    starts = (np.arange(num_frames) * hop + hop / 2 - win / 2 + win).astype(int)
-    starts = np.clip(starts, 0, len(pad) - win)
-    frames = pad[starts[:, None] + np.arange(win)] * window
-    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    return np.sqrt(spec[:, keep].sum(axis=1) / win).astype(np.float32)
+    x = audio if audio.ndim == 1 else np.asarray(audio).mean(axis=1)
+    scale = 1.0 / 32768.0 if np.issubdtype(x.dtype, np.integer) else 1.0
+    # window starts on the audio padded with ``win`` zeros on both sides, as frame-centred windows need
+    padded = len(x) + 2 * win
+    starts = np.clip((np.arange(num_frames) * hop + hop / 2 - win / 2 + win).astype(int), 0, padded - win) - win
+    out = np.empty(num_frames, np.float32)
+    for b0 in range(0, num_frames, block):
+        s = starts[b0: b0 + block]
+        lo, hi = max(0, int(s.min())), min(len(x), int(s.max()) + win)
+        seg = np.zeros(hi - lo + 2 * win, np.float64)  # this block's stretch, zero-padded like the whole
+        if hi > lo:
+            seg[win: win + hi - lo] = np.asarray(x[lo:hi], np.float64) * scale
+        frames = seg[(s - lo + win)[:, None] + np.arange(win)] * window
+        spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+        out[b0: b0 + block] = np.sqrt(spec[:, keep].sum(axis=1) / win)
+    return out
 
 
 def _syncnet_class():

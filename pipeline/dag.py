@@ -33,6 +33,7 @@ from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_
 from stages.candidates import candidate_mask, scan_faces, spans_of
 from stages.select import reject_examples, select_clips
 from stages.shots import ShotOptions, detect_shots
+from stages.wav import map_pcm16
 from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
 from stages.speech_assets import check_speech_assets
 from stages.sync import SyncNet, SyncOptions, sync_features, sync_unavailable
@@ -180,12 +181,13 @@ def _run_sync(ctx: StageContext) -> SyncResult:
     with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.audio_path) as wav, \
             work.local_dir("media", video_id) as out:
         pose = _face_tracked_pose(pose_file, ctx)
-        audio, sr = load_audio(wav), SAMPLE_RATE
         if opts.backend == "syncnet":
+            audio, sr = load_audio(wav), SAMPLE_RATE
             with work.fetch(media.video_path) as v:
                 arrays = sync_features(audio, sr, media.fps, pose, opts, _syncnet(opts.syncnet_model, opts.device),
                                        read_frames(v, media.width, media.height))
-        else:
+        else:  # the speech band of the int16 samples, a block of frames at a time: an hour is not held
+            audio, sr = map_pcm16(wav)
             arrays = sync_features(audio, sr, media.fps, pose, opts)
         write_npz(os.path.join(out, "sync.npz"), arrays)
     conf, ids = arrays["speaking_conf"], arrays["faces_track"]

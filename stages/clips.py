@@ -25,6 +25,7 @@ from .audio_quality import AudioQualityOptions, audio_quality, audio_reject
 from .errors import StageError, temp_name
 from .normalize import normalised_to_source
 from .select import SelectOptions
+from .wav import map_pcm16
 
 class ClipOptions(SelectOptions, AudioQualityOptions):
     """Options of the clip stage (config section ``clips``): selection and crop (``SelectOptions``),
@@ -86,7 +87,7 @@ def make_clips(
     meta = dict(source_metadata or {})
     to_source = np.array(normalised_to_source(media) + [[0.0, 0.0, 1.0]])
     source_media = source_media_of(media)
-    audio, sr = sf.read(media.audio_path, dtype="int16", always_2d=False)
+    audio, sr = map_pcm16(media.audio_path)
     records = []
     windows = fixed_windows(media.num_frames, media.fps, opts) if windows is None else windows
     crops = crops or [None] * len(windows)
@@ -142,11 +143,11 @@ def measure_audio(audio_path: str, fps: float, windows: list[tuple[int, int]], o
                   filter_: bool) -> tuple[list[int], list[dict[str, float]], list[tuple[int, str]]]:
     """Audio figures of every window (``stages.audio_quality``) and, with ``filter_``, the windows
     that pass the audio limits: (indices kept, figures of the kept, (index, reason) of the rejected)."""
-    audio, sr = sf.read(audio_path, dtype="int16", always_2d=False)
+    audio, sr = map_pcm16(audio_path)
     kept, figures, rejected = [], [], []
     for i, (first, count) in enumerate(windows):
         a, b = first / fps, (first + count) / fps
-        q = audio_quality(audio[round(a * sr): round(b * sr)], sr, opts)
+        q = audio_quality(np.asarray(audio[round(a * sr): round(b * sr)]), sr, opts)
         why = audio_reject(q, opts) if filter_ else None
         if why:
             rejected.append((i, why))
