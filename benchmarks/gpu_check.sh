@@ -2,7 +2,12 @@
 # One pass of the GPU measurements on a lent GPU machine (nvidia-h200: Python 3.12 + torch cu130 at
 # `python3`, no internet). Missing packages travel as wheels in .whl/ (ignored via .git/info/exclude):
 # pydantic(+core, annotated-types, typing-inspection, typing-extensions), webdataset(+braceexpand),
-# soundfile(+cffi, pycparser) and av (PyAV: the paha view decodes mp4 with it).
+# soundfile(+cffi, pycparser) and av (PyAV: the paha view decodes mp4 with it). Fetch them here with
+#   echo /.whl/ >> .git/info/exclude
+#   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
+#     webdataset==1.0.2 braceexpand==0.1.7 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 av==15.1.0
 #
 #   device run:  bash benchmarks/gpu_check.sh          (carry .whl; output under $OUT)
 #   dry run:     GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   (here, CPU, project venv, tiny shapes)
