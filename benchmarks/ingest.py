@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ingest.py --videos 8 [--num-cpus 2] [--window-s 2] [--max-height 480]
     .venv/bin/python benchmarks/ingest.py --mix news [--episodes 3] [--episode-s 60] [--set K=V ...]
 
-``--mix news``: generated broadcast episodes (benchmarks/news_mix.py: anchor, B-roll, wide shot,
+``--mix news``: broadcast-like episodes of real anchors (benchmarks/news_mix.py: anchor, B-roll, wide shot,
 two-shot, silence in stated shares), every stage on, selected clips; the exhaustive configuration
 (``pose.cascade=false``) and the cascade run side by side on the same files in this one command.
 Reported: source-hours per wall-hour of each, the seconds the dense models looked at, the share of
@@ -98,7 +98,7 @@ def news_mix(args) -> None:
     total = sum(kinds.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.episodes} episodes x ~{args.episode_s:.0f} s, "
           f"num_cpus={args.num_cpus}; mix by seconds: " + ", ".join(f"{k} {v / total:.0%}" for k, v in kinds.items()))
-    base = [f"ray.num_cpus={args.num_cpus}", f"normalize.max_height={args.max_height}", "clips.min_face_px=32", *args.set]
+    base = [f"ray.num_cpus={args.num_cpus}", f"normalize.max_height={args.max_height}", *args.set]
     runs = {}
     # exhaustive: every graph on every frame (the toolkit before the cascade)
     for name, extra in (("exhaustive", ["pose.cascade=false", "pose.body_every=1"]), ("cascade", ["pose.cascade=true"])):

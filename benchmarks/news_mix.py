@@ -1,9 +1,11 @@
-"""A generated news mix for the throughput benchmark: episodes cut together from an anchor
-talking, B-roll without faces under a voice-over, a wide studio shot (the anchor small), a
-two-shot (two anchors at a desk) and silence (the anchor on screen, no sound), in stated shares.
+"""A news mix for the throughput benchmark: episodes cut together from an anchor talking, B-roll
+without faces under a voice-over, a wide studio shot (the anchor small), a two-shot (two anchors at
+a desk) and silence (the anchor on screen, no sound), in stated shares.
 
-Each segment is a real photo made to talk (pipeline.demo) or an ffmpeg source; every episode is
-one H.264 + AAC file at 480x480, 25 fps, with hard cuts between segments, like a broadcast.
+The anchors are real talking-head recordings with their own audio (the held-out files of
+``media/real/``, tests/real_media.py), scaled to the frame; the B-roll is an ffmpeg source under
+espeak-ng speech. Every episode is one H.264 + AAC file at 480x480, 25 fps, with hard cuts between
+segments, like a broadcast.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import os
 import subprocess
 import tempfile
 
-from pipeline.demo import DEMO_VIDEOS, make_talking_video, speech_audio
+from pipeline.demo import speech_audio
+
+#: Real recordings (media/real/, held out from every threshold's calibration) used as the anchors.
+ANCHORS = ("retalking_4", "retalking_5", "vox_00098", "vox_00473", "vox_620900105")
+REAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "media", "real")
 
 #: Share of an episode's seconds per kind (what a news hour looks like, roughly: most of it is not
 #: a frontal anchor); the benchmark prints the shares it actually built.
@@ -40,12 +46,11 @@ ENC = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-r", "2
 def build_segments(folder: str) -> dict[str, list[str]]:
     """Segment files per kind (cached in ``folder``)."""
     os.makedirs(folder, exist_ok=True)
-    talking = [v for v in DEMO_VIDEOS if v.name in ("anchor_1", "anchor_2", "anchor_real")]  # frontal, in sync, English
     anchors = []
-    for v in talking:
-        p = os.path.join(folder, f"anchor_{v.name}.mp4")
-        if not os.path.exists(p):
-            make_talking_video(p, v)
+    for name in ANCHORS:
+        p = os.path.join(folder, f"anchor_{name}.mp4")
+        if not os.path.exists(p):  # the real recording filling the frame, its own audio
+            _ff("-i", os.path.join(REAL_DIR, f"{name}.mp4"), "-vf", f"scale={SIZE}:{SIZE},setsar=1", *ENC, p)
         anchors.append(p)
     seg: dict[str, list[str]] = {"anchor": anchors, "broll": [], "wide": [], "two_shot": [], "silence": []}
     for i, text in enumerate(BROLL_TEXT):

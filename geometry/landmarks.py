@@ -48,11 +48,25 @@ class LandmarkModels:
         # shot) are found by the full-range detector and meshed on an upscaled crop by this one
         self.crop_mesh = s.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
                                               min_detection_confidence=c) if max_faces > 1 else None
-        self.faces = s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c)
+        self.faces = NearFallbackDetector(s.face_detection.FaceDetection(model_selection=1, min_detection_confidence=c),
+                                          s.face_detection.FaceDetection(model_selection=0, min_detection_confidence=c))
 
     def reset(self) -> None:
         """Forget tracking state (call between videos)."""
         LandmarkModels.__init__(self, self.min_detection_confidence, self.min_tracking_confidence, self.max_faces)
+
+
+class NearFallbackDetector:
+    """BlazeFace full range, and the short-range model where it finds nothing: the full-range
+    model misses a face that fills the frame (a close-up, a VoxCeleb-style crop), which the
+    short-range one (faces within ~2 m of the camera) finds."""
+
+    def __init__(self, full_range, short_range):
+        self.full_range, self.short_range = full_range, short_range
+
+    def process(self, rgb: np.ndarray):
+        found = self.full_range.process(rgb)
+        return found if found.detections else self.short_range.process(rgb)
 
 
 def _lm(landmarks, n: int, fields: str = "xyz") -> np.ndarray:
@@ -61,8 +75,14 @@ def _lm(landmarks, n: int, fields: str = "xyz") -> np.ndarray:
     return np.array([[getattr(p, f) for f in fields] for p in landmarks.landmark], np.float32)
 
 
+#: Face height (px) the sharpness is measured at: a face upscaled from a small source (or filmed at
+#: 4K) is resized to this first, so the figure says how sharp the face is, not how big.
+SHARPNESS_FACE_PX = 96
+
+
 def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey face crop: low for motion blur and defocus."""
+    """Variance of the Laplacian of the grey face crop resized to ``SHARPNESS_FACE_PX`` high: low
+    for motion blur and defocus, the same for one face filmed small or large."""
     import cv2
 
     h, w = rgb.shape[:2]
@@ -71,6 +91,9 @@ def _sharpness(rgb: np.ndarray, box: np.ndarray) -> float:
     if x1 - x0 < 8 or y1 - y0 < 8:
         return float("nan")
     grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    scale = SHARPNESS_FACE_PX / (y1 - y0)
+    size = (max(8, round((x1 - x0) * scale)), SHARPNESS_FACE_PX)
+    grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 

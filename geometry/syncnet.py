@@ -3,7 +3,8 @@ sync stage (``stages/sync.py``) and trainer 2's Sync-C/Sync-D (``trainers/paha/m
 
 * ``score``: the offset search over ±vshift frames — ``distance`` curves (SyncNet embeddings:
   syncnet_python's ``calc_pdist`` / ``evaluate``; offset = vshift − argmin, confidence = median −
-  min) or ``correlation`` curves (a mouth-opening series against an audio envelope).
+  min) or ``correlation`` curves (lip measures against the lip measures predicted from the audio,
+  ``geometry/lip_audio.py``; offset = argmax, confidence = the peak's mean r).
 * ``SyncNetModel``: ``syncnet_v2.model`` (a state dict of syncnet_python's ``S``) with its lip and
   audio embeddings; ``syncnet_crop``: syncnet_python's face crop.
 * ``speech_band_rms``: per-frame RMS of a frequency band of the audio.
@@ -37,33 +38,33 @@ def score(video: np.ndarray, audio: np.ndarray, backend: str, vshift: int = 15, 
     """Offset and confidence of one stretch: ``video`` (n, D) features of one face, ``audio`` (n, D')."""
     if backend == "syncnet":
         return _score_distance(video, audio, vshift)
-    return _score_correlation(video[:, 0] if video.ndim == 2 else video, audio[:, 0] if audio.ndim == 2 else audio, vshift, min_mouth_std)
+    return _score_correlation(np.asarray(video).reshape(len(video), -1), np.asarray(audio).reshape(len(audio), -1), vshift, min_mouth_std)
 
 
-def _score_correlation(mouth: np.ndarray, env: np.ndarray, vshift: int, min_std: float) -> SyncScore:
-    """Pearson correlation of ``mouth[t]`` with ``env[t - k]`` for k in -vshift..vshift over the frames
-    both have; the curve's peak is the offset, its height over the median the confidence."""
-    n = len(mouth)
+def _score_correlation(lips: np.ndarray, pred: np.ndarray, vshift: int, min_std: float) -> SyncScore:
+    """Mean over the D columns of the Pearson correlation of ``lips[t]`` (n, D, measured) with
+    ``pred[t - k]`` (n, D, predicted from the audio) for k in -vshift..vshift over the frames both
+    have; the peak is the offset and its height the confidence (the ``lips`` backend,
+    ``geometry/lip_audio.py``). Column 0 is the inner-lip gap: a gap that varies less than
+    ``min_std`` is a frozen mouth, confidence 0."""
+    n = len(lips)
     shifts = np.arange(-vshift, vshift + 1)
     curve = np.zeros(len(shifts))
-    ok_mouth = ~np.isnan(mouth)
-    if ok_mouth.sum() < max(10, n // 2) or np.nanstd(mouth) < min_std:
+    ok_lips = ~np.isnan(lips).any(1)
+    if ok_lips.sum() < max(10, n // 2) or np.nanstd(lips[:, 0]) < min_std:
         return SyncScore(0, 0.0, curve)  # no face for most of it, or a frozen mouth
     for i, k in enumerate(shifts):
-        if k >= 0:
-            m, e = mouth[k:], env[: n - k]
-        else:
-            m, e = mouth[: n + k], env[-k:]
-        ok = ~np.isnan(m) & ~np.isnan(e)
+        m, e = (lips[k:], pred[: n - k]) if k >= 0 else (lips[: n + k], pred[-k:])
+        ok = ~np.isnan(m).any(1) & ~np.isnan(e).any(1)
         if ok.sum() < 10:
             continue
-        m, e = m[ok], e[ok]
-        sm, se = m.std(), e.std()
-        curve[i] = float(((m - m.mean()) * (e - e.mean())).mean() / (sm * se)) if sm > 0 and se > 0 else 0.0
+        m, e = m[ok] - m[ok].mean(0), e[ok] - e[ok].mean(0)
+        norm = np.sqrt((m * m).sum(0) * (e * e).sum(0))
+        curve[i] = float(np.mean(np.where(norm > 0, (m * e).sum(0) / np.where(norm > 0, norm, 1), 0.0)))
     if not curve.any():  # nothing overlapped (silence under the face): no evidence either way
         return SyncScore(0, 0.0, curve)
     best = int(curve.argmax())
-    return SyncScore(int(shifts[best]), round(float(curve[best] - np.median(curve)), 4), curve)
+    return SyncScore(int(shifts[best]), round(max(0.0, float(curve[best])), 4), curve)
 
 
 def _score_distance(im_feat: np.ndarray, cc_feat: np.ndarray, vshift: int) -> SyncScore:
@@ -81,23 +82,20 @@ def _score_distance(im_feat: np.ndarray, cc_feat: np.ndarray, vshift: int) -> Sy
     return SyncScore(int(vshift - minidx), round(float(torch.median(mdist) - minval), 4), mdist.numpy())
 
 
-def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (300.0, 3400.0),
-                    block: int = 2048) -> np.ndarray:
-    """(num_frames,) RMS of the speech band of ``audio`` in each video frame (a Hann window of two
-    frame lengths centred on the frame), so music bass and hiss weigh little. ``audio`` may be int16
-    (taken as /32768, the float a wav reader gives) or float, and a memory map: ``block`` frames are
-    windowed at a time, so an hour of audio costs tens of MB here, not gigabytes."""
+def frame_power_spectra(audio: np.ndarray, sr: int, fps: float, num_frames: int, block: int = 2048):
+    """Power spectra of the audio around each video frame (a Hann window of two frame lengths
+    centred on the frame), ``block`` frames at a time: yields ``(first frame, (n, bins) spectra)``;
+    the bins' frequencies are ``np.fft.rfftfreq(spectrum_window(sr, fps), 1 / sr)``. ``audio`` may
+    be int16 (taken as /32768, the float a wav reader gives) or float, and a memory map: an hour of
+    audio costs tens of MB here, not gigabytes."""
     hop = sr / fps
-    win = int(round(2 * hop))
+    win = spectrum_window(sr, fps)
     window = np.hanning(win)
-    freqs = np.fft.rfftfreq(win, 1.0 / sr)
-    keep = (freqs >= band[0]) & (freqs <= band[1])
     x = audio if audio.ndim == 1 else np.asarray(audio).mean(axis=1)
     scale = 1.0 / 32768.0 if np.issubdtype(x.dtype, np.integer) else 1.0
     # window starts on the audio padded with ``win`` zeros on both sides, as frame-centred windows need
     padded = len(x) + 2 * win
     starts = np.clip((np.arange(num_frames) * hop + hop / 2 - win / 2 + win).astype(int), 0, padded - win) - win
-    out = np.empty(num_frames, np.float32)
     for b0 in range(0, num_frames, block):
         s = starts[b0: b0 + block]
         lo, hi = max(0, int(s.min())), min(len(x), int(s.max()) + win)
@@ -105,8 +103,24 @@ def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, ban
         if hi > lo:
             seg[win: win + hi - lo] = np.asarray(x[lo:hi], np.float64) * scale
         frames = seg[(s - lo + win)[:, None] + np.arange(win)] * window
-        spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-        out[b0: b0 + block] = np.sqrt(spec[:, keep].sum(axis=1) / win)
+        yield b0, np.abs(np.fft.rfft(frames, axis=1)) ** 2
+
+
+def spectrum_window(sr: int, fps: float) -> int:
+    """Samples in the window of ``frame_power_spectra``: two video frames."""
+    return int(round(2 * sr / fps))
+
+
+def speech_band_rms(audio: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (300.0, 3400.0),
+                    block: int = 2048) -> np.ndarray:
+    """(num_frames,) RMS of the speech band of ``audio`` in each video frame (``frame_power_spectra``),
+    so music bass and hiss weigh little."""
+    win = spectrum_window(sr, fps)
+    freqs = np.fft.rfftfreq(win, 1.0 / sr)
+    keep = (freqs >= band[0]) & (freqs <= band[1])
+    out = np.empty(num_frames, np.float32)
+    for b0, spec in frame_power_spectra(audio, sr, fps, num_frames, block):
+        out[b0: b0 + len(spec)] = np.sqrt(spec[:, keep].sum(axis=1) / win)
     return out
 
 

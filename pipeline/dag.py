@@ -191,7 +191,7 @@ def _run_sync(ctx: StageContext) -> SyncResult:
             arrays = sync_features(audio, sr, media.fps, pose, opts)
         write_npz(os.path.join(out, "sync.npz"), arrays)
     conf, ids = arrays["speaking_conf"], arrays["faces_track"]
-    speaking = (conf >= opts.min_confidence) & (ids >= 0)
+    speaking = (conf >= opts.min_confidence) & (ids >= 0)  # windows at the pass level (a summary; clips decide on their own)
     tracks, counts = np.unique(ids[speaking], return_counts=True)
     return SyncResult(path=work.path("media", video_id, "sync.npz"), backend=opts.backend, num_frames=len(ids),
                       speaking_s={str(t): round(c / media.fps, 2) for t, c in zip(tracks, counts)})
@@ -228,12 +228,12 @@ def _run_clips(ctx: StageContext) -> ClipSet:
         if opts.mode == "selected":
             sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
                                sync, ctx.input_options.get("sync"))
-            windows, crops, syncs = sel.windows, sel.crops, sel.syncs
+            windows, crops, syncs, checks = sel.windows, sel.crops, sel.syncs, sel.checks
             result.speaker_faces = {who: sorted(tracks) for who, tracks in sel.speaker_faces.items()}
         else:
             sel = None
             windows = fixed_windows(media.num_frames, media.fps, opts)
-            crops, syncs = [None] * len(windows), [None] * len(windows)
+            crops, syncs, checks = [None] * len(windows), [None] * len(windows), [{}] * len(windows)
         with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
                 work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
             # audio figures of every window; selected clips must also pass the audio limits
@@ -244,13 +244,15 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                 result.rejects, result.rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
                 result.reject_spans = reject_examples(sel.spans, media.fps)
             keep = kept[: opts.max_clips_per_video]
-            windows, crops, syncs, figures = [windows[i] for i in keep], [crops[i] for i in keep], [syncs[i] for i in keep], figures[: len(keep)]
+            windows, crops, syncs, checks = ([x[i] for i in keep] for x in (windows, crops, syncs, checks))
+            figures = figures[: len(keep)]
             local = media.model_copy(update={"video_path": v, "audio_path": a})
             download: DownloadResult | None = ctx.inputs.get("download")
             clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size,
                                download.provenance if download else None, syncs)
-            for clip, q in zip(clips, figures):
+            for clip, q, gates in zip(clips, figures, checks):
                 clip.quality.update(q)
+                clip.checks = gates
                 f0 = round(clip.start_s * media.fps)
                 f1 = f0 + clip.num_frames
                 if pose is not None:
@@ -348,15 +350,16 @@ DAG = Registry([
               setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, uses=("shots", "speech"),
               setup=PoseModels, outputs_exist=_pose_exists,
-              version=5),  # v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
+              version=6),  # v6: face sharpness at a fixed face size; v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
               requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,
               requires={"pose": "face tracks and lips", "normalize": "the normalised audio"},
-              outputs_exist=_sync_exists, unavailable=sync_unavailable),
+              outputs_exist=_sync_exists, unavailable=sync_unavailable,
+              version=2),  # v2: backend lips (lip shape from the log-mel spectrum) replaces mouth
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=7),  # v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
+              version=8),  # v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True,

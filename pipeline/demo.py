@@ -1,4 +1,5 @@
-"""Demo and test inputs: talking-person videos made from real photos and espeak-ng speech.
+"""Demo and test inputs: two real talking-head recordings (``media/real/``) and talking-person
+videos made from real photos and espeak-ng speech.
 
 The photos are the ones scikit-image ships (``astronaut``: a frontal upper body; ``camera``: a
 man in three-quarter profile, whose clips the head-pose filter rejects as ``non_frontal``). The
@@ -23,7 +24,7 @@ import soundfile as sf
 from .talking_face import FaceWarp, face_warp, photo_mesh, speech_envelope
 
 FPS = 25
-DEMO_INPUTS_VERSION = "3"  # 2: talking faces (lips in sync) and a dub; 3: real speech, English anchors, a Mandarin one
+DEMO_INPUTS_VERSION = "4"  # 2: talking faces (lips in sync) and a dub; 3: real speech, English anchors, a Mandarin one; 4: real recordings
 # Mouth centre and half-size in the 512x512 astronaut photo (MediaPipe face mesh lips 13/14, 61/291).
 ASTRONAUT_MOUTH = (223, 147, 21, 6)
 
@@ -54,6 +55,15 @@ DEMO_VIDEOS: tuple[DemoVideo, ...] = (
     # espeak-ng Mandarin: Whisper base hears loops ("铭铭铭…"): the segment is flagged, the clip asr_unreliable
     DemoVideo("anchor_zh", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2 lian2 bo1. jin1 tian1 tian1 qi4 hen3 hao3."),
 )
+
+
+#: Real talking-head recordings from ``media/real/`` (provenance in its README) that the demo ingests
+#: next to the generated anchors: file stem -> (language, licence).
+DEMO_REAL: dict[str, tuple[str, str]] = {
+    "retalking_4": ("en", "Apache-2.0 (OpenTalker/video-retalking examples/face/4.mp4)"),
+    "vox_00473": ("en", "CC-BY-4.0 (Hangz-nju-cuhk/Talking-Face_PC-AVS misc/Pose_Source/00473.mp4)"),
+}
+REAL_MEDIA_DIR = Path(__file__).resolve().parent.parent / "media" / "real"
 
 
 def require_tools() -> None:
@@ -192,6 +202,14 @@ def write_demo_inputs(folder: str) -> str:
             make_talking_video(str(target), v)
         lang = "zh" if v.voice.startswith("cmn") else "en"
         rows.append(f"{target.name},{v.name},{lang},CC-BY-4.0 (demo),demo")
+    for stem, (lang, licence) in DEMO_REAL.items():
+        src = REAL_MEDIA_DIR / f"{stem}.mp4"
+        if not src.exists():
+            raise FileNotFoundError(f"{src} is missing: the demo's real recordings live in media/real/ of the CNAS checkout")
+        target = root / f"real_{stem}.mp4"
+        if not target.exists():
+            shutil.copyfile(src, target)
+        rows.append(f'{target.name},real_{stem},{lang},"{licence}",real')
     broken = root / "broken_upload.mp4"
     broken.write_text("this is a text file renamed to .mp4, as uploads sometimes are\n", encoding="utf-8")
     rows.append(f"{broken.name},broken_upload,zh,,demo")

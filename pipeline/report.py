@@ -101,19 +101,62 @@ def _timings(stats: RunStats, out: Path) -> list[str]:
             _img("plots/stage_timings.png", "time per stage")]
 
 
-def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[str, list[str]]:
-    """Reason → HTML figures of up to ``per_reason`` rejected stretches, drawn from the run's work dir."""
+def _run_work(run: Path):
+    """The work dir and the source items of an ingest run folder."""
     import yaml
 
-    from stages.pose import load_pose
-
     from .config import Config
-    from .ledger import read_entry
     from .workdir import WorkDir
 
     cfg = Config.model_validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
-    work = WorkDir(cfg.work_dir or str(run / "work"))
     items = [SourceItem.model_validate_json(l) for l in (run / "sources.jsonl").read_text().splitlines() if l.strip()]
+    return WorkDir(cfg.work_dir or str(run / "work")), items
+
+
+def speech_seconds(t: Transcript | None) -> float:
+    """Seconds covered by a transcript's words, overlaps once."""
+    spans = sorted((w.start_s, w.end_s) for s in t.segments for w in s.words) if t else []
+    total, end = 0.0, 0.0
+    for a, b in spans:
+        a = max(a, end)
+        if b > a:
+            total, end = total + b - a, b
+    return total
+
+
+def seconds_section(run: Path) -> Section:
+    """Where each video's seconds went: its length, its speech, its clip seconds (and how many of them
+    the sync gate left unverified), and the seconds each reject reason took."""
+    from .ledger import read_entry
+
+    work, items = _run_work(run)
+    rows = []
+    for item in items:
+        media = read_entry(work, item.video_id, "normalize")
+        clips = next((e for s in CLIP_SET_STAGES if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
+        if media is None or media.status != "ok" or clips is None:
+            continue
+        speech = read_entry(work, item.video_id, "speech")
+        transcript = Transcript.model_validate(speech.output) if speech and speech.status == "ok" and speech.output else None
+        cs = ClipSet.model_validate(clips.output)
+        clip_s = sum(c.end_s - c.start_s for c in cs.clips)
+        unverified = sum(c.end_s - c.start_s for c in cs.clips if c.sync and c.sync.verdict == "unverified")
+        rejected = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cs.rejected_s.items(), key=lambda kv: -kv[1]))
+        rows.append([item.video_id, round(NormalizedMedia.model_validate(media.output).duration_s, 2),
+                     round(speech_seconds(transcript), 2) if transcript else "-", round(clip_s, 2), round(unverified, 2), rejected or "-"])
+    sec = Section("Where each video's seconds went")
+    sec.body.append(_table(["video", "length s", "speech s", "clip s", "of which sync unverified", "rejected s by reason"], rows)
+                    if rows else "<p>No video has reached the clip stage.</p>")
+    return sec
+
+
+def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[str, list[str]]:
+    """Reason → HTML figures of up to ``per_reason`` rejected stretches, drawn from the run's work dir."""
+    from stages.pose import load_pose
+
+    from .ledger import read_entry
+
+    work, items = _run_work(run)
     figures: dict[str, list[str]] = defaultdict(list)
     for item in items:
         entry = next((e for s in CLIP_SET_STAGES if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
@@ -204,7 +247,7 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
         make_plots(all_clips, None, release_cfg, out / "plots")
         sections.append(_plots_section(out / "plots", ["durations.png", "speakers.png", "part_confidence.png", "audio.png"]))
     timings = Section("Time per stage", _timings(stats, out) if stats else ["<p>No stats.json yet.</p>"])
-    sections += [timings, _failures_section(run / "failures.jsonl")]
+    sections += [timings, _failures_section(run / "failures.jsonl"), seconds_section(run)]
     examples = reject_examples(run, out, per_reason, count)
     sections.append(_rejects_section(stats.rejects_by_reason if stats else {}, stats.rejected_seconds_by_reason if stats else {}, examples))
     sections.append(Section(f"Clips (first {len(clips)} of {len(manifest)})", [f"<div class='sheets'>{''.join(clips_fig)}</div>"]))

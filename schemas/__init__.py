@@ -2,7 +2,7 @@
 
 from .base import SAFE_ID_PATTERN, SCHEMA_VERSION, Record
 from . import shard
-from .clip import CLIP_KEY_PATTERN, ClipRecord, ClipSet, RejectSpan
+from .clip import CLIP_KEY_PATTERN, ClipRecord, GateCheck, ClipSet, RejectSpan
 from .flame import FlameFit
 from .media import NormalizedMedia, ProbeInfo, Shot, ShotList
 from .pose import PART_NAMES, PoseResult, PoseTrack
@@ -41,7 +41,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
 
 __all__ = [
     "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
-    "ClipRecord", "ClipSet", "RejectSpan", "ClipSource", "RebuildRecipe", "RebuildResult", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
+    "ClipRecord", "ClipSet", "GateCheck", "RejectSpan", "ClipSource", "RebuildRecipe", "RebuildResult", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
     "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas", "shard",
 ]

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict
 
 #: Version of the record layout. Bump the minor part for added optional fields, the major part
 #: for anything a consumer would read differently.
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 
 #: Characters allowed in ids that become file names and WebDataset keys (no dots: WebDataset
 #: splits the key from the member suffix at the first dot).

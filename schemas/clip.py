@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import SAFE_ID_PATTERN, Record
 from .source import SourceProvenance
@@ -30,6 +30,19 @@ class SourceMedia(Record):
     tone_mapped: bool = False
     audio_track: int = 0
     video_start_s: float = Field(0.0, description="source time of the normalised t=0: a clip's source time is start_s + this")
+
+
+class GateCheck(BaseModel):
+    """What one accept/reject gate concluded about a clip: ``pass``, ``fail`` (the clip is then
+    rejected for ``reason``) or ``unverified`` (the gate could not decide: nothing to measure, or a
+    score between its fail and pass levels), with the score and the threshold it was held to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: str = Field(pattern=r"^(pass|fail|unverified)$")
+    score: float | None = None
+    threshold: float | None = None
+    reason: str = Field(description="the reject reason this gate gives when it fails")
 
 
 class ClipRecord(Record):
@@ -63,6 +76,7 @@ class ClipRecord(Record):
     skipped_stages: dict[str, str] = Field(default_factory=dict)
     members: list[str] = Field(description="member suffixes of this sample in its shard, e.g. json, mp4, wav")
     sync: ClipSync | None = Field(None, description="speaker face track and audio-visual offset/confidence (sync stage)")
+    checks: dict[str, GateCheck] = Field(default_factory=dict, description="every selection gate's verdict (pass / unverified) with its score and threshold, in the order applied")
     face_track: int | None = Field(None, description="face track id (pose.npz faces_track) of the clip's person: the sync speaker, else the primary face")
     identity: str | None = Field(None, description="identity id (identities.json next to the shards), same person in every video and run")
     identity_name: str | None = Field(None, description="the identity's name from identities.csv")

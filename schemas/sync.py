@@ -12,7 +12,7 @@ class SyncResult(Record):
     video features per face slot, audio features, active-speaker confidence and offset) and a summary."""
 
     path: str = Field(description="work-dir path or URI of the video's sync.npz")
-    backend: str = Field(description="mouth (model-free lip/energy correlation) or syncnet")
+    backend: str = Field(description="lips (lip shape predicted from the log-mel spectrum, geometry/lip_audio.py) or syncnet")
     num_frames: int = Field(gt=0)
     speaking_s: dict[str, float] = Field(default_factory=dict, description="face track id -> seconds it is the in-sync speaker")
 
@@ -30,3 +30,5 @@ class ClipSync(Record):
     offset_frames: int
     confidence: float
     audio_shift_frames: int = 0
+    verdict: str = Field("pass", pattern=r"^(pass|fail|unverified)$",
+                         description="pass: confidence at or above sync.min_confidence; unverified: between sync.fail_below and it (kept by default); fail: rejected")

@@ -46,16 +46,19 @@ def has_loop(text: str, language: str | None, repeats: int = 4, max_n: int = 4) 
     return False
 
 
-def voiced_frames(audio: np.ndarray, rel_db: float = 15.0, frame_s: float = 0.032) -> np.ndarray:
+def voiced_frames(audio: np.ndarray, rel_db: float = 15.0, frame_s: float = 0.032, headroom_db: float = 25.0) -> np.ndarray:
     """Per ``frame_s`` frame: speech-band (300–3400 Hz) power (``stages.sync.speech_band_rms``) more
-    than ``rel_db`` over the recording's 10th-percentile frame (its floor), and above -70 dBFS."""
+    than ``rel_db`` over the recording's floor, and above -70 dBFS. The floor is the 10th-percentile
+    frame, but no higher than ``headroom_db`` + ``rel_db`` under the loud level (95th percentile):
+    a short recording of continuous speech has no silence to measure a floor on, and its 10th
+    percentile is speech (real talk-show clips were flagged whole)."""
     from .sync import speech_band_rms
 
     n = int(len(audio) // int(frame_s * SAMPLE_RATE))
     if n == 0:
         return np.zeros(0, bool)
     power = speech_band_rms(audio, SAMPLE_RATE, 1.0 / frame_s, n).astype(np.float64) ** 2
-    floor = np.percentile(power, 10)
+    floor = min(np.percentile(power, 10), np.percentile(power, 95) * 10 ** (-(headroom_db + rel_db) / 10))
     return (power > floor * 10 ** (rel_db / 10)) & (power > 1e-7)
 
 

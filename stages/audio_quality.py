@@ -28,9 +28,9 @@ class AudioQualityOptions(Settings):
 
     audio_filter: bool = Field(True, description="reject selected clips that fail the limits below (fixed-window clips are only measured)")
     audio_min_loudness_lufs: float = Field(-45.0, description="quieter clips are too_quiet")
-    audio_min_snr_db: float = Field(10.0, description="speech less than this above the non-speech floor is low_snr")
+    audio_min_snr_db: float = Field(6.0, description="speech less than this above the non-speech floor is low_snr (a clip of continuous speech has no pause to measure the floor on: real talk-show clips read 8–12 dB)")
     audio_max_clipping_ratio: float = Field(0.001, ge=0, le=1, description="share of samples at full scale; more is clipped_audio")
-    audio_max_music_score: float = Field(0.1, ge=0, le=1, description="share of energy in persistent tonal peaks; more is background_music (speech alone ≤ 0.07 on the fixtures)")
+    audio_max_music_score: float = Field(0.25, ge=0, le=1, description="share of energy in persistent tonal peaks; more is background_music (real speech alone reaches 0.20 in 2.5-s windows; music alone > 0.4; docs/speech.md)")
     audio_persist_s: float = Field(0.5, gt=0, description="a tonal peak lasting this long counts as music")
 
 

@@ -94,7 +94,9 @@ def make_clips(
     syncs = syncs or [None] * len(windows)
     cuts: list[Cut] = []
     for index, ((first, count), crop) in enumerate(zip(windows, crops)):
-        if round(first / media.fps * sr) + round(count / media.fps * sr) > len(audio):  # the wav can be a few samples shorter than the video
+        # the wav can be a few ms shorter than the video: a clip that ends on the video's last frame
+        # gets those samples as silence (``_shifted``); a window far past the audio is not cut
+        if round(first / media.fps * sr) + round(count / media.fps * sr) > len(audio) + round(2 * sr / media.fps):
             break
         size = (crop_size or crop[2]) if crop else None
         cuts.append(Cut(os.path.join(out_dir, layout.member_name(clip_key(media.video_id, index), layout.MP4)), first, count, crop, size))

@@ -20,7 +20,7 @@ import numpy as np
 
 from pydantic import Field
 
-from schemas import ClipSync, RejectSpan, ShotList, Transcript
+from schemas import ClipSync, GateCheck, RejectSpan, ShotList, Transcript
 from schemas.settings import Settings
 
 from .pose import slice_pose
@@ -32,12 +32,12 @@ class SelectOptions(Settings):
 
     min_clip_s: float = Field(2.0, gt=0)
     max_clip_s: float = Field(10.0, gt=0)
-    turn_gap_s: float = Field(0.6, ge=0, description="pauses shorter than this stay inside one speech turn")
+    turn_gap_s: float = Field(1.5, ge=0, description="pauses shorter than this stay inside one speech turn (a reader's breath between sentences; real clips lost 1–2-s remnants as too_short at 0.6)")
     turn_pad_s: float = Field(0.2, ge=0)
     min_face_height_frac: float = Field(0.08, ge=0, le=1, description="face box height / frame height")
     max_yaw_deg: float = Field(35.0, gt=0, le=90, description="median |yaw| of the head over the clip (0 = frontal); more is non_frontal")
     max_pitch_deg: float = Field(30.0, gt=0, le=90, description="median |pitch| of the head over the clip; more is non_frontal")
-    min_face_px: int = Field(160, ge=0, description="face box height in pixels of the normalised video (DECA and the 512-px PAHA crops need detail)")
+    min_face_px: int = Field(96, ge=0, description="face box height in pixels of the normalised video (DECA was trained on VoxCeleb2 crops, faces ~140 px; raise it for 512-px PAHA crops)")
     min_face_confidence: float = Field(0.6, ge=0, le=1)
     min_torso_confidence: float = Field(0.3, ge=0, le=1)
     min_speech_ratio: float = Field(0.3, ge=0, le=1, description="share of the clip covered by the main speaker's words")
@@ -58,6 +58,7 @@ class Selection:
     rejected_s: Counter = field(default_factory=Counter)  # reason -> seconds rejected
     speaker_faces: dict[str, set[int]] = field(default_factory=dict)  # diarized speaker -> face tracks in sync with it
     spans: list[tuple[int, int, str, int | None]] = field(default_factory=list)  # rejected (first, end frame, reason, track)
+    checks: list[dict[str, GateCheck]] = field(default_factory=list)  # every gate's verdict on each window
 
     def reject(self, why: str, f0: int, f1: int, fps: float, track: int | None = None) -> None:
         """Count frames ``[f0, f1)`` as one rejected clip (or stretch) for ``why`` and keep the span
@@ -85,22 +86,26 @@ def reject_examples(spans: list[tuple[int, int, str, int | None]], fps: float, p
 
 
 def speech_turns(t: Transcript | None, num_frames: int, fps: float, opts: SelectOptions, every_speaker: bool = False) -> list[Turn]:
-    """Frame ranges where one speaker talks (the whole video when there is no transcript): the main
-    speaker only, or ``every_speaker`` (the sync stage then finds who is on screen). Words of one
-    speaker closer than ``turn_gap_s`` form a turn; turns never share frames (padding that makes
-    two touch is split between them)."""
+    """Frame ranges of speech (the whole video when there is no transcript): the main speaker's
+    turns, or with ``every_speaker`` the speech of everyone (the sync stage then finds who is on
+    screen, and the clips split where the speaking face changes, not where diarization changes
+    its label: on real voices it splits one speaker into several). Words closer than
+    ``turn_gap_s`` form a turn, labelled with the speaker who says most of it; turns never share
+    frames (padding that makes two touch is split between them)."""
     if t is None:
         return [(0, num_frames, None)]
     words = sorted((w.start_s, w.end_s, w.speaker) for s in t.segments for w in s.words
                    if every_speaker or w.speaker == t.main_speaker)
-    turns: list[list] = []
+    turns: list[list] = []  # start, end, {speaker: seconds}
     for a, b, who in words:
-        if turns and turns[-1][2] == who and a - turns[-1][1] <= opts.turn_gap_s:
+        if turns and (every_speaker or who in turns[-1][2]) and a - turns[-1][1] <= opts.turn_gap_s:
             turns[-1][1] = max(turns[-1][1], b)
         else:
-            turns.append([a, b, who])
+            turns.append([a, b, Counter()])
+        turns[-1][2][who] += b - a
     out: list[Turn] = []
-    for a, b, who in turns:
+    for a, b, said in turns:
+        who = max(said, key=lambda k: (said[k], str(k)))
         f0 = max(0, int(np.floor((a - opts.turn_pad_s) * fps)))
         f1 = min(num_frames, int(np.ceil((b + opts.turn_pad_s) * fps)))
         if out and f0 <= out[-1][1]:
@@ -132,9 +137,11 @@ def active_faces(num_frames: int, pose: dict[str, np.ndarray] | None, sync: dict
                  sync_opts: SyncOptions | None) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, the face track of the speaker (-1: none) and why a frame has none.
 
-    With sync evidence: the face track whose lips move with the audio (most confident window at
-    or above ``min_confidence``); frames with faces but no such track are ``voice_over``. Without:
-    the tracked primary face when it is the only person (else ``several_people``)."""
+    With sync evidence: of the faces on screen, the track whose lips agree best with the audio
+    (the windows of ``sync.speaking_frames``), else the primary face; whether that face really
+    speaks is decided per clip (``sync_decision``: a 3-s window says too little on real faces).
+    Frames with no face are ``off_screen_speaker``. Without sync: the tracked primary face when it
+    is the only person (else ``several_people``)."""
     active = np.full(num_frames, -1, np.int64)
     reason = np.full(num_frames, "", object)
     if pose is None:
@@ -151,14 +158,15 @@ def active_faces(num_frames: int, pose: dict[str, np.ndarray] | None, sync: dict
         active[ok] = pose["face_track"][ok]
         return active, reason
     conf, ids = sync["speaking_conf"], sync["faces_track"]
-    best = conf.argmax(axis=1)
     rows = np.arange(num_frames)
-    speaking = (conf[rows, best] >= sync_opts.min_confidence) & (ids[rows, best] >= 0)
-    active[speaking] = ids[rows, best][speaking]
-    any_face = (ids >= 0).any(axis=1) | present[:, 0]
-    reason[~speaking & any_face] = "voice_over"
-    reason[~speaking & ~any_face] = "off_screen_speaker"
-    reason[outside & ~speaking] = "outside_candidates"
+    best = np.where(ids >= 0, conf, -1.0).argmax(axis=1)
+    scored = (conf[rows, best] > 0) & (ids[rows, best] >= 0)
+    active[scored] = ids[rows, best][scored]
+    first = (ids >= 0).argmax(axis=1)  # the primary slot when it holds a face
+    unscored = ~scored & (ids >= 0).any(axis=1)
+    active[unscored] = ids[rows, first][unscored]
+    reason[active < 0] = "off_screen_speaker"
+    reason[outside & (active < 0)] = "outside_candidates"
     return active, reason
 
 
@@ -218,10 +226,15 @@ def select_clips(
                 else:
                     why = None
                 view = speaker_view(pose, int(f0), int(f1), track if sync is not None else None)
-                why = why or quality_reject(view, height, transcript, who if sync is not None else None, f0 / fps, f1 / fps, opts)
+                checks = quality_checks(view, height, transcript, None, f0 / fps, f1 / fps, opts, any_speaker=sync is not None)
+                if clip_sync is not None:
+                    checks = {"sync": GateCheck(verdict=clip_sync.verdict, score=clip_sync.confidence, threshold=sync_opts.min_confidence,
+                                                reason=why or "voice_over"), **checks}
+                why = why or first_failure(checks)
                 if why:
                     sel.reject(why, int(f0), int(f1), fps, track)
                     continue
+                sel.checks.append(checks)
                 sel.windows.append((int(f0), int(f1 - f0)))
                 sel.crops.append(crop_box(view, width, height, opts))
                 sel.syncs.append(clip_sync)
@@ -230,22 +243,34 @@ def select_clips(
 
 def sync_decision(sync: dict[str, np.ndarray], track: int, f0: int, f1: int, speaker: str | None,
                   opts: SyncOptions) -> tuple[ClipSync, str | None]:
-    """The clip's sync (offset, confidence of the speaker's face over the whole clip) and the
-    reject reason, if any: ``not_speaking`` below ``min_confidence``, ``av_unsynced`` beyond
-    ``max_offset_frames``; offsets up to ``max_shift_frames`` are corrected by shifting the audio."""
+    """The clip's sync (offset, confidence of the speaker's face over the whole clip), its verdict
+    and the reject reason, if any: ``not_speaking`` for a frozen mouth, ``av_unsynced`` beyond
+    ``max_offset_frames``, ``voice_over`` below ``fail_below`` (a dub, a voice over a face that
+    does not say it); between ``fail_below`` and ``min_confidence`` the clip is ``unverified`` and
+    kept or rejected by ``sync.unverified``. Offsets up to ``max_shift_frames`` are corrected by
+    shifting the audio."""
     backend = str(sync["backend"])
     if backend == "syncnet":  # as syncnet_python's evaluate: the 5-frame windows that end inside the clip, less one
         f1 = max(f0 + 1, f1 - 5)
     video = track_series(sync["video"], sync["faces_track"], track, f0, f1)
     sc = score(video, np.asarray(sync["audio"][f0:f1]), backend, opts.vshift, opts.min_mouth_std)
     shift = sc.offset if abs(sc.offset) <= opts.max_shift_frames else 0
+    frozen = backend != "syncnet" and bool(np.nanstd(video.reshape(len(video), -1)[:, 0]) < opts.min_mouth_std)
+    why = None
+    if frozen:
+        verdict, why = "fail", "not_speaking"
+    elif abs(sc.offset) > opts.max_offset_frames:
+        verdict, why = "fail", "av_unsynced"
+    elif sc.confidence < opts.fail_below:
+        verdict, why = "fail", "voice_over"
+    elif sc.confidence < opts.min_confidence:
+        verdict = "unverified"
+        why = "sync_unverified" if opts.unverified == "reject" else None
+    else:
+        verdict = "pass"
     record = ClipSync(backend=backend, face_track=track, speaker=speaker, offset_frames=sc.offset,
-                      confidence=sc.confidence, audio_shift_frames=shift)
-    if sc.confidence < opts.min_confidence:
-        return record, "not_speaking"
-    if abs(sc.offset) > opts.max_offset_frames:
-        return record, "av_unsynced"
-    return record, None
+                      confidence=sc.confidence, audio_shift_frames=shift, verdict=verdict)
+    return record, why
 
 
 def speaker_view(pose: dict[str, np.ndarray] | None, f0: int, f1: int, track: int | None) -> dict[str, np.ndarray] | None:
@@ -254,38 +279,60 @@ def speaker_view(pose: dict[str, np.ndarray] | None, f0: int, f1: int, track: in
     return None if pose is None else slice_pose(pose, f0, f1, track)
 
 
-def quality_reject(p: dict | None, height: int, t: Transcript | None, speaker: str | None, a: float, b: float,
-                   opts: SelectOptions) -> str | None:
-    """The first quality filter a candidate clip ``[a, b)`` s fails, or None. ``p`` is its
-    ``speaker_view``; speech is that of ``speaker`` (None: the transcript's main speaker)."""
+def quality_checks(p: dict | None, height: int, t: Transcript | None, speaker: str | None, a: float, b: float,
+                   opts: SelectOptions, any_speaker: bool = False) -> dict[str, GateCheck]:
+    """Every quality gate's verdict on a candidate clip ``[a, b)`` s, in the order they are applied,
+    each with its score and threshold (``unverified`` where the gate has nothing to measure: no
+    head pose, no sharpness). ``p`` is its ``speaker_view``; speech is that of ``speaker`` (None:
+    the transcript's main speaker), or of anyone with ``any_speaker`` (the sync verdict already
+    says the voice is the face's). A failed check's ``reason`` is the reject reason."""
+    checks: dict[str, GateCheck] = {}
+
+    def at_least(name: str, reason: str, value: float | None, threshold: float) -> None:
+        verdict = "unverified" if value is None or np.isnan(value) else ("pass" if value >= threshold else "fail")
+        checks[name] = GateCheck(verdict=verdict, score=None if verdict == "unverified" else round(float(value), 4),
+                                 threshold=threshold, reason=reason)
+
+    def at_most(name: str, reason: str, value: float | None, threshold: float) -> None:
+        at_least(name, reason, None if value is None else -value, -threshold)
+        c = checks[name]
+        checks[name] = c.model_copy(update={"score": None if c.score is None else -c.score, "threshold": threshold})
+
     if p is not None:
         conf = p["part_confidences"]
         boxes = p["part_boxes"][:, 0]
-        face_h = np.nanmedian(boxes[:, 3] - boxes[:, 1]) if not np.isnan(boxes[:, 0]).all() else 0.0
-        if face_h / height < opts.min_face_height_frac:
-            return "face_too_small"
-        if face_h < opts.min_face_px:
-            return "face_too_small_px"
-        if conf[:, 0].mean() < opts.min_face_confidence or conf[:, 4].mean() < opts.min_torso_confidence:
-            return "low_landmark_confidence"
+        face_h = float(np.nanmedian(boxes[:, 3] - boxes[:, 1])) if not np.isnan(boxes[:, 0]).all() else 0.0
+        at_least("face_height_frac", "face_too_small", face_h / height, opts.min_face_height_frac)
+        at_least("face_px", "face_too_small_px", face_h, opts.min_face_px)
+        at_least("face_confidence", "low_landmark_confidence", float(conf[:, 0].mean()), opts.min_face_confidence)
+        at_least("torso_confidence", "low_landmark_confidence", float(conf[:, 4].mean()), opts.min_torso_confidence)
         head = p.get("head_pose")  # pose files before head pose lack it
-        if head is not None and not np.isnan(head[:, 0]).all():
-            if np.nanmedian(np.abs(head[:, 0])) > opts.max_yaw_deg or np.nanmedian(np.abs(head[:, 1])) > opts.max_pitch_deg:
-                return "non_frontal"
+        known = head is not None and not np.isnan(head[:, 0]).all()
+        at_most("yaw_deg", "non_frontal", float(np.nanmedian(np.abs(head[:, 0]))) if known else None, opts.max_yaw_deg)
+        at_most("pitch_deg", "non_frontal", float(np.nanmedian(np.abs(head[:, 1]))) if known else None, opts.max_pitch_deg)
         sharp = p.get("face_sharpness")
-        if sharp is not None and np.nanmedian(sharp) < opts.min_face_sharpness:
-            return "motion_blur"
+        known = sharp is not None and not np.isnan(sharp).all()
+        at_least("face_sharpness", "motion_blur", float(np.nanmedian(sharp)) if known else None, opts.min_face_sharpness)
     if t is not None:
         who = speaker if speaker is not None else t.main_speaker
         clean = flagged = 0.0
         for s in t.segments:
-            said = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for w in s.words if w.speaker == who)
+            said = sum(max(0.0, min(b, w.end_s) - max(a, w.start_s)) for w in s.words if any_speaker or w.speaker == who)
             flagged, clean = (flagged + said, clean) if s.flags else (flagged, clean + said)
-        if flagged > opts.max_flagged_speech_share * (clean + flagged) and flagged > 0:
-            return "asr_unreliable"
-        if clean / (b - a) < opts.min_speech_ratio:
-            return "too_little_speech"
-    return None
+        share = flagged / (clean + flagged) if clean + flagged > 0 else 0.0
+        at_most("flagged_speech_share", "asr_unreliable", share, opts.max_flagged_speech_share)
+        at_least("speech_ratio", "too_little_speech", clean / (b - a), opts.min_speech_ratio)
+    return checks
+
+
+def quality_reject(p: dict | None, height: int, t: Transcript | None, speaker: str | None, a: float, b: float,
+                   opts: SelectOptions, any_speaker: bool = False) -> str | None:
+    """The reason of the first quality check (``quality_checks``) a candidate clip fails, or None."""
+    return first_failure(quality_checks(p, height, t, speaker, a, b, opts, any_speaker))
+
+
+def first_failure(checks: dict[str, GateCheck]) -> str | None:
+    return next((c.reason for c in checks.values() if c.verdict == "fail"), None)
 
 
 def crop_box(view: dict | None, width: int, height: int, opts: SelectOptions) -> tuple[int, int, int] | None:

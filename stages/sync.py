@@ -3,10 +3,11 @@
 Two backends give per-frame *video features* for every tracked face and per-frame *audio features*;
 the same offset search scores any stretch of frames:
 
-* ``mouth`` (default, model-free, offline): the video feature is the mouth opening of the face
-  mesh (inner-lip gap over the eye-corner distance, from the pose stage); the audio feature is the
-  speech-band (300–3400 Hz) RMS of the audio in each video frame's 40 ms. The score of an offset
-  is the Pearson correlation of the two series; confidence = peak − median of the curve.
+* ``lips`` (default, offline, no neural network): the video feature is three lip measures of the
+  face mesh (inner-lip gap, outer lip height and width over the eye-corner distance); the audio
+  feature is the same three measures predicted from the log-mel spectrum by a ridge regression
+  fitted on real recordings (``geometry/lip_audio.py``). The score of an offset is the mean Pearson
+  correlation of measured and predicted series; confidence = the peak's r.
 * ``syncnet``: the SyncNet lip and audio embeddings (``syncnet_v2.model`` by path, the
   architecture of syncnet_python as the ``syncnet-python`` package ships it), computed as
   syncnet_python's ``SyncNetInstance.evaluate`` does: 224×224 BGR face crops in 5-frame windows,
@@ -23,7 +24,9 @@ live in ``geometry/syncnet.py``, which trainer 2's Sync-C/Sync-D uses too.
 
 from __future__ import annotations
 
+import functools
 import os
+
 import numpy as np
 from pydantic import Field
 
@@ -31,22 +34,26 @@ from schemas.settings import Settings, runtime_field
 
 from geometry.syncnet import SyncNetModel, SyncScore, score, speech_band_rms, syncnet_crop  # noqa: F401  (re-exported)
 from geometry.syncnet import _syncnet_class as _model_class
+from geometry.landmarks import EYE_CORNERS, INNER_LIP_MID, LIPS
+from geometry.lip_audio import MODEL_PATH as LIP_MODEL_PATH, LipAudioModel, lip_features, log_mel
 
 from .errors import StageError
 
-BACKENDS = ("mouth", "syncnet")
+BACKENDS = ("lips", "syncnet")
 
 
 class SyncOptions(Settings):
     """Options of the sync stage and of the clip decisions it drives (config section ``sync``)."""
 
     enabled: bool = True
-    backend: str = Field("mouth", pattern=r"^(mouth|syncnet)$", description="mouth: model-free lip/energy correlation; syncnet: syncnet_v2.model by path")
+    backend: str = Field("lips", pattern=r"^(lips|syncnet)$", description="lips: lip shape predicted from the log-mel spectrum (geometry/lip_audio.py); syncnet: syncnet_v2.model by path")
     syncnet_model: str | None = Field(None, description="path of syncnet_v2.model (backend syncnet)")
     vshift: int = Field(15, ge=1, le=50, description="offsets searched: ±vshift frames")
     max_shift_frames: int = Field(2, ge=0, description="|offset| up to this: the clip's audio is shifted by the offset")
     max_offset_frames: int = Field(5, ge=0, description="|offset| beyond this: rejected as av_unsynced")
-    min_confidence: float = Field(0.5, ge=0, description="clip confidence below this: rejected as not_speaking (voice-over, dub, frozen face)")
+    min_confidence: float = Field(0.3, ge=0, description="clip confidence at or above this: the face speaks the clip's audio (verdict pass)")
+    fail_below: float = Field(0.2, ge=0, description="clip confidence below this: rejected as voice_over (a dub, a voice over a face that does not say it); between this and min_confidence the verdict is unverified")
+    unverified: str = Field("keep", pattern=r"^(keep|reject)$", description="what happens to an unverified clip: kept with verdict unverified (default, docs/sync.md) or rejected as sync_unverified")
     window_frames: int = Field(75, ge=10, description="active speaker: frames per scoring window (3 s: 2-s windows of dubs correlated by chance)")
     window_hop: int = Field(10, ge=1, description="active speaker: frames between window starts")
     min_mouth_std: float = Field(0.004, ge=0, description="a mouth whose opening varies less than this (eye-distance units) is frozen: confidence 0")
@@ -79,7 +86,9 @@ def track_series(features: np.ndarray, faces_track: np.ndarray, track: int, star
 def speaking_frames(video: np.ndarray, audio: np.ndarray, faces_track: np.ndarray, opts: SyncOptions, backend: str) -> tuple[np.ndarray, np.ndarray]:
     """Active speaker evidence: ``(conf, offset)`` arrays ``(T, K)`` in the slots of ``faces_track``:
     for each face track, windows of ``window_frames`` (hop ``window_hop``) are scored and every frame
-    takes the best confidence of the windows that cover it with ``|offset| ≤ max_offset_frames``."""
+    takes the mean confidence of the windows that cover it (0 for a window whose |offset| is over
+    ``max_offset_frames``) and the offset of the best of them. The mean, not the best: a window
+    that reaches into another speaker's turn would carry a good score past the change of voice."""
     T, K = faces_track.shape
     conf = np.zeros((T, K), np.float32)
     offset = np.zeros((T, K), np.int32)
@@ -87,7 +96,9 @@ def speaking_frames(video: np.ndarray, audio: np.ndarray, faces_track: np.ndarra
     for track in np.unique(faces_track[faces_track >= 0]):
         frames = np.flatnonzero((faces_track == track).any(axis=1))
         a, b = frames[0], frames[-1] + 1
-        best = np.zeros(b - a, np.float32)
+        total = np.zeros(b - a, np.float32)
+        covered = np.zeros(b - a, np.int32)
+        best = np.full(b - a, -1.0, np.float32)
         best_off = np.zeros(b - a, np.int32)
         starts = list(range(a, max(a + 1, b - W + 1), opts.window_hop))
         if b - a >= W and starts[-1] != b - W:
@@ -98,14 +109,16 @@ def speaking_frames(video: np.ndarray, audio: np.ndarray, faces_track: np.ndarra
             if e - s < min(W, 25):
                 continue
             sc = score(v_track[s - a: e - a], audio[s:e], backend, opts.vshift, opts.min_mouth_std)
-            if abs(sc.offset) > opts.max_offset_frames:
-                continue
-            better = sc.confidence > best[s - a: e - a]
-            best[s - a: e - a][better] = sc.confidence
+            c = sc.confidence if abs(sc.offset) <= opts.max_offset_frames else 0.0
+            total[s - a: e - a] += c
+            covered[s - a: e - a] += 1
+            better = c > best[s - a: e - a]
+            best[s - a: e - a][better] = c
             best_off[s - a: e - a][better] = sc.offset
+        mean = np.where(covered > 0, total / np.maximum(covered, 1), 0.0)
         hit = faces_track[a:b] == track
         rows, slots = np.nonzero(hit)
-        conf[a + rows, slots] = best[rows]
+        conf[a + rows, slots] = mean[rows]
         offset[a + rows, slots] = best_off[rows]
     return conf, offset
 
@@ -141,14 +154,14 @@ def sync_features(audio: np.ndarray, sr: int, fps: float, pose: dict[str, np.nda
     """Per-video features and active-speaker evidence: ``video`` (T, K, D) in the pose's face slots,
     ``audio`` (T, D), ``speaking_conf`` / ``speaking_offset`` (T, K), ``faces_track`` (T, K).
 
-    ``mouth`` needs only the pose arrays; ``syncnet`` also needs the model and ``frames`` (an
+    ``lips`` needs only the pose arrays (the face meshes); ``syncnet`` also needs the model and ``frames`` (an
     iterator of the video's RGB frames) and 16 kHz audio.
     """
     T = len(pose["faces_track"])
     faces_track = np.asarray(pose["faces_track"])
-    if opts.backend == "mouth":
-        video = np.asarray(pose["faces_mouth"], np.float32)[..., None]
-        aud = speech_band_rms(audio, sr, fps, T)[:, None]
+    if opts.backend == "lips":
+        video = _lip_measures(pose)
+        aud = lip_model().predict(log_mel(audio, sr, fps, T))
     else:
         if model is None or frames is None:
             raise StageError("missing_asset", "backend syncnet needs the SyncNet model and the video frames")
@@ -161,6 +174,29 @@ def sync_features(audio: np.ndarray, sr: int, fps: float, pose: dict[str, np.nda
     conf, offset = speaking_frames(video, aud, faces_track, opts, opts.backend)
     return {"video": video, "audio": aud, "speaking_conf": conf, "speaking_offset": offset, "faces_track": faces_track,
             "backend": np.array(opts.backend)}
+
+
+@functools.lru_cache(maxsize=1)
+def lip_model() -> LipAudioModel:
+    """The shipped lip-from-audio regression (once per process)."""
+    try:
+        return LipAudioModel.load(LIP_MODEL_PATH)
+    except FileNotFoundError:
+        raise StageError("missing_asset", f"{LIP_MODEL_PATH} (the lips backend's regression; reinstall the package)") from None
+
+
+def _lip_measures(pose: dict[str, np.ndarray], block: int = 4096) -> np.ndarray:
+    """(T, K, 3) lip measures of every face slot, a block of frames at a time (the meshes may be a
+    memory map of an hour of video)."""
+    faces = pose["faces"]
+    width, height = (int(v) for v in pose["frame_size"])
+    keep = sorted(set(LIPS) | set(EYE_CORNERS) | set(INNER_LIP_MID))
+    out = np.empty((*faces.shape[:2], 3), np.float32)
+    for b0 in range(0, len(faces), block):
+        part = np.full((*faces[b0:b0 + block].shape[:2], 478, 2), np.nan, np.float32)
+        part[:, :, keep] = np.asarray(faces[b0:b0 + block][:, :, keep, :2])
+        out[b0:b0 + block] = lip_features(part, width, height)
+    return out
 
 
 def _syncnet_video_features(model: SyncNet, frames, pose: dict[str, np.ndarray], opts: SyncOptions) -> np.ndarray:
