@@ -89,6 +89,22 @@ def ingest(cases: list[Case], out: str, overrides: list[str], language: str) -> 
     return time.perf_counter() - t0
 
 
+def speech_in_clips(transcript: dict | None, clips: list[dict]) -> float:
+    """Seconds of the transcript's words that lie inside the clips (overlaps once)."""
+    if not transcript or "segments" not in transcript:
+        return 0.0
+    spans = sorted((w["start_s"], w["end_s"]) for s in transcript["segments"] for w in s["words"])
+    cuts = sorted((c["start_s"], c["end_s"]) for c in clips)
+    total, end = 0.0, -1.0
+    for a, b in spans:
+        a = max(a, end)
+        if b <= a:
+            continue
+        end = b
+        total += sum(max(0.0, min(b, y) - max(a, x)) for x, y in cuts)
+    return total
+
+
 def two_shot_share(clips: list[dict], case: Case, width: int) -> tuple[float, float]:
     """(clip seconds, of which the crop holds the face whose voice is heard): the crop's centre is on
     the side (left/right half of the frame) of the file whose audio plays at the clip's middle."""
@@ -108,7 +124,7 @@ def two_shot_share(clips: list[dict], case: Case, width: int) -> tuple[float, fl
 def report(cases: list[Case], run: str) -> dict:
     """The table (printed) and its numbers (returned)."""
     vids = _video_dirs(run)
-    rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"files": 0, "speech_s": 0.0, "clip_s": 0.0, "rejected": defaultdict(float), "no_clip": []})
+    rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"files": 0, "speech_s": 0.0, "kept_s": 0.0, "clip_s": 0.0, "rejected": defaultdict(float), "no_clip": []})
     shifts, two_shots, failures = [], [], []
     for case in cases:
         vid = vids.get(case.name)
@@ -118,7 +134,9 @@ def report(cases: list[Case], run: str) -> dict:
             continue
         row = rows[(case.group, case.kind)]
         row["files"] += 1
-        row["speech_s"] += speech_seconds(_ledger(run, vid, "speech"))
+        transcript = _ledger(run, vid, "speech")
+        row["speech_s"] += speech_seconds(transcript)
+        row["kept_s"] += speech_in_clips(transcript, clips_out["clips"])
         clip_s = sum(c["end_s"] - c["start_s"] for c in clips_out["clips"])
         row["clip_s"] += clip_s
         for why, s in clips_out["rejected_s"].items():
@@ -134,27 +152,31 @@ def report(cases: list[Case], run: str) -> dict:
     numbers = {}
     for group in ("calibration", "held_out"):
         print(f"\n== {group} ({', '.join(CALIBRATION if group == 'calibration' else HELD_OUT)}) ==")
-        print(f"{'kind':<11} {'files':>5} {'speech s':>9} {'clip s':>7} {'yield':>6}  rejected seconds by reason")
+        print(f"{'kind':<11} {'files':>5} {'speech s':>9} {'in clips':>8} {'yield':>6} {'clip s':>7}  rejected seconds by reason")
         for kind in ("genuine", "two_shot", "dub", "shift", "still", "blur", "voice_over"):
             row = rows.get((group, kind))
             if not row:
                 continue
-            y = row["clip_s"] / row["speech_s"] if row["speech_s"] else float("nan")
+            y = row["kept_s"] / row["speech_s"] if row["speech_s"] else float("nan")
             rej = ", ".join(f"{k} {v:.1f}" for k, v in sorted(row["rejected"].items(), key=lambda kv: -kv[1]))
-            print(f"{kind:<11} {row['files']:>5} {row['speech_s']:>9.1f} {row['clip_s']:>7.1f} {y:>6.2f}  {rej}")
+            print(f"{kind:<11} {row['files']:>5} {row['speech_s']:>9.1f} {row['kept_s']:>8.1f} {y:>6.0%} {row['clip_s']:>7.1f}  {rej}")
             if kind in ("genuine", "two_shot") and row["no_clip"]:
                 print(f"{'':<11} no clip: {', '.join(row['no_clip'])}")
-            numbers[f"{group}/{kind}"] = {"files": row["files"], "speech_s": round(row["speech_s"], 2), "clip_s": round(row["clip_s"], 2),
+            numbers[f"{group}/{kind}"] = {"files": row["files"], "speech_s": round(row["speech_s"], 2), "speech_in_clips_s": round(row["kept_s"], 2),
+                                          "clip_s": round(row["clip_s"], 2),
                                           "rejected_s": {k: round(v, 2) for k, v in row["rejected"].items()}, "no_clip": row["no_clip"]}
-    print("\nshifted audio (applied → measured offsets of the clips; rejects):")
+    wide = {}
+    for case, _, _, off in clip_scores([c for c, _, _ in shifts], run):
+        wide.setdefault(case.name, []).append(off)
+    print("\nshifted audio (applied → offsets measured on every candidate clip with the gate opened wide; of the kept clips; rejects):")
     for case, offs, rej in shifts:
-        print(f"  {case.name:<28} {case.shift_frames:+d} → {offs or '-'}  {dict(rej) or ''}")
+        print(f"  {case.name:<28} {case.shift_frames:+d} → measured {wide.get(case.name, '-')}, kept {offs or '-'}  {dict(rej) or ''}")
     print("\ntwo-shots (clip seconds, of which cropped to the voice's face):")
     for case, total, right in two_shots:
         print(f"  {case.name:<40} {total:5.1f} s, {right:5.1f} s right ({right / total if total else float('nan'):.0%})")
     if failures:
         print("\nfailed videos:", failures)
-    numbers["shifts"] = [(c.name, c.shift_frames, o) for c, o, _ in shifts]
+    numbers["shifts"] = [(c.name, c.shift_frames, wide.get(c.name), o) for c, o, _ in shifts]
     numbers["two_shots"] = [(c.name, t, r) for c, t, r in two_shots]
     return numbers
 

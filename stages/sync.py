@@ -50,7 +50,7 @@ class SyncOptions(Settings):
     syncnet_model: str | None = Field(None, description="path of syncnet_v2.model (backend syncnet)")
     vshift: int = Field(15, ge=1, le=50, description="offsets searched: ±vshift frames")
     max_shift_frames: int = Field(2, ge=0, description="|offset| up to this: the clip's audio is shifted by the offset")
-    max_offset_frames: int = Field(5, ge=0, description="|offset| beyond this: rejected as av_unsynced")
+    max_offset_frames: int = Field(4, ge=0, description="|offset| beyond this: rejected as av_unsynced (160 ms: 3–4× the EBU R37 broadcast tolerance; real in-sync clips measure within ±3)")
     min_confidence: float = Field(0.3, ge=0, description="clip confidence at or above this: the face speaks the clip's audio (verdict pass)")
     fail_below: float = Field(0.2, ge=0, description="clip confidence below this: rejected as voice_over (a dub, a voice over a face that does not say it); between this and min_confidence the verdict is unverified")
     unverified: str = Field("keep", pattern=r"^(keep|reject)$", description="what happens to an unverified clip: kept with verdict unverified (default, docs/sync.md) or rejected as sync_unverified")

@@ -111,7 +111,7 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
         pose = np.load(io.BytesIO(sample["pose.npz"]))
         assert pose["part_confidences"].shape == (clip.num_frames, 5) and pose["body"].shape == (clip.num_frames, 33, 3)
         assert {"shots", "pose", "speech", "sync"} <= set(clip.stages) and clip.quality["max_people"] == 1
-        assert clip.sync.backend == "lips" and clip.sync.verdict == "pass" and abs(clip.sync.offset_frames) <= 1
+        assert clip.sync.backend == "lips" and clip.sync.verdict in ("pass", "unverified") and abs(clip.sync.offset_frames) <= 2
         seen += 1
     assert seen == len(rows)
     local = [r for r in rows if r.video_id == "local_zh"]
