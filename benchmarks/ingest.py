@@ -101,7 +101,8 @@ def news_mix(args) -> None:
     base = [f"ray.num_cpus={args.num_cpus}", f"normalize.max_height={args.max_height}", *args.set]
     runs = {}
     # exhaustive: every graph on every frame (the toolkit before the cascade)
-    for name, extra in (("exhaustive", ["pose.cascade=false", "pose.body_every=1"]), ("cascade", ["pose.cascade=true"])):
+    modes = {"exhaustive": ["pose.cascade=false", "pose.body_every=1"], "cascade": ["pose.cascade=true"]}
+    for name, extra in ((m, modes[m]) for m in args.runs.split(",")):
         out = os.path.join(root, f"run-{name}-{int(time.time())}")
         t0 = time.perf_counter()
         result = run_ingest(sources, out, load_config(None, [*base, *extra]), echo=lambda m: None)
@@ -123,6 +124,10 @@ def news_mix(args) -> None:
         stages = ", ".join(f"{k} {t.seconds:.1f}" for k, t in s.stage_timings.items())
         print(f"| {name} | {r['wall']:.1f} | {s.source_hours / (r['wall'] / 3600):.2f} | {r['dense_s']:.1f} of {s.source_hours * 3600:.1f} "
               f"| {s.clips} | {clip_s:.1f} | {stages} |")
+    for name, r in runs.items():
+        print(f"{name}: accepted clip seconds {sum(e - b for v in r['clips'].values() for b, e in v):.1f}; rejects {dict(r['stats'].rejects_by_reason)}")
+    if set(runs) != set(modes):
+        return
     ex, ca = runs["exhaustive"], runs["cascade"]
     ex_s = sum(e - b for v in ex["clips"].values() for b, e in v)
     kept = sum(_overlap(v, ca["clips"].get(vid, [])) for vid, v in ex["clips"].items())
@@ -144,6 +149,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=3, help="--mix news: episodes")
     ap.add_argument("--episode-s", type=float, default=60.0, help="--mix news: seconds per episode")
     ap.add_argument("--set", action="append", default=[], help="--mix news: config override for both runs")
+    ap.add_argument("--runs", default="exhaustive,cascade", help="--mix news: which runs (comma-separated; both to compare them)")
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--window-s", type=float, default=2.0)

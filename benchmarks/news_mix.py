@@ -62,8 +62,16 @@ def build_segments(folder: str) -> dict[str, list[str]]:
             with tempfile.TemporaryDirectory() as tmp:
                 wav = os.path.join(tmp, "vo.wav")
                 sf.write(wav, audio, sr)
-                src = ["testsrc2", "mandelbrot", "cellauto"][i % 3]
-                _ff("-f", "lavfi", "-i", f"{src}=size={SIZE}x{SIZE}:rate=25", "-i", wav, "-shortest", *ENC, p)
+                # B-roll: a real photo without a face, slowly zoomed (lavfi's cellauto and testsrc
+                # patterns read as interlaced to idet and cost a deinterlace no broadcast B-roll does)
+                import skimage.data
+                from PIL import Image
+
+                photo = os.path.join(tmp, "broll.png")
+                Image.fromarray(getattr(skimage.data, ["rocket", "coffee", "hubble_deep_field"][i % 3])()).save(photo)
+                _ff("-loop", "1", "-framerate", "25", "-i", photo, "-i", wav, "-filter_complex",
+                    f"[0:v]scale=-2:{2 * SIZE},zoompan=z='1+0.001*on':d=1:s={SIZE}x{SIZE}:fps=25[v]",
+                    "-map", "[v]", "-map", "1:a", "-shortest", *ENC, p)
         seg["broll"].append(p)
     for i, a in enumerate(anchors):
         wide = os.path.join(folder, f"wide_{i}.mp4")

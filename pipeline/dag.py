@@ -22,6 +22,7 @@ import numpy as np
 
 from schemas import ClipSet, DownloadResult, RejectSpan, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
+from stages.audio_quality import audio_checks
 from stages.clips import ClipOptions, fixed_windows, make_clips, measure_audio
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import StageError, write_npz
@@ -252,7 +253,7 @@ def _run_clips(ctx: StageContext) -> ClipSet:
                                download.provenance if download else None, syncs)
             for clip, q, gates in zip(clips, figures, checks):
                 clip.quality.update(q)
-                clip.checks = gates
+                clip.checks = {**gates, **(audio_checks(q, opts) if sel is not None and opts.audio_filter else {})}
                 f0 = round(clip.start_s * media.fps)
                 f1 = f0 + clip.num_frames
                 if pose is not None:

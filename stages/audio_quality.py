@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from schemas import GateCheck
 from schemas.settings import Settings
 
 FRAME_S = 0.032  # analysis frame and hop for SNR and the music score
@@ -111,15 +112,22 @@ def audio_quality(audio_int16: np.ndarray, sr: int, opts: AudioQualityOptions) -
     return {k: round(float(v), 5) for k, v in figures.items() if np.isfinite(v)}
 
 
+def audio_checks(q: dict[str, float], opts: AudioQualityOptions) -> dict[str, GateCheck]:
+    """Each audio filter's verdict on a clip's figures, with score and threshold (``unverified``:
+    a figure that could not be measured, which passes)."""
+    limits = (("loudness_lufs", "too_quiet", opts.audio_min_loudness_lufs, True),
+              ("clipping_ratio", "clipped_audio", opts.audio_max_clipping_ratio, False),
+              ("snr_db", "low_snr", opts.audio_min_snr_db, True),
+              ("music_score", "background_music", opts.audio_max_music_score, False))
+    checks = {}
+    for name, reason, limit, at_least in limits:
+        v = q.get(name)
+        ok = None if v is None else (v >= limit if at_least else v <= limit)
+        verdict = "unverified" if ok is None else ("pass" if ok else "fail")
+        checks[name] = GateCheck(verdict=verdict, score=v, threshold=limit, reason=reason)
+    return checks
+
+
 def audio_reject(q: dict[str, float], opts: AudioQualityOptions) -> str | None:
     """The first audio filter the figures fail, or None (a figure that could not be measured passes)."""
-    nan = float("nan")
-    if q.get("loudness_lufs", nan) < opts.audio_min_loudness_lufs:
-        return "too_quiet"
-    if q.get("clipping_ratio", nan) > opts.audio_max_clipping_ratio:
-        return "clipped_audio"
-    if q.get("snr_db", nan) < opts.audio_min_snr_db:
-        return "low_snr"
-    if q.get("music_score", nan) > opts.audio_max_music_score:
-        return "background_music"
-    return None
+    return next((c.reason for c in audio_checks(q, opts).values() if c.verdict == "fail"), None)

@@ -145,6 +145,10 @@ def test_run_report_has_sheets_of_clips_and_of_rejects(report):
         assert f"<td>{stage}</td>" in page
     for name in ("durations", "speakers", "part_confidence", "audio", "stage_timings"):
         assert (folder / "plots" / f"{name}.png").exists()
+    # where each video's seconds went: one row per video, the dub's rejected seconds by reason
+    assert "Where each video&#x27;s seconds went" in page or "Where each video's seconds went" in page
+    dub_row = page[page.index(f"<td>{dub.name}</td>"):].split("</tr>")[0]
+    assert any(reason in dub_row for reason in stats["rejects_by_reason"]), dub_row
 
 
 def test_clip_sheet_draws_the_landmarks_on_the_face(dub_run, tmp_path):

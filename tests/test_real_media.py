@@ -63,7 +63,7 @@ def test_genuine_real_files_give_clips_with_every_check_recorded(real_run):
         for c in out["clips"]:
             assert c["sync"]["verdict"] in ("pass", "unverified") and abs(c["sync"]["offset_frames"]) <= 3
             assert c["checks"]["sync"]["verdict"] == c["sync"]["verdict"]
-            assert {"face_px", "face_sharpness", "speech_ratio"} <= set(c["checks"])
+            assert {"face_px", "face_sharpness", "speech_ratio", "snr_db", "music_score"} <= set(c["checks"])
             assert all(g["verdict"] != "fail" for g in c["checks"].values())
 
 
