@@ -15,6 +15,9 @@ two-shot with alternating audio), ingests them all in one ``cnas ingest`` with d
 * the measured offset of every shifted file against its applied shift;
 * the share of the two-shots' clip seconds whose crop holds the face whose voice is heard.
 
+It also draws a contact sheet of every stretch a genuine file lost (``OUT/sheets/``), to judge each
+false reject by eye.
+
 ``fit`` refits the ``lips`` sync backend's regression (``geometry/lip_audio.py``) on the
 calibration files of an ingest run (their pose meshes and wavs) and writes
 ``geometry/data/lip_audio.npz``; the held-out files never reach it.
@@ -228,6 +231,34 @@ def calibrate(scores: list[tuple[Case, float, float, int]], max_offset: int) -> 
         print(f"  {'':<12} dub conf (|offset| <= {max_offset}) {np.round(sorted(c for _, c, o in dub if abs(o) <= max_offset), 2).tolist()}")
 
 
+def false_reject_sheets(cases: list[Case], run: str, out: str) -> list[str]:
+    """A contact sheet (``cnas inspect``'s) of every stretch a genuine file lost, to judge each
+    false reject by eye: ``OUT/sheets/false-<reason>-<file>-<start ms>.png``."""
+    from pipeline.sheets import draw_sheet, sheet_from_source
+    from schemas import Transcript
+    from stages.pose import load_pose
+
+    vids, written = _video_dirs(run), []
+    os.makedirs(os.path.join(out, "sheets"), exist_ok=True)
+    for case in cases:
+        vid = vids.get(case.name)
+        clips = _ledger(run, vid, "clips") if case.kind == "genuine" and vid else None
+        if not clips or "failed" in clips:
+            continue
+        media, speech = _ledger(run, vid, "normalize"), _ledger(run, vid, "speech")
+        work = os.path.join(run, "work", "media", vid)
+        pose = load_pose(os.path.join(work, "pose.npz"))
+        for span in clips["reject_spans"]:
+            name = os.path.join(out, "sheets", f"false-{span['reason']}-{case.name}-{int(span['start_s'] * 1000)}.png")
+            facts = [f"genuine {case.name}, rejected {span['reason']}", f"{span['start_s']:.2f}-{span['end_s']:.2f} s"]
+            data = sheet_from_source(os.path.join(work, "video.mp4"), os.path.join(work, "audio.wav"), pose,
+                                     Transcript.model_validate(speech), media["fps"], span["start_s"], span["end_s"],
+                                     f"{case.name} {span['reason']}", facts, media["width"], media["height"], 6)
+            draw_sheet(data, name)
+            written.append(name)
+    return written
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -251,6 +282,8 @@ def main() -> int:
     from pipeline.config import load_config
 
     calibrate(clip_scores(cases, os.path.join(args.out, "run")), load_config(None, args.overrides).sync.max_offset_frames)
+    sheets = false_reject_sheets(cases, os.path.join(args.out, "run"), args.out)
+    print(f"\ncontact sheets of the genuine files' rejected stretches: {len(sheets)} in {os.path.join(args.out, 'sheets')}")
     with open(os.path.join(args.out, "gates.json"), "w") as fh:
         json.dump(numbers, fh, indent=1)
     return 0

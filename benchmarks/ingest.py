@@ -145,7 +145,7 @@ def news_mix(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mix", choices=["demo", "news"], default="demo", help="demo: the demo anchors; news: generated broadcast episodes")
+    ap.add_argument("--mix", choices=["demo", "news"], default="demo", help="demo: the demo anchors; news: broadcast-like episodes (real anchors, B-roll, wide shots, two-shots, silence)")
     ap.add_argument("--episodes", type=int, default=3, help="--mix news: episodes")
     ap.add_argument("--episode-s", type=float, default=60.0, help="--mix news: seconds per episode")
     ap.add_argument("--set", action="append", default=[], help="--mix news: config override for both runs")

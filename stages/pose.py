@@ -43,7 +43,7 @@ class PoseOptions(Settings):
     cascade: bool = Field(True, description="mesh only candidate spans (a large enough face, speech, a long enough shot; stages/candidates.py); false: every frame")
     scan_every: int = Field(10, ge=1, description="cascade: BlazeFace on every n-th frame (10 at 25 fps: 2.5 fps)")
     candidate_min_face_frac: float = Field(0.06, ge=0, le=1, description="cascade: a BlazeFace box at least this share of the frame height (keep it below clips.min_face_height_frac, 0.08)")
-    candidate_pad_s: float = Field(0.5, ge=0, description="cascade: seconds around a face sample and around speech that still count")
+    candidate_pad_s: float = Field(0.8, ge=0, description="cascade: seconds around a face sample and around speech that still count (keep it at or over clips.turn_gap_s / 2: a pause a clip may hold is looked at)")
     candidate_min_shot_s: float = Field(1.0, ge=0, description="cascade: shorter shots are skipped (keep it at or below clips.min_clip_s)")
 
 
