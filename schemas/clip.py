@@ -44,6 +44,15 @@ class GateCheck(BaseModel):
     threshold: float | None = None
     reason: str = Field(description="the reject reason this gate gives when it fails")
 
+    @classmethod
+    def measure(cls, value: float | None, threshold: float, reason: str, at_least: bool = True) -> "GateCheck":
+        """``value`` held to ``threshold`` (a minimum; with ``at_least=False`` a maximum): unverified
+        when nothing was measured (None or NaN)."""
+        if value is None or value != value:
+            return cls(verdict="unverified", threshold=threshold, reason=reason)
+        ok = value >= threshold if at_least else value <= threshold
+        return cls(verdict="pass" if ok else "fail", score=round(float(value), 5), threshold=threshold, reason=reason)
+
 
 class ClipRecord(Record):
     """Metadata of one clip; this is the ``json`` member of a shard sample.

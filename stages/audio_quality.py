@@ -119,13 +119,7 @@ def audio_checks(q: dict[str, float], opts: AudioQualityOptions) -> dict[str, Ga
               ("clipping_ratio", "clipped_audio", opts.audio_max_clipping_ratio, False),
               ("snr_db", "low_snr", opts.audio_min_snr_db, True),
               ("music_score", "background_music", opts.audio_max_music_score, False))
-    checks = {}
-    for name, reason, limit, at_least in limits:
-        v = q.get(name)
-        ok = None if v is None else (v >= limit if at_least else v <= limit)
-        verdict = "unverified" if ok is None else ("pass" if ok else "fail")
-        checks[name] = GateCheck(verdict=verdict, score=v, threshold=limit, reason=reason)
-    return checks
+    return {name: GateCheck.measure(q.get(name), limit, reason, at_least) for name, reason, limit, at_least in limits}
 
 
 def audio_reject(q: dict[str, float], opts: AudioQualityOptions) -> str | None:

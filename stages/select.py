@@ -289,14 +289,10 @@ def quality_checks(p: dict | None, height: int, t: Transcript | None, speaker: s
     checks: dict[str, GateCheck] = {}
 
     def at_least(name: str, reason: str, value: float | None, threshold: float) -> None:
-        verdict = "unverified" if value is None or np.isnan(value) else ("pass" if value >= threshold else "fail")
-        checks[name] = GateCheck(verdict=verdict, score=None if verdict == "unverified" else round(float(value), 4),
-                                 threshold=threshold, reason=reason)
+        checks[name] = GateCheck.measure(value, threshold, reason)
 
     def at_most(name: str, reason: str, value: float | None, threshold: float) -> None:
-        at_least(name, reason, None if value is None else -value, -threshold)
-        c = checks[name]
-        checks[name] = c.model_copy(update={"score": None if c.score is None else -c.score, "threshold": threshold})
+        checks[name] = GateCheck.measure(value, threshold, reason, at_least=False)
 
     if p is not None:
         conf = p["part_confidences"]
