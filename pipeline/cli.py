@@ -7,6 +7,7 @@ Exit status of ``cnas ingest``: 0 all videos ok; 3 the run finished but some vid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -38,10 +39,15 @@ def _load(args, defaults: tuple[str, ...] = ()):
 
 def cmd_ingest(args) -> int:
     from .console import LOGS_DIR, route_to_logs
+    from .lock import output_lock
     from .runner import run_ingest
+    from .workdir import WorkDir
 
-    route_to_logs(os.path.join(args.out, LOGS_DIR))
-    result = run_ingest(args.sources, args.out, _load(args))
+    with contextlib.ExitStack() as lock:
+        if WorkDir(args.out).is_local:  # before the logs: a second run must not write into the first one's folder
+            lock.enter_context(output_lock(args.out, "cnas ingest"))
+        route_to_logs(os.path.join(args.out, LOGS_DIR))
+        result = run_ingest(args.sources, args.out, _load(args))
     return EXIT_PARTIAL if result.stats.videos_failed else EXIT_OK
 
 
@@ -96,17 +102,18 @@ def cmd_release(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    from .rebuild import rebuild_release
+    from .rebuild import SECTIONS, consumer_fields, rebuild_release
 
-    # only the download section applies (runtime settings such as cookies); normalise and cut options come from the release
-    keys = [o.split("=", 1)[0] for o in args.overrides]
-    bad = [k for k in keys if not k.startswith("download.")]
+    # a release decides only what changes the output (normalise/cut/format options, from its rebuild.json); the
+    # runtime and safety settings (cookies, timeouts, retries, max_filesize_mb, allow_file_urls) are yours
+    allowed = {f"{sec}.{f}" for sec in SECTIONS for f in consumer_fields(sec)}
+    bad = [o.split("=", 1)[0] for o in args.overrides if o.split("=", 1)[0] not in allowed]
     if bad:
-        print(f"cnas rebuild takes only download.* settings (the rest comes from the release's rebuild.json): {bad}", file=sys.stderr)
+        print(f"cnas rebuild takes only runtime and safety settings ({', '.join(sorted(allowed))}); "
+              f"the rest comes from the release's rebuild.json: {bad}", file=sys.stderr)
         return EXIT_USAGE
-    dl = _load(args).download.model_dump()
-    overrides = {k.split(".", 1)[1]: dl[k.split(".", 1)[1]] for k in keys}
-    summary = rebuild_release(args.release, args.out, overrides, accept_changed=args.accept_changed, source_dir=args.source_dir)
+    summary = rebuild_release(args.release, args.out, accept_changed=args.accept_changed, source_dir=args.source_dir,
+                              consumer=_load(args), max_member_bytes=int(args.max_member_mb * 2**20))
     return EXIT_OK if summary["rebuilt"] == summary["clips"] else EXIT_PARTIAL
 
 
@@ -138,7 +145,8 @@ def cmd_inspect(args) -> int:
 def cmd_validate(args) -> int:
     from .release import validate_release
 
-    rep = validate_release(args.dir, check_media=not args.quick)
+    rep = validate_release(args.dir, check_media=not args.quick, max_member_bytes=int(args.max_member_mb * 2**20),
+                           probe_timeout_s=args.probe_timeout_s)
     for e in rep.errors:
         print(f"ERROR {e}")
     print(f"{'OK' if rep.ok else 'INVALID'}: {rep.shards} shards, {rep.samples} samples checked, {len(rep.errors)} problems")
@@ -223,13 +231,17 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("rebuild", help="rebuild a metadata-only release: fetch, re-cut, verify every member; resumable")
-    p.add_argument("release", help="folder of a `cnas release --metadata-only`")
+    p.add_argument("release", help="folder of a `cnas release --metadata-only` (untrusted: checked before anything is written)")
     p.add_argument("--out", required=True, help="output folder: shards in the release layout, rebuild_report.jsonl; re-running resumes")
     p.add_argument("--accept-changed", action="store_true", help="cut clips whose source checksum changed (still reported as differs)")
-    p.add_argument("--source-dir", help="look here (by file name) for local sources that are no longer at their recorded path")
-    p.add_argument("--config", help="YAML config file (only its download section is used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="download.KEY=VALUE",
-                   help="download setting, e.g. --set download.cookies_file=cookies.txt (repeatable)")
+    p.add_argument("--source-dir", help="the folder holding the local sources (kind=file): looked up by file name (relative "
+                                        "paths below it), never outside it; without it local sources are unavailable")
+    p.add_argument("--config", help="YAML config file: only its runtime and safety settings are used (download: max_filesize_mb, "
+                                    "allow_file_urls and the runtime ones such as cookies, timeouts, retries; normalize/clips: timeout_s); "
+                                    "the release's rebuild.json decides what changes the output")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="runtime/safety setting, e.g. --set download.cookies_file=cookies.txt, download.max_filesize_mb=2048 (repeatable)")
+    p.add_argument("--max-member-mb", type=float, default=512.0, help="largest tar member (arrays) or metadata file read from the release (default 512)")
     p.set_defaults(func=cmd_rebuild, address=None, work_dir=None, num_cpus=None)
 
     p = sub.add_parser("inspect", help="contact sheets of clips and an HTML report of a run or release")
@@ -245,6 +257,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("validate", help="check a release: checksums, shards, members, schemas, lengths")
     p.add_argument("dir")
     p.add_argument("--quick", action="store_true", help="skip decoding mp4 frame counts")
+    p.add_argument("--max-member-mb", type=float, default=512.0, help="largest tar member or metadata file read (default 512)")
+    p.add_argument("--probe-timeout-s", type=float, default=60.0, help="ffprobe time limit per mp4 member (default 60)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="record schemas")

@@ -223,32 +223,41 @@ def write_croissant(root: Path, stats: dict, cfg, version: str, metadata_only: b
 def check_metadata(root: Path) -> list[str]:
     """Cheap checks of a release's standard metadata: croissant.json parses and its files' sha256
     match; the card's YAML header parses and every data_files glob matches files."""
-    from .release import _sha256
+    from .release import UnsafeReleaseError, _sha256, check_regular, read_capped, safe_join
 
     errs = []
     cr = root / CROISSANT
     if cr.exists():
         try:
-            doc = json.loads(cr.read_text())
+            doc = json.loads(read_capped(cr, name=CROISSANT))
             for d in doc.get("distribution", []):
                 if d.get("@type") == "cr:FileObject":
-                    p = root / d["contentUrl"]
-                    if not p.exists():
+                    try:  # a release is untrusted: no absolute path, no '..', no link or device is read
+                        p = safe_join(root, d["contentUrl"])
+                        check_regular(p, d["contentUrl"])
+                    except FileNotFoundError:
                         errs.append(f"{CROISSANT}: {d['contentUrl']} is missing")
-                    elif d.get("sha256") and _sha256(str(p)) != d["sha256"]:
+                        continue
+                    except UnsafeReleaseError as e:
+                        errs.append(f"{CROISSANT}: {d['contentUrl']!r} refused, not read: {e}")
+                        continue
+                    if d.get("sha256") and _sha256(str(p)) != d["sha256"]:
                         errs.append(f"{CROISSANT}: {d['contentUrl']}: sha256 differs")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             errs.append(f"{CROISSANT}: does not parse ({type(e).__name__}: {e})")
     card = root / "README.md"
     if card.exists():
         try:
-            head = read_card_header(card.read_text())
-        except yaml.YAMLError as e:
+            head = read_card_header(read_capped(card, name="README.md").decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             errs.append(f"README.md: YAML header does not parse: {e}")
             head = {}
-        for conf in head.get("configs", []) or []:
-            for df in conf.get("data_files", []) or []:
-                if not list(root.glob(df["path"])):
+        for conf in (head.get("configs", []) or []) if isinstance(head, dict) else []:
+            for df in (conf.get("data_files", []) or []) if isinstance(conf, dict) else []:
+                pattern = df.get("path") if isinstance(df, dict) else None
+                if not isinstance(pattern, str) or not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
+                    errs.append(f"README.md: data_files path {pattern!r} is not a relative glob inside the release")
+                elif not list(root.glob(pattern)):
                     errs.append(f"README.md: config {conf.get('config_name')} split {df.get('split')}: {df['path']} matches no file")
     return errs
 

@@ -23,7 +23,7 @@ def load_registry(out: WorkDir, opts: IdentityOptions) -> IdentityRegistry:
 
 def label_clips(clips: list[ClipRecord], results: dict[str, IdentityResult], out: WorkDir, opts: IdentityOptions) -> IdentityRegistry:
     """Set ``identity``, ``identity_name`` and ``identity_distance`` on every clip whose face track
-    was embedded, and write the updated registry to ``out/identities.json``."""
+    was embedded; returns the updated registry (``save_registry`` writes it once the shards are in)."""
     registry = load_registry(out, opts)
     if opts.names_csv:
         named = {name: embed_photos(load_embedder(), photos) for name, photos in read_names_csv(opts.names_csv).items()}
@@ -36,8 +36,13 @@ def label_clips(clips: list[ClipRecord], results: dict[str, IdentityResult], out
         if hit:
             clip.identity, clip.identity_distance = hit
             clip.identity_name = names.get(hit[0])
-    out.write_text(registry.model_dump_json(indent=1) + "\n", REGISTRY)
     return registry
+
+
+def save_registry(registry: IdentityRegistry, out: WorkDir) -> None:
+    """Write ``out/identities.json`` (atomically). The runner calls it after the shards: a run that
+    dies before them leaves the registry as it was, and assigning the same tracks again is a no-op."""
+    out.write_text(registry.model_dump_json(indent=1) + "\n", REGISTRY)
 
 
 def identity_count(registry: IdentityRegistry, clips: list[ClipRecord]) -> dict[str, float]:

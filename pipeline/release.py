@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -25,28 +27,136 @@ import numpy as np
 import webdataset as wds
 
 from schemas import SCHEMA_VERSION, ClipRecord, ManifestRow, export_json_schemas
+from schemas.release import check_safe_name
 
 from .config import ReleaseConfig
 from .croissant import card_header, check_metadata, write_croissant
 
 SUMS = "SHA256SUMS"
 
+# ---------------------------------------------------------------------------------------------
+# reading untrusted releases and shards (docs/release.md, "Untrusted releases")
 
-def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) of a WebDataset tar in file order; raises on a truncated/corrupt tar."""
-    current, members = None, {}
+#: Largest tar member the shard readers accept (validate, rebuild, inspect); a sample may hold at most
+#: twice this. Also the largest metadata file (json, jsonl, SHA256SUMS) read whole from a release.
+MAX_MEMBER_BYTES = 512 * 2**20
+#: Most members one sample may have.
+MAX_SAMPLE_MEMBERS = 16
+#: ffprobe's time limit per mp4 member in ``cnas validate``.
+PROBE_TIMEOUT_S = 60.0
+
+#: ``<key>.<suffix>``: a WebDataset member name with a safe key (no dot) and suffix, no folder.
+_MEMBER_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127})\.([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+
+
+class UnsafeReleaseError(ValueError):
+    """A release (or a file in it) that would make a reader leave its folder, follow a link, open a
+    device or read without bound; refused before anything is written."""
+
+
+class UnsafeTarError(tarfile.TarError, ValueError):
+    """A tar member the shard readers refuse (before reading it): not a regular file, a name that is
+    not ``<key>.<suffix>``, sparse, or larger than the cap. A ValueError too: ``cnas inspect`` reports it."""
+
+
+def safe_join(root, *parts: str) -> Path:
+    """``root/part/...``, refused (``UnsafeReleaseError``) when a part is empty, absolute or has a
+    ``..`` component, or when the path, with every symlink resolved, is not inside ``root``."""
+    for part in parts:
+        if not isinstance(part, str) or not part or "\0" in part or "\\" in part or os.path.isabs(part) \
+                or any(c == ".." for c in part.split("/")):
+            raise UnsafeReleaseError(f"{part!r}: not a relative path inside the folder (absolute, empty or with '..')")
+    base = Path(root).resolve()
+    path = Path(root).joinpath(*parts)
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafeReleaseError(f"{'/'.join(parts)}: leaves {root} (resolves to {resolved})")
+    return path
+
+
+def _kind(mode: int) -> str:
+    return ("symbolic link" if stat.S_ISLNK(mode) else "character device" if stat.S_ISCHR(mode) else "block device"
+            if stat.S_ISBLK(mode) else "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+
+
+def check_regular(path: Path, name: str | None = None) -> None:
+    """Raise ``UnsafeReleaseError`` unless ``path`` itself (not a link's target) is a regular file with one name."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name or path}: missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeReleaseError(f"{name or path}: a {_kind(st.st_mode)}, not a regular file")
+    if st.st_nlink > 1:
+        raise UnsafeReleaseError(f"{name or path}: a hard link ({st.st_nlink} names), not a file of its own")
+
+
+def unsafe_entries(root: Path) -> list[str]:
+    """Every entry under ``root`` that a release must not hold: symbolic links (in-tree ones too),
+    hard links, devices, fifos, sockets — as messages, relative to ``root``."""
+    errs: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: errs.append(f"{e.filename}: unreadable ({e.strerror})")):
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                errs.append(f"{rel}: a symbolic link (-> {os.readlink(p)}); a release holds regular files only")
+            elif not stat.S_ISREG(st.st_mode):
+                errs.append(f"{rel}: a {_kind(st.st_mode)}; a release holds regular files only")
+            elif st.st_nlink > 1:
+                errs.append(f"{rel}: a hard link ({st.st_nlink} names); a release holds regular files only")
+    return errs
+
+
+def read_capped(path: Path, max_bytes: int = MAX_MEMBER_BYTES, name: str | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (refused before reading otherwise)."""
+    check_regular(path, name)
+    size = os.lstat(path).st_size
+    if size > max_bytes:
+        raise UnsafeReleaseError(f"{name or path}: {size} bytes, over the {max_bytes}-byte cap")
+    with open(path, "rb") as f:
+        return f.read(max_bytes + 1)[:max_bytes]
+
+
+def _check_member(m: tarfile.TarInfo, max_member_bytes: int) -> tuple[str, str]:
+    if not m.isreg():
+        kind = "directory" if m.isdir() else "symbolic link" if m.issym() else "hard link" if m.islnk() else \
+            "device" if m.ischr() or m.isblk() else "fifo" if m.isfifo() else f"type {m.type!r}"
+        raise UnsafeTarError(f"{m.name}: a {kind} member; shards hold regular files only")
+    if m.type == tarfile.GNUTYPE_SPARSE or m.issparse() or any(k.startswith("GNU.sparse") for k in m.pax_headers):
+        raise UnsafeTarError(f"{m.name}: a sparse member ({m.size} bytes expanded); refused")
+    if m.size > max_member_bytes:
+        raise UnsafeTarError(f"{m.name}: {m.size} bytes, over the {max_member_bytes}-byte member cap")
+    match = _MEMBER_NAME.match(m.name)
+    if not match or ".." in m.name:
+        raise UnsafeTarError(f"{m.name!r}: not a member name <key>.<suffix> (letters, digits, '_', '-'; no folder, no '..')")
+    return match.group(1), match.group(2)
+
+
+def iter_tar_samples(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of a WebDataset tar in file order; raises on a truncated/corrupt tar.
+    Refuses (``UnsafeTarError``, before reading the member) anything but a regular file named
+    ``<key>.<suffix>``: links, devices, folders, sparse members, a member over ``max_member_bytes``,
+    a sample over twice that or with more than ``MAX_SAMPLE_MEMBERS`` members or a repeated one."""
+    current, members, total = None, {}, 0
     with tarfile.open(path, mode="r|") as tar:  # stream mode: reads every block, so truncation surfaces
         for m in tar:
-            if not m.isfile():
-                continue
-            key, _, suffix = m.name.partition(".")
+            key, suffix = _check_member(m, max_member_bytes)
+            if key != current and current is not None:
+                yield current, members
+                members, total = {}, 0
+            current = key
+            if suffix in members:
+                raise UnsafeTarError(f"{m.name}: a second {suffix} member of sample {key}")
+            total += m.size
+            if len(members) >= MAX_SAMPLE_MEMBERS or total > 2 * max_member_bytes:
+                raise UnsafeTarError(f"{m.name}: sample {key} has over {MAX_SAMPLE_MEMBERS} members or {2 * max_member_bytes} bytes")
             data = tar.extractfile(m).read()
             if len(data) != m.size:
                 raise tarfile.ReadError(f"{m.name}: {len(data)} of {m.size} bytes")
-            if key != current and current is not None:
-                yield current, members
-                members = {}
-            current = key
             members[suffix] = data
     if current is not None:
         yield current, members
@@ -97,13 +207,29 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _staging_for(out: Path, cfg: ReleaseConfig) -> Path:
+    """Checks before packaging, and the staging folder: next to ``out`` (same file system, so that
+    publishing is one rename)."""
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; releases are written once")
+    for name in cfg.split_ratios:
+        check_safe_name(name, "release.split_ratios: split")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=str(out.parent)))
+
+
 def _publish(staging: Path, out: Path) -> None:
-    """Write ``SHA256SUMS`` over every file of a finished release in ``staging`` and move it into ``out``."""
+    """Write ``SHA256SUMS`` over every file of a finished release in ``staging``, then publish it as
+    ``out`` with one rename (``out`` absent or an empty folder): a crash leaves no release or the whole one."""
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != SUMS)
     (staging / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(staging)}\n" for p in files))
-    out.mkdir(parents=True, exist_ok=True)
-    for p in staging.iterdir():
-        shutil.move(str(p), str(out / p.name))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; a release folder is as mkdir would make it
+    try:
+        os.replace(staging, out)  # rename(2): atomic, also over an empty folder
+    except OSError as e:
+        raise ValueError(f"{out}: cannot publish the release there ({e.strerror}); releases are written once") from None
 
 
 def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig) -> dict:
@@ -112,9 +238,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
     manifest = [ManifestRow.model_validate_json(l) for l in (run / "manifest.jsonl").read_text().splitlines() if l.strip()]
     if not manifest:
         raise ValueError(f"{run_dir}: the manifest lists no samples")
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out_dir} exists and is not empty; releases are written once")
-    staging = Path(tempfile.mkdtemp(prefix="cnas-release-", dir=str(out.parent) if out.parent.exists() else None))
+    staging = _staging_for(out, cfg)
     try:
         # pass 1: clip records (json members) -> speakers and their hours
         clips: dict[str, ClipRecord] = {}
@@ -330,111 +454,262 @@ class ValidationReport:
         return not self.errors
 
 
-def _mp4_frames(data: bytes) -> int:
+def _mp4_frames(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> int:
+    """Video packets of an MP4 member: ffprobe with the MP4 demuxer forced and only the ``file``
+    protocol (a playlist or a reference to a URL is refused, never fetched), within ``timeout_s``.
+    Raises ``ValueError`` for anything that is not a readable MP4 file."""
+    if data[4:8] != b"ftyp":
+        raise ValueError("not an MP4 file (no ftyp box at its start)")
     with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
         f.write(data)
         f.flush()
-        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
-                              "stream=nb_read_packets", "-of", "csv=p=0", f.name], capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
+        try:
+            out = subprocess.run(["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-f", "mp4", "-select_streams", "v:0",
+                                  "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", "-i", f.name],
+                                 capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"ffprobe did not finish within {timeout_s:g} s") from None
+    text = out.stdout.strip()
+    if out.returncode != 0 or not text.isdigit():
+        raise ValueError(f"ffprobe cannot read it ({(out.stderr.strip().splitlines() or ['no video stream'])[-1]})")
+    return int(text)
 
 
-def validate_release(folder: str, check_media: bool = True) -> ValidationReport:
+def _npz_frames(data: bytes, name: str, max_bytes: int = MAX_MEMBER_BYTES) -> int:
+    """Length (first dimension) of array ``name`` of an npz member, from its header: no pickle, an
+    object array refused, and nothing decompressed beyond the header."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        try:
+            info = zf.getinfo(f"{name}.npy")
+        except KeyError:
+            raise ValueError(f"no array {name!r}") from None
+        if info.file_size > max_bytes:
+            raise ValueError(f"array {name!r}: {info.file_size} bytes uncompressed, over the {max_bytes}-byte cap")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError(f"array {name!r} holds Python objects (pickle); refused")
+    if not shape:
+        raise ValueError(f"array {name!r} is a scalar")
+    return int(shape[0])
+
+
+def _read(root: Path, rel: str, rep: ValidationReport, max_bytes: int, missing: str | None = "missing") -> bytes | None:
+    """The bytes of ``root/rel`` (a regular file inside the release, under the cap), else None and an
+    error (``missing=None``: a missing file is no error)."""
+    try:
+        return read_capped(safe_join(root, *rel.split("/")), max_bytes, rel)
+    except FileNotFoundError:
+        if missing:
+            rep.errors.append(f"{rel}: {missing}")
+    except (UnsafeReleaseError, OSError) as e:
+        rep.errors.append(f"{rel}: refused: {e}")
+    return None
+
+
+def _read_json(root: Path, rel: str, rep: ValidationReport, max_bytes: int, missing: str | None = "missing"):
+    data = _read(root, rel, rep, max_bytes, missing)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        rep.errors.append(f"{rel}: does not parse ({e})")
+        return None
+
+
+def _check_sums(root: Path, rep: ValidationReport, max_bytes: int) -> None:
+    """Every line of ``SHA256SUMS``: a relative path to a regular file inside the release (absolute
+    paths, ``..``, links and devices are refused, not read) whose sha256 matches."""
+    if not os.path.lexists(root / SUMS):
+        rep.errors.append(f"{SUMS} is missing")
+        return
+    data = _read(root, SUMS, rep, max_bytes)
+    if data is None:
+        return
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            rep.errors.append(f"{SUMS}:{n}: not a line '<sha256>  <path>'")
+            continue
+        try:
+            path = safe_join(root, name)
+            check_regular(path, name)
+        except FileNotFoundError:
+            rep.errors.append(f"{name}: listed in {SUMS} but missing")
+            continue
+        except (UnsafeReleaseError, OSError) as e:
+            rep.errors.append(f"{SUMS}:{n}: {name!r} refused, not read: {e}")
+            continue
+        if _sha256(str(path)) != digest:
+            rep.errors.append(f"{name}: sha256 differs from {SUMS} (corrupted or modified)")
+
+
+def validate_release(folder: str, check_media: bool = True, max_member_bytes: int = MAX_MEMBER_BYTES,
+                     probe_timeout_s: float = PROBE_TIMEOUT_S) -> ValidationReport:
     """Check a release: checksums, every shard readable, same members per sample, json valid,
-    arrays and media lengths equal the frame/sample counts, member hashes, disjoint speakers."""
+    arrays and media lengths equal the frame/sample counts, member hashes, disjoint speakers.
+    The release is untrusted: links, devices, paths that leave the folder, sparse or oversized tar
+    members are reported and never followed or read; a bad sample is an error, never a crash."""
     import soundfile as sf
-    from pydantic import ValidationError
 
     root, rep = Path(folder), ValidationReport()
-    sums = root / SUMS
-    if not sums.exists():
-        rep.errors.append(f"{SUMS} is missing")
-    else:
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            p = root / name
-            if not p.exists():
-                rep.errors.append(f"{name}: listed in {SUMS} but missing")
-            elif _sha256(str(p)) != digest:
-                rep.errors.append(f"{name}: sha256 differs from {SUMS} (corrupted or modified)")
-    stats = json.loads((root / "stats.json").read_text()) if (root / "stats.json").exists() else {}
+    if not root.is_dir():
+        rep.errors.append(f"{folder}: not a folder")
+        return rep
+    rep.errors += unsafe_entries(root)
+    _check_sums(root, rep, max_member_bytes)
+    stats = _read_json(root, "stats.json", rep, max_member_bytes, missing=None)
+    stats = stats if isinstance(stats, dict) else {}
     metadata_only = (root / RECIPE).exists() and not any(root.glob("*.index.json"))
     seen_speakers: dict[str, str] = {}
-    for split, info in stats.get("splits", {}).items():
-        for spk in info["speakers"]:
+    splits = stats.get("splits", {})
+    for split, info in (splits.items() if isinstance(splits, dict) else []):
+        speakers = info.get("speakers") if isinstance(info, dict) else None
+        if not isinstance(speakers, list):
+            rep.errors.append(f"stats.json: split {split!r} has no speaker list")
+            continue
+        for spk in map(str, speakers):
             if spk in seen_speakers:
                 rep.errors.append(f"speaker {spk!r} is in both {seen_speakers[spk]} and {split}")
             seen_speakers[spk] = split
     for index_path in sorted(root.glob("*.index.json")):
-        split = index_path.name.split(".")[0]
-        index = json.loads(index_path.read_text())
-        manifest = {}
-        if (root / split / "manifest.jsonl").exists():
-            manifest = {r.key: r for r in (ManifestRow.model_validate_json(l) for l in (root / split / "manifest.jsonl").read_text().splitlines() if l)}
-        member_set = None
-        for entry in index["shardlist"]:
-            rep.shards += 1
-            path = root / entry["url"]
-            if not path.exists():
-                rep.errors.append(f"{entry['url']}: missing")
-                continue
-            if path.stat().st_size != entry["filesize"]:
-                rep.errors.append(f"{entry['url']}: {path.stat().st_size} bytes, index says {entry['filesize']}")
-            n = 0
-            try:
-                for key, members in iter_tar_samples(str(path)):
-                    n += 1
-                    rep.samples += 1
-                    where = f"{entry['url']}:{key}"
-                    if member_set is None:
-                        member_set = set(members)
-                    elif set(members) != member_set:
-                        rep.errors.append(f"{where}: members {sorted(members)} differ from {sorted(member_set)}")
-                    row = manifest.get(key)
-                    if row is not None:
-                        for suffix, data in members.items():
-                            if hashlib.sha256(data).hexdigest() != row.member_sha256.get(suffix):
-                                rep.errors.append(f"{where}.{suffix}: sha256 differs from {split}/manifest.jsonl (tampered)")
-                    try:
-                        clip = ClipRecord.model_validate_json(members.get("json", b"{}"))
-                    except ValidationError as e:
-                        first = e.errors()[0]
-                        loc = ".".join(map(str, first["loc"])) or "record"
-                        rep.errors.append(f"{where}.json: does not validate ({loc}): {first['msg']}")
-                        continue
-                    rep.errors += [f"{where}: {m}" for m in _check_sample(clip, members, check_media, sf)]
-            except (tarfile.TarError, OSError, EOFError) as e:
-                rep.errors.append(f"{entry['url']}: unreadable or truncated tar ({type(e).__name__}: {e})")
-                continue
-            if n != entry["nsamples"]:
-                rep.errors.append(f"{entry['url']}: {n} samples, index says {entry['nsamples']}")
-    rep.errors += check_metadata(root)
+        _validate_split(root, index_path.name, rep, check_media, sf, max_member_bytes, probe_timeout_s)
+    try:
+        rep.errors += check_metadata(root)
+    except (UnsafeReleaseError, OSError) as e:
+        rep.errors.append(f"standard metadata: refused: {e}")
     if metadata_only:
-        validate_metadata_release(root, rep)
+        validate_metadata_release(root, rep, max_member_bytes)
     elif rep.shards == 0:
         rep.errors.append("no shard index (*.index.json) found")
     return rep
 
 
-def _check_sample(clip: ClipRecord, members: dict[str, bytes], check_media: bool, sf) -> list[str]:
+def _validate_split(root: Path, index_name: str, rep: ValidationReport, check_media: bool, sf, max_bytes: int,
+                    probe_timeout_s: float) -> None:
+    from pydantic import ValidationError
+
+    split = index_name[: -len(".index.json")]
+    try:
+        check_safe_name(split, "split")
+    except ValueError as e:
+        rep.errors.append(f"{index_name}: {e}")
+        return
+    index = _read_json(root, index_name, rep, max_bytes)
+    if not isinstance(index, dict) or not isinstance(index.get("shardlist"), list):
+        if index is not None:
+            rep.errors.append(f"{index_name}: not a wids shard index (no shardlist)")
+        return
+    manifest = {}
+    for n, line in enumerate((_read(root, f"{split}/manifest.jsonl", rep, max_bytes, missing=None) or b"").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = ManifestRow.model_validate_json(line)
+            manifest[row.key] = row
+        except ValidationError as e:
+            rep.errors.append(f"{split}/manifest.jsonl:{n}: does not validate: {e.errors()[0]['msg']}")
+    member_set = None
+    for entry in index["shardlist"]:
+        rep.shards += 1
+        url = entry.get("url") if isinstance(entry, dict) else None
+        parts = url.split("/") if isinstance(url, str) else []
+        if len(parts) != 2 or parts[0] != split:
+            rep.errors.append(f"{index_name}: shard url {url!r} is not {split}/<shard>.tar")
+            continue
+        try:
+            check_safe_name(parts[1], "shard")
+            path = safe_join(root, split, parts[1])
+            check_regular(path, url)
+        except FileNotFoundError:
+            rep.errors.append(f"{url}: missing")
+            continue
+        except (UnsafeReleaseError, ValueError, OSError) as e:
+            rep.errors.append(f"{url}: refused, not read: {e}")
+            continue
+        if path.stat().st_size != entry.get("filesize"):
+            rep.errors.append(f"{url}: {path.stat().st_size} bytes, index says {entry.get('filesize')}")
+        n = 0
+        try:
+            for key, members in iter_tar_samples(str(path), max_bytes):
+                n += 1
+                rep.samples += 1
+                where = f"{url}:{key}"
+                if member_set is None:
+                    member_set = set(members)
+                elif set(members) != member_set:
+                    rep.errors.append(f"{where}: members {sorted(members)} differ from {sorted(member_set)}")
+                try:
+                    rep.errors += _check_one(where, split, members, manifest.get(key), check_media, sf, probe_timeout_s, max_bytes)
+                except Exception as e:  # noqa: BLE001 -- a crafted sample is a reported error, never a crash
+                    rep.errors.append(f"{where}: could not be checked ({type(e).__name__}: {e})")
+        except UnsafeTarError as e:
+            rep.errors.append(f"{url}: refused: {e}")
+            continue
+        except (tarfile.TarError, OSError, EOFError) as e:
+            rep.errors.append(f"{url}: unreadable or truncated tar ({type(e).__name__}: {e})")
+            continue
+        if n != entry.get("nsamples"):
+            rep.errors.append(f"{url}: {n} samples, index says {entry.get('nsamples')}")
+
+
+def _check_one(where: str, split: str, members: dict[str, bytes], row, check_media: bool, sf, probe_timeout_s: float,
+               max_bytes: int) -> list[str]:
+    from pydantic import ValidationError
+
+    errs = []
+    if row is not None:
+        for suffix, data in members.items():
+            if hashlib.sha256(data).hexdigest() != row.member_sha256.get(suffix):
+                errs.append(f"{where}.{suffix}: sha256 differs from {split}/manifest.jsonl (tampered)")
+    try:
+        clip = ClipRecord.model_validate_json(members.get("json", b"{}"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(map(str, first["loc"])) or "record"
+        return errs + [f"{where}.json: does not validate ({loc}): {first['msg']}"]
+    return errs + [f"{where}: {m}" for m in _check_sample(clip, members, check_media, sf, probe_timeout_s, max_bytes)]
+
+
+def _check_sample(clip: ClipRecord, members: dict[str, bytes], check_media: bool, sf, probe_timeout_s: float = PROBE_TIMEOUT_S,
+                  max_bytes: int = MAX_MEMBER_BYTES) -> list[str]:
     errs = []
     if set(clip.members) != set(members):
         errs.append(f"json lists members {clip.members}, the sample has {sorted(members)}")
     if "wav" in members:
-        info = sf.info(io.BytesIO(members["wav"]))
-        if info.frames != clip.num_audio_samples or info.samplerate != clip.sample_rate_hz:
-            errs.append(f"wav has {info.frames} samples at {info.samplerate} Hz, json says {clip.num_audio_samples} at {clip.sample_rate_hz}")
+        try:
+            info = sf.info(io.BytesIO(members["wav"]))
+        except Exception as e:  # noqa: BLE001 -- libsndfile's errors (RuntimeError, LibsndfileError, TypeError)
+            errs.append(f"wav: unreadable ({type(e).__name__}: {e})")
+        else:
+            if info.frames != clip.num_audio_samples or info.samplerate != clip.sample_rate_hz:
+                errs.append(f"wav has {info.frames} samples at {info.samplerate} Hz, json says {clip.num_audio_samples} at {clip.sample_rate_hz}")
     if abs(clip.num_frames / clip.fps - clip.num_audio_samples / clip.sample_rate_hz) > 1 / clip.fps + 1e-6:
         errs.append("audio and video durations disagree")
     if check_media and "mp4" in members:
-        frames = _mp4_frames(members["mp4"])
-        if frames != clip.num_frames:
-            errs.append(f"mp4 has {frames} frames, json says {clip.num_frames}")
+        try:
+            frames = _mp4_frames(members["mp4"], probe_timeout_s)
+        except ValueError as e:
+            errs.append(f"mp4: {e}")
+        else:
+            if frames != clip.num_frames:
+                errs.append(f"mp4 has {frames} frames, json says {clip.num_frames}")
     for member, key in (("pose.npz", "part_confidences"), ("flame.npz", "exp")):
         if member in members:
-            with np.load(io.BytesIO(members[member])) as z:
-                if z[key].shape[0] != clip.num_frames:
-                    errs.append(f"{member}:{key} has {z[key].shape[0]} frames, json says {clip.num_frames}")
+            try:
+                frames = _npz_frames(members[member], key, max_bytes)
+            except Exception as e:  # noqa: BLE001 -- zipfile / numpy header errors of a crafted member
+                errs.append(f"{member}: unreadable ({type(e).__name__}: {e})")
+                continue
+            if frames != clip.num_frames:
+                errs.append(f"{member}:{key} has {frames} frames, json says {clip.num_frames}")
     return errs
 
 
@@ -504,7 +779,7 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
     run_cfg = load_config(str(run / "config.yaml"), [])
     sources = {s.video_id: s for s in (SourceItem.model_validate_json(l) for l in (run / "sources.jsonl").read_text().splitlines() if l.strip())}
     work = WorkDir(run_cfg.work_dir or str(run / "work"))
-    staging = Path(tempfile.mkdtemp(prefix="cnas-release-", dir=str(out.parent) if out.parent.exists() else None))
+    staging = _staging_for(out, cfg)
     try:
         clips: dict[str, ClipRecord] = {}
         arrays: dict[str, dict[str, bytes]] = {}
@@ -601,23 +876,30 @@ A source whose checksum changed is reported as `differs` and not cut (`--accept-
     return head + fmt + "## Statistics" + tail
 
 
-def validate_metadata_release(root: Path, rep: "ValidationReport") -> None:
-    """Checks of a metadata-only release beyond ``SHA256SUMS``: every clips.jsonl line validates."""
+def validate_metadata_release(root: Path, rep: "ValidationReport", max_bytes: int = MAX_MEMBER_BYTES) -> None:
+    """Checks of a metadata-only release beyond ``SHA256SUMS``: ``rebuild.json`` and every clips.jsonl
+    line validate (split names are safe path components), keys are unique, and the arrays tars
+    read (capped, no link/sparse member) with members that match the clips' checksums."""
     from pydantic import ValidationError
 
     from schemas.release import ClipSource, RebuildRecipe
 
-    try:
-        recipe = RebuildRecipe.model_validate_json((root / RECIPE).read_text())
-    except ValidationError as e:
-        rep.errors.append(f"{RECIPE}: does not validate: {e.errors()[0]['msg']}")
+    data = _read(root, RECIPE, rep, max_bytes)
+    if data is None:
         return
+    try:
+        recipe = RebuildRecipe.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        rep.errors.append(f"{RECIPE}: does not validate ({'.'.join(map(str, first['loc']))}): {first['msg']}")
+        return
+    seen: dict[str, str] = {}
     for split in recipe.splits:
-        path = root / split / CLIPS_JSONL
-        if not path.exists():
-            rep.errors.append(f"{split}/{CLIPS_JSONL}: missing")
+        raw = _read(root, f"{split}/{CLIPS_JSONL}", rep, max_bytes)
+        if raw is None:
             continue
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        clips: dict[str, ClipSource] = {}
+        for n, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -629,3 +911,30 @@ def validate_metadata_release(root: Path, rep: "ValidationReport") -> None:
             rep.samples += 1
             if c.split != split:
                 rep.errors.append(f"{split}/{CLIPS_JSONL}:{n}: {c.key} says split {c.split!r}")
+            if c.key in seen:
+                rep.errors.append(f"{split}/{CLIPS_JSONL}:{n}: {c.key} is also in {seen[c.key]}")
+            seen[c.key] = split
+            clips[c.key] = c
+        try:
+            arrays = safe_join(root, split, "arrays")
+        except UnsafeReleaseError as e:
+            rep.errors.append(f"{split}/arrays: refused: {e}")
+            continue
+        for tar in sorted(arrays.glob("*.tar")) if arrays.is_dir() and not arrays.is_symlink() else []:
+            rel = f"{split}/arrays/{tar.name}"
+            try:
+                check_regular(tar, rel)
+                for key, members in iter_tar_samples(str(tar), max_bytes):
+                    c = clips.get(key)
+                    if c is None:
+                        rep.errors.append(f"{rel}:{key}: not a clip of {split}/{CLIPS_JSONL}")
+                        continue
+                    for suffix, blob in members.items():
+                        if suffix not in ARRAY_MEMBERS:
+                            rep.errors.append(f"{rel}:{key}.{suffix}: not an array member ({', '.join(ARRAY_MEMBERS)})")
+                        elif hashlib.sha256(blob).hexdigest() != c.member_sha256.get(suffix):
+                            rep.errors.append(f"{rel}:{key}.{suffix}: sha256 differs from {split}/{CLIPS_JSONL} (tampered)")
+            except UnsafeTarError as e:
+                rep.errors.append(f"{rel}: refused: {e}")
+            except (UnsafeReleaseError, tarfile.TarError, OSError, EOFError) as e:
+                rep.errors.append(f"{rel}: unreadable ({type(e).__name__}: {e})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ from . import console
 from .config import Config, dump_config
 from .dag import DAG
 from .executor import build_plan, clips_of
-from .identities import REGISTRY, label_clips
+from .identities import REGISTRY, label_clips, save_registry
+from .lock import output_lock
 from .sink import MANIFEST, SHARDS_DIR, write_shards
 from .sources import make_video_id, read_sources
 from .workdir import WorkDir
@@ -100,8 +102,17 @@ def run_ingest(
     """Run the DAG over the sources in ``sources_path`` and write everything under ``out``.
 
     Re-running with the same arguments resumes: stages recorded in the ledger are skipped, and
-    the shards are rebuilt only if the set of clips changed.
+    the shards are rebuilt only if the set of clips changed. A local ``out`` (and a local work
+    dir elsewhere) is locked for the run: a second run into it stops with ``OutputLocked``.
     """
+    with contextlib.ExitStack() as locks:
+        for folder in {out, cfg.work_dir or out}:
+            if WorkDir(folder).is_local:
+                locks.enter_context(output_lock(WorkDir(folder).root, "cnas ingest"))
+        return _run_ingest(sources_path, out, cfg, echo)
+
+
+def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], None] | None) -> IngestResult:
     say = echo or console.say
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     out_dir = WorkDir(out)
@@ -186,13 +197,14 @@ def run_ingest(
                                           message="the Ray worker processing this video died; see the Ray logs (re-run to retry)"))
             say(f"{item.video_id}: FAILED (worker crashed)")
     failures.extend(source_failures)
-    if "identity" in DAG.active(cfg):
-        registry = label_clips(clips, identity_results, out_dir, cfg.identity)
-        say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {out_dir.path(REGISTRY)}")
+    registry = label_clips(clips, identity_results, out_dir, cfg.identity) if "identity" in DAG.active(cfg) else None
     say(f"writing shards for {len(clips)} clips ...")
     t_sink = time.perf_counter()
     s = cfg.shards
     manifest, rewritten = write_shards(clips, work, out_dir, s.max_count, s.max_size_mb, s.prefix)
+    if registry is not None:
+        save_registry(registry, out_dir)
+        say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {out_dir.path(REGISTRY)}")
     stage_seconds["shards"] += time.perf_counter() - t_sink
     stage_videos["shards"] += len({c.video_id for c in clips}) if rewritten else 0
     failures.sort(key=lambda f: f.video_id)

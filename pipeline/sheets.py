@@ -232,7 +232,8 @@ def draw_sheet(data: SheetData, path: str, columns: int = 4) -> str:
     h, w = data.frames[0].shape[:2]
     panel_w = 3.0
     panel_h = panel_w * h / w
-    with plt.rc_context({"font.family": font_family(), "font.size": 8}):
+    # text.parse_math off: transcript words are data, and a "$x$" word would be mathtext (or crash it).
+    with plt.rc_context({"font.family": font_family(), "font.size": 8, "text.parse_math": False}):
         fig = plt.figure(figsize=(panel_w * cols, 0.25 * (len(data.facts) + 2) + panel_h * rows + 1.6))
         grid = fig.add_gridspec(rows + 1, cols, height_ratios=[panel_h] * rows + [1.3], hspace=0.25, wspace=0.05)
         fig.suptitle("\n".join([data.title, *data.facts]), x=0.01, ha="left", fontsize=8, y=0.995, va="top")

@@ -2,7 +2,8 @@
 
 Samples are written in key order from the clips recorded in the ledger, so the same set of clips
 always gives the same shards and the same manifest, however the run was interrupted. Shards are
-written to a staging folder and swapped in whole; the manifest is written last.
+written to a staging folder (``shards.new`` beside ``shards`` on a local output) and swapped in
+whole with a rename; the manifest is written last.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from schemas import shard as layout
 from .workdir import WorkDir
 
 SHARDS_DIR, MANIFEST, DIGEST = "shards", "manifest.jsonl", "manifest.digest"
+STAGING_DIR = SHARDS_DIR + ".new"
 
 
 def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
@@ -74,7 +76,11 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
     current = _up_to_date(digest, out)
     if current is not None:
         return current, False
-    staging = tempfile.mkdtemp(prefix="cnas-shards-")
+    # A local output stages next to its final place (one rename swaps it in, no copy out of the
+    # system TMPDIR, which may be small or shared); a remote one stages in a local scratch folder.
+    staging = out.path(STAGING_DIR) if out.is_local else tempfile.mkdtemp(prefix="cnas-shards-")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
     rows: list[ManifestRow] = []
     try:
         pattern = os.path.join(staging, f"{prefix}-%06d.tar")
@@ -106,14 +112,11 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
 def _swap_in(staging: str, out: WorkDir) -> None:
     """Replace ``out/shards`` by the staged shards; the old set is removed only once the new one is in place."""
     if out.is_local:
-        final = out.path(SHARDS_DIR)
-        new, old = final + ".new", final + ".old"
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.copytree(staging, new)
+        final, old = out.path(SHARDS_DIR), out.path(SHARDS_DIR + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(final):
             os.replace(final, old)
-        os.replace(new, final)
+        os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         out.remove(SHARDS_DIR)

@@ -61,6 +61,9 @@ def make_video_id(uri: str, given_id: str | None = None) -> str:
     return f"{slug(stem, 40) or 'v'}-{short_hash(uri)}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def is_url(location: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location))
 
@@ -93,7 +96,11 @@ def _rows(path: Path) -> Iterable[dict[str, Any]]:
 def _location(row: dict[str, Any], where: str) -> str:
     for key in _LOCATION_KEYS:
         if row.get(key):
-            return str(row[key])
+            location = str(row[key])
+            bad = _CONTROL.search(location)
+            if bad:  # a NUL would only surface later as a bare "embedded null byte" from os.stat
+                raise ValueError(f"{where}: {key} holds a control character (U+{ord(bad.group()):04X}) in {location!r}")
+            return location
     raise ValueError(f"{where}: no location (one of {', '.join(_LOCATION_KEYS)}) in {row!r}")
 
 

@@ -72,6 +72,7 @@ class WorkDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, full)
+            _fsync_dir(os.path.dirname(full))  # the rename itself survives a power cut only once its folder is synced
         else:  # object stores replace whole objects atomically
             self.fs.pipe_file(full, text.encode("utf-8"))
 
@@ -114,3 +115,11 @@ class WorkDir:
             yield local
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -37,6 +37,8 @@ class Identity(Record):
     centroid: list[float]
     count: int = Field(ge=0, description="frames embedded into the centroid")
     videos: list[str] = Field(default_factory=list)
+    tracks: list[str] = Field(default_factory=list, description="'<video_id>#<track>' of every face track folded into the centroid: "
+                              "a re-run that meets them again leaves the identity as it is")
 
 
 class IdentityRegistry(Record):

@@ -156,19 +156,23 @@ def assign_identities(tracks: dict[tuple[str, int], TrackEmbedding], registry: I
     within ``match_distance`` (its centroid moves to the frame-weighted mean) or opens a new one."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    keys = sorted(tracks)
     reg = registry.model_copy(deep=True)
-    if not keys:
-        return {}, reg
-    emb = np.array([tracks[k].embedding for k in keys], np.float64)
-    weights = np.array([tracks[k].frames for k in keys], np.float64)
-    labels = fcluster(linkage(emb, "average"), match_distance, "distance") if len(keys) > 1 else np.array([1])
+    # Tracks already folded into an identity (a resumed or repeated run) keep it and add nothing:
+    # assigning the same tracks twice must not count their frames twice or move the centroid.
+    known = {t: j for j, ident in enumerate(reg.identities) for t in ident.tracks}
+    keys = sorted(k for k in tracks if track_key(*k) not in known)
     centroids = np.array([i.centroid for i in reg.identities], np.float64).reshape(-1, EMBEDDING_DIM)
     cluster_to_identity: dict[int, int] = {}
+    labels = np.zeros(0, np.int64)
+    if keys:
+        emb = np.array([tracks[k].embedding for k in keys], np.float64)
+        weights = np.array([tracks[k].frames for k in keys], np.float64)
+        labels = fcluster(linkage(emb, "average"), match_distance, "distance") if len(keys) > 1 else np.array([1])
     for lab in sorted(set(labels.tolist()), key=lambda c: keys[int(np.flatnonzero(labels == c)[0])]):
         members = labels == lab
         centre = np.average(emb[members], axis=0, weights=weights[members])
         videos = sorted({keys[i][0] for i in np.flatnonzero(members)})
+        new_tracks = [track_key(*keys[i]) for i in np.flatnonzero(members)]
         if len(centroids):
             d = np.linalg.norm(centroids - centre, axis=1)
             j = int(d.argmin())
@@ -177,19 +181,27 @@ def assign_identities(tracks: dict[tuple[str, int], TrackEmbedding], registry: I
                 n = ident.count + weights[members].sum()
                 new = (np.array(ident.centroid) * ident.count + centre * weights[members].sum()) / n
                 reg.identities[j] = ident.model_copy(update={"centroid": [round(float(x), 5) for x in new], "count": int(n),
-                                                             "videos": sorted(set(ident.videos) | set(videos))})
+                                                             "videos": sorted(set(ident.videos) | set(videos)),
+                                                             "tracks": sorted(set(ident.tracks) | set(new_tracks))})
                 centroids[j] = new
                 cluster_to_identity[lab] = j
                 continue
         reg.identities.append(Identity(id=f"id{len(reg.identities) + 1:04d}", centroid=[round(float(x), 5) for x in centre],
-                                       count=int(weights[members].sum()), videos=videos))
+                                       count=int(weights[members].sum()), videos=videos, tracks=sorted(new_tracks)))
         centroids = np.vstack([centroids, centre[None]])
         cluster_to_identity[lab] = len(reg.identities) - 1
+    which = {k: cluster_to_identity[labels[i]] for i, k in enumerate(keys)}
+    which.update({k: known[track_key(*k)] for k in tracks if track_key(*k) in known})
     out = {}
-    for i, k in enumerate(keys):
-        j = cluster_to_identity[labels[i]]
-        out[k] = (reg.identities[j].id, round(float(np.linalg.norm(emb[i] - centroids[j])), 4))
+    for k in sorted(tracks):
+        j = which[k]
+        out[k] = (reg.identities[j].id, round(float(np.linalg.norm(np.array(tracks[k].embedding, np.float64) - centroids[j])), 4))
     return out, reg
+
+
+def track_key(video_id: str, track: int) -> str:
+    """How the registry names one face track of one video."""
+    return f"{video_id}#{track}"
 
 
 def registry_with_names(registry: IdentityRegistry, names: dict[str, np.ndarray], match_distance: float) -> IdentityRegistry:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 
 import ffmpeg
 import numpy as np
@@ -49,6 +50,14 @@ LANGUAGE_ALIASES: dict[str, set[str]] = {
 }
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
 
+#: ffmpeg demuxers an input may be opened with: single-file containers that never open another file
+#: or URL. Playlists and references (hls, concat, dash, image2, ...) are refused as ``unsafe_container``:
+#: a downloaded body that is an HLS or ffconcat playlist would make ffprobe/ffmpeg read local files.
+SAFE_CONTAINERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegts", "flv", "avi", "mpeg", "asf",
+                   "ogg", "aac", "mp3", "wav", "flac")
+#: How playlists and manifests begin (after a BOM and blanks), checked before any ffmpeg sees the file.
+_PLAYLIST_MAGIC = (b"#extm3u", b"ffconcat", b"#ext-x-", b"<?xml", b"<mpd", b"<smil")
+
 
 class NormalizeOptions(Settings):
     """Options of the normalize stage (config section ``normalize``)."""
@@ -70,22 +79,73 @@ class NormalizeOptions(Settings):
     # one thread per encode keeps re-runs byte-identical (parallelism comes from Ray, across videos).
     encode_threads: int = Field(1, ge=1)
     timeout_s: float = runtime_field(3600.0, gt=0, description="per-video ffmpeg time limit")
+    # Inputs outside the list are refused (reason unsafe_container) before any ffmpeg opens them; what
+    # is written for an accepted input does not depend on it, so it is not in the resume fingerprint.
+    allowed_containers: list[str] = runtime_field(list(SAFE_CONTAINERS), min_length=1, description="ffmpeg demuxers an input may be opened with (ffprobe/ffmpeg -format_whitelist, -protocol_whitelist file); playlists (hls, concat) are never opened")
 
 
 # ---------------------------------------------------------------------------------------------
 # probing
 
 
-def probe(path: str) -> ProbeInfo:
-    """ffprobe ``path``. Raises ``StageError('unreadable', …)`` when ffprobe cannot parse it."""
+def input_args(path: str, containers: Sequence[str] = SAFE_CONTAINERS) -> list[str]:
+    """ffmpeg/ffprobe options that open ``path`` as one local file with a demuxer of ``containers``
+    (nothing it refers to is opened: no other protocol than ``file``, no playlist demuxer), then the path."""
+    return ["-format_whitelist", ",".join(containers), "-protocol_whitelist", "file", "-i", _file_url(path)]
+
+
+def check_container(path: str, containers: Sequence[str] = SAFE_CONTAINERS) -> None:
+    """Raise ``StageError('unsafe_container', …)`` when ``path`` is a playlist or manifest (by its
+    first bytes) or ffprobe would open it with a demuxer outside ``containers``. A file ffprobe cannot
+    parse passes (the probe reports it); nothing the file refers to is ever opened."""
+    _sniff(path)
+    try:
+        proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=format_name", "-of", "json",
+                               *input_args(path, containers)], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise StageError("unreadable", f"ffprobe ran past 120 s on {os.path.basename(path)}") from None
+    if proc.returncode != 0:
+        _raise_if_not_whitelisted(path, proc.stderr, containers)
+
+
+def _sniff(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    for magic in _PLAYLIST_MAGIC:
+        if start.startswith(magic):
+            raise StageError("unsafe_container", f"{os.path.basename(path)} is a playlist or manifest ({magic.decode()}...), "
+                                                 "not a media file: refused (ffmpeg would open the files it lists)")
+
+
+def _raise_if_not_whitelisted(path: str, stderr: bytes | None, containers: Sequence[str]) -> None:
+    text = (stderr or b"").decode("utf-8", "replace")
+    if "not on whitelist" in text:
+        m = re.search(r"\[(\w[\w,]*) @ [^]]*\] Format not on whitelist", text)
+        name = m.group(1) if m else "an unlisted demuxer"
+        raise StageError("unsafe_container", f"{os.path.basename(path)} would be opened as {name}, which is not an allowed "
+                                             f"container ({','.join(containers)}): refused")
+
+
+def _file_url(path: str) -> str:
+    # "file:" keeps a name with a colon (e.g. "concat:a|b", "subfile,...") from being read as a protocol
+    return "file:" + path
+
+
+def probe(path: str, containers: Sequence[str] = SAFE_CONTAINERS) -> ProbeInfo:
+    """ffprobe ``path`` (as a local file with a demuxer of ``containers``). Raises
+    ``StageError('unreadable', …)`` when ffprobe cannot parse it, ``unsafe_container`` when it is a
+    playlist or another container outside ``containers`` (nothing it refers to is opened)."""
     if not os.path.exists(path):
         raise StageError("not_found", f"no such file: {path}")
     size = os.path.getsize(path)
     if size == 0:
         raise StageError("empty_file", f"{path} is empty (0 bytes)")
+    _sniff(path)
     try:
-        info = ffmpeg.probe(path)
+        info = ffmpeg.probe(_file_url(path), format_whitelist=",".join(containers), protocol_whitelist="file")
     except ffmpeg.Error as e:
+        _raise_if_not_whitelisted(path, e.stderr, containers)
         raise StageError("unreadable", f"ffprobe cannot read {os.path.basename(path)}: {_last_line(e.stderr)}") from None
     streams = info.get("streams", [])
     # Cover art in audio files shows up as a one-frame video stream; it is not video.
@@ -168,7 +228,8 @@ def choose_audio_track(p: ProbeInfo, language: str | None) -> tuple[AudioTrack, 
 def detect_interlace(path: str, p: ProbeInfo, opts: NormalizeOptions) -> dict[str, int]:
     """``idet`` counts (multi-frame detection) on ``interlace_sample_frames`` frames from 10 % into the video."""
     start = 0.1 * (p.video_duration_s or p.duration_s)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "info", "-threads", "1", "-ss", f"{start:.3f}", "-i", path,
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "info", "-threads", "1", "-ss", f"{start:.3f}",
+           *input_args(path, opts.allowed_containers),
            "-map", "0:V:0", "-vf", "idet", "-frames:v", str(opts.interlace_sample_frames), "-an", "-f", "null", "-"]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=opts.timeout_s)
@@ -223,7 +284,7 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
     bit-exact flags so re-runs produce identical bytes. Audio: the chosen track, aligned to the first
     video frame, live channels averaged to mono, resampled to ``opts.sample_rate_hz``.
     """
-    p = probe(src_path)
+    p = probe(src_path, opts.allowed_containers)
     check_usable(p, opts)
     track, track_reason = choose_audio_track(p, language)
     v0, v1, a0, a1 = stream_spans(p, track)
@@ -270,15 +331,18 @@ def normalize(video_id: str, src_path: str, out_dir: str, opts: NormalizeOptions
                  "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
                  "-r", str(opts.fps), "-threads", str(opts.encode_threads)]
         graph = f"[0:V:0]{','.join(vf)}[v];[0:a:{track.index}]{','.join(af)}[a]"
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1", "-i", src_path,
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1", *input_args(src_path, opts.allowed_containers),
            "-filter_complex", graph, *video, "-movflags", "+faststart", "-map_metadata", "-1",
            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-f", "mp4", video_tmp,
            "-map", "[a]", "-t", f"{out_len:.6f}", "-c:a", "pcm_s16le", "-ac", "1" if mono else "2", "-map_metadata", "-1",
            "-fflags", "+bitexact", "-f", "wav", audio_tmp]
-    _run(cmd, opts.timeout_s, "transcode_failed")
-    used = [0] if mono else mix_live_channels(audio_tmp, opts.dead_channel_db)
-    os.replace(video_tmp, video_out)
-    os.replace(audio_tmp, audio_out)
+    try:
+        _run(cmd, opts.timeout_s, "transcode_failed")
+        used = [0] if mono else mix_live_channels(audio_tmp, opts.dead_channel_db)
+        os.replace(video_tmp, video_out)
+        os.replace(audio_tmp, audio_out)
+    finally:  # a timeout (ffmpeg killed) or a failure leaves no partial file behind
+        _remove(video_tmp, audio_tmp)
 
     out_probe = _video_stream(video_out)  # packet count (= frames in our mp4) and size
     num_frames = int(out_probe.get("nb_read_packets") or out_probe.get("nb_frames") or 0)
@@ -327,10 +391,13 @@ def mix_live_channels(path: str, dead_db: float, block: int = 1 << 20) -> list[i
     level_db = 10 * np.log10(energy / max(info.frames, 1) + 1e-20)
     used = [int(c) for c in np.flatnonzero(level_db >= level_db.max() + dead_db)]
     tmp = temp_name(path, ".wav")
-    with sf.SoundFile(tmp, "w", samplerate=info.samplerate, channels=1, subtype="PCM_16", format="WAV") as out:
-        for chunk in sf.blocks(path, blocksize=block, dtype="int16", always_2d=True):
-            out.write(np.round(chunk[:, used].astype(np.float64).mean(axis=1)).astype(np.int16))
-    os.replace(tmp, path)
+    try:
+        with sf.SoundFile(tmp, "w", samplerate=info.samplerate, channels=1, subtype="PCM_16", format="WAV") as out:
+            for chunk in sf.blocks(path, blocksize=block, dtype="int16", always_2d=True):
+                out.write(np.round(chunk[:, used].astype(np.float64).mean(axis=1)).astype(np.int16))
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
     return used
 
 
@@ -386,6 +453,14 @@ def _run(cmd: list[str], timeout_s: float, reason: str) -> None:
         raise StageError("timeout", f"ffmpeg ran past {timeout_s:.0f} s") from None
     if proc.returncode != 0:
         raise StageError(reason, f"ffmpeg exited {proc.returncode}: {_last_line(proc.stderr)}")
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def _last_line(stderr: bytes | None) -> str:

@@ -79,16 +79,16 @@ def _sha(path: Path) -> str:
 
 def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
     d, src, rel, manifest = released
-    # sources moved away: every clip unavailable
+    # local sources are looked up in --source-dir only (a release's paths are never opened as they are); moved away: unavailable
     hidden = tmp_path / "hidden"
     shutil.move(str(src), str(hidden))
     out = tmp_path / "out"
-    s = rebuild_release(str(rel), str(out), echo=lambda m: None)
+    s = rebuild_release(str(rel), str(out), source_dir=str(src), echo=lambda m: None)
     assert s["unavailable"] == len(manifest) and s["rebuilt"] == 0
     assert all("source unavailable (not_found)" in r.reasons[0] for r in _report(out).values())
     # sources back: a re-run in the same folder rebuilds every clip, byte-identical
     shutil.move(str(hidden), str(src))
-    s = rebuild_release(str(rel), str(out), echo=lambda m: None)
+    s = rebuild_release(str(rel), str(out), source_dir=str(src), echo=lambda m: None)
     assert (s["rebuilt"], s["differs"], s["unavailable"]) == (len(manifest), 0, 0), _report(out)
     for key, r in _report(out).items():
         assert r.status == "rebuilt" and r.member_sha256 == manifest[key].member_sha256 and r.in_shards
@@ -106,7 +106,7 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
     urls = {d["contentUrl"] for d in json.loads((out / "croissant.json").read_text())["distribution"] if "contentUrl" in d}
     assert {str(p.relative_to(out)) for p in out.glob("*/*.tar")} <= urls and not any(u.endswith("clips.jsonl") for u in urls)
     # a third run redoes nothing
-    s = rebuild_release(str(rel), str(out), echo=lambda m: None)
+    s = rebuild_release(str(rel), str(out), source_dir=str(src), echo=lambda m: None)
     assert s["skipped_already_rebuilt"] == len(manifest) and s["cut_this_run"] == 0 and s["rebuilt"] == len(manifest)
 
     # a changed source is reported (naming the checksum) and not cut; a removed one is unavailable
@@ -114,7 +114,7 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
         f.write(b"\0" * 64)
     (src / "b.mp4").unlink()
     out2 = tmp_path / "out2"
-    result = subprocess.run([sys.executable, "-m", "cnas", "rebuild", str(rel), "--out", str(out2)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "cnas", "rebuild", str(rel), "--out", str(out2), "--source-dir", str(src)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 3, result.stderr
     rep2 = _report(out2)
     by_video = {v: {r.status for r in rep2.values() if r.video_id == v} for v in ("va", "vb", "vc")}
@@ -126,7 +126,7 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
     assert not any(r.key.startswith("vc-") for sp in ("train", "val", "test")
                    for r in (ManifestRow.model_validate_json(l) for l in (out2 / sp / "manifest.jsonl").read_text().splitlines()))
     # --accept-changed cuts it anyway and still reports it as differs
-    s = rebuild_release(str(rel), str(out2), accept_changed=True, echo=lambda m: None)
+    s = rebuild_release(str(rel), str(out2), accept_changed=True, source_dir=str(src), echo=lambda m: None)
     vc = [r for r in _report(out2).values() if r.video_id == "vc"]
     assert all(r.status == "differs" and r.source_changed and r.in_shards for r in vc)
     assert s["skipped_already_rebuilt"] == sum(k.startswith("va-") for k in manifest)

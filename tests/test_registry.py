@@ -153,6 +153,8 @@ def test_resources_override_the_declaration_field_by_field():
 def _candidates(field, default) -> list:
     """Values to try instead of ``default`` for one field, from its type and constraints."""
     ann = field.annotation
+    if typing.get_origin(ann) is list:  # a list option: the same list without its last item
+        return [list(default)[:-1]] if default else []
     args = typing.get_args(ann)
     base = next((a for a in args if a is not type(None)), ann) if args else ann
     pattern = next((m.pattern for m in field.metadata if getattr(m, "pattern", None)), None)

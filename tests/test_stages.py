@@ -148,6 +148,8 @@ def test_a_direct_download_continues_its_partial_file_and_keeps_the_size_limit(m
             self.send_response(206 if start else 200)
             self.send_header("Content-Type", "video/mp4")
             self.send_header("Content-Length", str(len(body)))
+            if start:  # an honest 206 says where its bytes start
+                self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{start + len(body)}")
             self.end_headers()
             self.wfile.write(body)
 

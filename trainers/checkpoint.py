@@ -36,20 +36,64 @@ def seed_everything(seed: int) -> None:
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Python, NumPy and torch RNG states, plus the CUDA state of this worker's own GPU only (all
-    workers of a node see every GPU; touching the others would open contexts on them)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    workers of a node see every GPU; touching the others would open contexts on them).
+
+    Every state is tensors and plain values, so a checkpoint loads with ``torch.load(weights_only=True)``:
+    Python's Mersenne Twister as its 624 words plus the position (int64), NumPy's legacy state
+    the same way."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Put back an ``rng_state``."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Put back an ``rng_state`` (also the pickled tuples of checkpoints written before it held tensors)."""
+    py = state["python"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"])
+    random.setstate(py)
+    npy = state["numpy"]
+    if isinstance(npy, dict):
+        npy = (npy["bit_generator"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", legacy_rng: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file with ``weights_only=True``: tensors and plain containers of
+    str/int/float/bool/None only, so a file from elsewhere cannot run code when it is loaded. A file
+    holding other pickled objects is a ValueError naming it. ``legacy_rng``: also accept the NumPy
+    arrays of RNG states that ``rank_<r>.pt`` files held before they were tensors (NumPy's array
+    reconstruction only; any other object is still refused)."""
+    import pickle
+
+    try:
+        if legacy_rng:
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0].split(". Please", 1)[0][:300]
+        raise ValueError(f"{path}: refused to load: the checkpoint holds pickled Python objects beyond tensors and "
+                         f"plain containers ({detail}); checkpoints are loaded with weights_only=True so that a "
+                         "file cannot run code") from None
+
+
+def _numpy_array_globals() -> list[Any]:
+    """What pickling a plain NumPy array names: its reconstruction function, ndarray and dtypes."""
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, dict[str, int], dict[str, Any] | None]:
@@ -58,7 +102,7 @@ def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, 
     ckpt = session.latest_checkpoint()
     if ckpt is None:
         return 0, {"epoch": 0, "batches": 0}, None
-    state = torch.load(ckpt / "model.pt", map_location=session.device, weights_only=False)
+    state = load_checkpoint_file(ckpt / "model.pt", map_location=session.device)
     for name, target in targets.items():
         if isinstance(target, EMA):
             target.shadow = {k: v.to(session.device) for k, v in state[name].items()}
@@ -68,7 +112,7 @@ def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, 
             target.load_state_dict(state[name])
     mine = ckpt / f"rank_{session.rank}.pt"
     if mine.exists() and state.get("world_size") == session.world_size:
-        rank_state = torch.load(mine, weights_only=False)
+        rank_state = load_checkpoint_file(mine, legacy_rng=True)
         position = rank_state["position"]
         set_rng_state(rank_state["rng"], session.device)
     else:  # another number of workers: the data split changed, start the next epoch afresh

@@ -15,6 +15,12 @@
   ``batch_stream`` does this bookkeeping for a training loop.
 * Every sample's ``json`` member is read as a ``schemas.ClipRecord``: a shard that does not follow
   the clip contract fails at the first such sample, naming it, instead of deep in a view.
+* Shards and indexes are untrusted input (see ``resolve_shards``): a shard is a local file — one
+  an index names must lie inside the index's folder, symlinks resolved — or an http(s)/s3/gs URL,
+  opened by this module without a shell (WebDataset's ``gopen``, which runs ``pipe:`` URLs as shell
+  commands, is never used); an index's ``sha256``/``filesize`` are checked before a byte of the
+  shard is decoded; a tar member over ``max_member_bytes`` or a sparse member fails the shard
+  before it is read.
 
 Views: ``facial`` — FLAME expression + jaw sequence (T,53), audio window, emotion label/intensity/
 text; ``paha`` — video frames (T,3,S,S) in [0,1] (square by crop, never squashed), audio window, part
@@ -30,8 +36,12 @@ import io
 import json
 import os
 import random
+import re
+import stat
+import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from pydantic import ValidationError
@@ -42,6 +52,8 @@ from schemas.flame import NPZ_MEMBERS
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt")
 _INTENSITY_WORDS = {1: "slightly", 2: "clearly", 3: "very"}
+DEFAULT_MAX_MEMBER_BYTES = 512 * 2**20  # the largest tar member the loader reads into memory
+REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 
 
 @dataclass
@@ -61,6 +73,7 @@ class LoaderConfig:
     min_valid_frames: float = 0.0  # facial view: drop windows where a smaller share of frames has a FLAME fit
     batch_size: int | None = None
     num_workers: int = 0
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # a larger (or a sparse) tar member fails its shard unread
 
 
 @dataclass
@@ -71,16 +84,214 @@ class LoaderState:
     samples_seen: int = 0
 
 
-def resolve_urls(urls: str | list[str]) -> list[str]:
-    if isinstance(urls, list):
-        return urls
+@dataclass(frozen=True)
+class Shard:
+    """One shard the loader may open: ``url`` is an absolute local path (symlinks resolved) or an
+    http(s)/s3/gs URL; ``sha256``/``filesize`` come from the index when it states them; ``entry`` is
+    how the index or the config named the shard (for error messages)."""
+
+    url: str
+    remote: bool = False
+    sha256: str | None = None
+    filesize: int | None = None
+    entry: str = ""
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def _shard(url: Any, base: str | None, where: str, sha256: Any = None, filesize: Any = None) -> Shard:
+    """Check one shard url; ``base``: the index's folder, which a local shard must resolve inside."""
+    if not isinstance(url, str) or not url or any(ord(c) < 32 or c == "\x7f" for c in url):
+        raise ValueError(f"{where}: shard url {url!r} is not a path or URL")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise ValueError(f"{where}: sha256 {sha256!r} of shard {url!r} is not a hex sha256")
+    if filesize is not None and not (isinstance(filesize, int) and not isinstance(filesize, bool) and filesize >= 0):
+        raise ValueError(f"{where}: filesize {filesize!r} of shard {url!r} is not a byte count")
+    m = _SCHEME.match(url)
+    scheme = m.group(1).lower() if m else ""
+    if scheme in REMOTE_SCHEMES:
+        parts = urlsplit(url)
+        if not parts.netloc or " " in url:
+            raise ValueError(f"{where}: shard url {url!r} is not a valid {scheme} URL")
+        return Shard(url, True, sha256 and sha256.lower(), filesize, url)
+    if scheme == "file":
+        path = unquote(urlsplit(url).path)
+    elif scheme:
+        raise ValueError(f"{where}: shard url {url!r} uses the scheme {scheme!r}; the loader reads local paths and "
+                         f"{'/'.join(REMOTE_SCHEMES)} URLs only (pipe: and other schemes are refused)")
+    else:
+        path = url
+    path = os.path.expanduser(path) if base is None else path
+    real = os.path.realpath(os.path.join(base or os.getcwd(), path))
+    if base is not None:
+        root = os.path.realpath(base)
+        if os.path.commonpath([root, real]) != root:
+            raise ValueError(f"{where}: shard url {url!r} resolves to {real}, outside the index's folder {root} "
+                             "(absolute paths elsewhere, '..' and symlinks out of the folder are refused)")
+    return Shard(real, False, sha256 and sha256.lower(), filesize, url)
+
+
+def resolve_shards(urls: str | list[str]) -> list[Shard]:
+    """The shards of ``urls`` — a list of paths/URLs, a brace pattern, or a wids index json whose
+    ``shardlist`` entries name shards relative to the index's folder — each checked by ``_shard``:
+    a ValueError naming the entry for anything that is not a local path (inside the index's folder
+    when an index names it) or an http(s)/s3/gs URL."""
+    if isinstance(urls, (list, tuple)):
+        return [_shard(u, None, f"data url #{i}") for i, u in enumerate(urls)]
     if urls.endswith(".json"):
-        index = json.loads(open(urls).read())
+        with open(urls, encoding="utf-8") as f:
+            index = json.load(f)
         base = os.path.dirname(os.path.abspath(urls))
-        return [e["url"] if "://" in e["url"] else os.path.join(base, e["url"]) for e in index["shardlist"]]
+        entries = index.get("shardlist") if isinstance(index, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError(f"{urls}: not a shard index (no 'shardlist' list)")
+        out = []
+        for i, e in enumerate(entries):
+            where = f"{urls}: shardlist[{i}]"
+            if not isinstance(e, dict) or "url" not in e:
+                raise ValueError(f"{where}: an entry needs a 'url'")
+            out.append(_shard(e["url"], base, where, e.get("sha256"), e.get("filesize")))
+        return out
     import braceexpand
 
-    return list(braceexpand.braceexpand(urls))
+    return [_shard(u, None, f"data url {u!r}") for u in braceexpand.braceexpand(urls)]
+
+
+# ---------------------------------------------------------------------------------------------
+# opening shards: no shell, no WebDataset gopen; checksums before any byte reaches a decoder
+
+_verified: set[tuple] = set()  # (path, dev, inode, size, mtime_ns, sha256) this process has hashed
+
+
+def _curl_argv(url: str) -> list[str]:
+    """curl's arguments for an http(s) shard: one argv (no shell), no URL globbing, http(s) only,
+    redirects included."""
+    return ["curl", "--globoff", "--proto", "=http,https", "--proto-redir", "=http,https", "--connect-timeout", "30",
+            "--retry", "30", "--retry-delay", "2", "-f", "-s", "-L", "--", url]
+
+
+def _remote_stream(url: str):
+    if urlsplit(url).scheme.lower() in ("http", "https"):
+        from webdataset.gopen import Pipe
+
+        return Pipe(_curl_argv(url), mode="rb", bufsize=8192, ignore_status=[141, 23])  # a list: no shell
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(url)
+    return fs.open_input_stream(path)
+
+
+def _checked(shard: Shard, digest: str) -> None:
+    if shard.sha256 and digest != shard.sha256:
+        raise ValueError(f"shard {shard.entry!r} ({shard.url}): sha256 {digest} does not match the index's "
+                         f"{shard.sha256} (corrupt or tampered shard)")
+
+
+def _copy_hashed(src, dst, shard: Shard) -> int:
+    """Copy ``src`` to ``dst`` (None: only read) hashing it; a ValueError when the sha256 or the
+    index's filesize does not hold. Returns the byte count."""
+    h, n = hashlib.sha256(), 0
+    while chunk := src.read(1 << 20):
+        n += len(chunk)
+        if shard.filesize is not None and n > shard.filesize:
+            raise ValueError(f"shard {shard.entry!r} ({shard.url}): more than the {shard.filesize} bytes its index states")
+        h.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+    if shard.filesize is not None and n != shard.filesize:
+        raise ValueError(f"shard {shard.entry!r} ({shard.url}): {n} bytes, its index says {shard.filesize}")
+    _checked(shard, h.hexdigest())
+    return n
+
+
+def open_shard(shard: Shard):
+    """A binary stream of the shard's bytes, checked against the index's filesize and sha256 before
+    it is returned (a remote shard with either is downloaded to an unnamed temporary file first)."""
+    if shard.remote:
+        stream = _remote_stream(shard.url)
+        if not (shard.sha256 or shard.filesize is not None):
+            return stream
+        import tempfile
+
+        spool = tempfile.TemporaryFile()
+        try:
+            with stream:
+                _copy_hashed(stream, spool, shard)
+            spool.seek(0)
+            return spool
+        except BaseException:
+            spool.close()
+            raise
+    try:  # the resolved path: O_NOFOLLOW keeps a symlink swapped in since from being followed
+        fd = os.open(shard.url, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise FileNotFoundError(f"shard {shard.entry!r}: cannot open {shard.url}: {e.strerror}") from None
+    f = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise ValueError(f"shard {shard.entry!r}: {shard.url} is not a regular file")
+        os.set_blocking(fd, True)
+        if shard.filesize is not None and st.st_size != shard.filesize:
+            raise ValueError(f"shard {shard.entry!r} ({shard.url}): {st.st_size} bytes, its index says {shard.filesize}")
+        if shard.sha256:
+            key = (shard.url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, shard.sha256)
+            if key not in _verified:  # hashed once per process; the bytes read next come from the same open file
+                _copy_hashed(f, None, shard)
+                _verified.add(key)
+            f.seek(0)
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def tar_members(stream, url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+    """``{fname, data, __url__}`` for each regular member of a tar stream (WebDataset's
+    ``tar_file_iterator``, with limits): a sparse member, or one over ``max_member_bytes``, is a
+    ValueError naming the shard and member, raised before the member is read."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for info in tar:
+            if info.issparse() or info.type == tarfile.GNUTYPE_SPARSE:
+                raise ValueError(f"{url}: tar member {info.name!r} is a sparse file ({info.size} bytes once expanded); "
+                                 "shards never hold sparse members, it is refused unread")
+            if not info.isreg() or info.name is None:
+                continue
+            name = info.name
+            if ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
+                continue
+            if info.size > max_member_bytes:
+                raise ValueError(f"{url}: tar member {name!r} is {info.size} bytes, over the loader's limit of "
+                                 f"{max_member_bytes} bytes per member (data.max_member_mb); refused unread")
+            data = tar.extractfile(info).read()
+            yield {"fname": name, "data": data, "__url__": url}
+            tar.members = []  # a stream of many members must not keep every header
+    except tarfile.TarError as e:
+        raise ValueError(f"{url}: not a readable tar shard: {e}") from None
+
+
+def _shard_files(max_member_bytes: int, shards) -> Iterator[dict[str, Any]]:
+    """Open each shard and expand it into files, with an end-of-shard marker (WebDataset's ``{}``)."""
+    for shard in shards:
+        stream = open_shard(shard)
+        try:
+            yield from tar_members(stream, shard.url, max_member_bytes)
+        finally:
+            stream.close()
+        yield {}
+
+
+def _secure_worker(worker_id: int) -> None:
+    """DataLoader workers only read: WebDataset's own security switch on (no pipe:, no local gopen)
+    as a second line behind this module, which never hands a URL to WebDataset."""
+    import webdataset.utils
+
+    webdataset.utils.enforce_security = True
 
 
 def _seed(*parts) -> int:
@@ -95,23 +306,36 @@ def node_info() -> tuple[int, int]:
 
 
 def build_dataset(cfg: LoaderConfig, epoch: int = 0):
-    """The WebDataset pipeline (an IterableDataset) for one node; wrap it in a DataLoader."""
-    import webdataset as wds
+    """The WebDataset pipeline (an IterableDataset) for one node; wrap it in a DataLoader.
 
-    urls = resolve_urls(cfg.urls)
+    WebDataset's stages split, group and shuffle; the shards are opened and expanded here
+    (``open_shard``, ``tar_members``), never by WebDataset's URL opener."""
+    import webdataset as wds
+    from webdataset.tariterators import group_by_keys
+
+    shards = resolve_shards(cfg.urls)
     if cfg.shuffle_shards:
-        urls = list(urls)
-        random.Random(_seed(cfg.seed, epoch, "shards")).shuffle(urls)
+        random.Random(_seed(cfg.seed, epoch, "shards")).shuffle(shards)
     rank, world = node_info()
-    repeat = cfg.epoch_samples is not None
-    ds = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, shardshuffle=False,
-                        repeat=repeat, empty_check=False)
+    stages = [_ShardList(shards), wds.split_by_node, wds.split_by_worker,
+              functools.partial(_shard_files, cfg.max_member_bytes), group_by_keys]
     if cfg.shuffle_buffer:
-        ds = ds.shuffle(cfg.shuffle_buffer, rng=random.Random(_seed(cfg.seed, epoch, rank, "samples")))
-    ds = ds.map(functools.partial(decode_sample, cfg, epoch)).select(_not_none)
-    if repeat:
-        ds = ds.with_epoch(cfg.epoch_samples)
+        stages.append(wds.shuffle(cfg.shuffle_buffer, rng=random.Random(_seed(cfg.seed, epoch, rank, "samples"))))
+    stages += [wds.map(functools.partial(decode_sample, cfg, epoch)), wds.select(_not_none)]
+    ds = wds.DataPipeline(*stages)
+    if cfg.epoch_samples is not None:
+        ds = ds.with_epoch(cfg.epoch_samples)  # shards repeat as needed
     return ds
+
+
+class _ShardList:
+    """The first pipeline stage: the shards, in order (split by node and worker next)."""
+
+    def __init__(self, shards: list[Shard]):
+        self.shards = list(shards)
+
+    def __call__(self) -> Iterator[Shard]:
+        return iter(self.shards)
 
 
 def _not_none(sample) -> bool:
@@ -126,7 +350,8 @@ def make_loader(cfg: LoaderConfig, epoch: int = 0, skip: int = 0):
     # global RNG (a resumed run creates iterators at other points than an uninterrupted one)
     generator = torch.Generator().manual_seed(_seed(cfg.seed, epoch, "loader") % 2**63)
     loader = torch.utils.data.DataLoader(build_dataset(cfg, epoch), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         collate_fn=None if cfg.batch_size else _identity, generator=generator)
+                                         collate_fn=None if cfg.batch_size else _identity, generator=generator,
+                                         worker_init_fn=_secure_worker if cfg.num_workers else None)
     if skip:
         return _Skipping(loader, skip)
     return loader

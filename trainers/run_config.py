@@ -29,6 +29,8 @@ class DataSection(Settings):
     shuffle_buffer: int = Field(256, ge=0)
     val_urls: str | list[str] | None = Field(None, description="held-out shards for validation, e.g. a release's val.index.json; "
                                              "none: no validation")
+    max_member_mb: int = Field(512, ge=1, description="largest tar member the loader reads (MiB); a larger or a sparse "
+                                                       "member fails its shard before it is read")
 
 
 class ValidationSettings(Settings):

@@ -65,7 +65,8 @@ class FacialEvalOptions(Settings):
 
 def _examples(urls: str | list[str], cfg, max_clips: int) -> list[dict[str, Any]]:
     lcfg = LoaderConfig(urls=urls, view="facial", window_frames=cfg.data.window_frames, random_window=False,
-                        default_emotion=cfg.data.default_emotion, min_valid_frames=cfg.data.min_valid_frames)
+                        default_emotion=cfg.data.default_emotion, min_valid_frames=cfg.data.min_valid_frames,
+                        max_member_bytes=cfg.data.max_member_mb * 2**20)
     out = []
     for ex in make_loader(lcfg):
         if len(out) >= max_clips:
@@ -185,11 +186,11 @@ def ablated_checkpoint(checkpoint: str | Path, out: str | Path, cut: str) -> Pat
     """A copy of a checkpoint with one condition cut from the denoiser (``cut``: ``emotion`` or
     ``audio``; its input projection zeroed, EMA included) — the control for the conditioning report:
     the same weights otherwise, so the numbers it must fail are the only thing that changes."""
-    from trainers.checkpoint import find_checkpoint
+    from trainers.checkpoint import find_checkpoint, load_checkpoint_file
 
     if cut not in _INPUT_PROJECTIONS:
         raise ValueError(f"cut must be one of {sorted(_INPUT_PROJECTIONS)}, not {cut!r}")
-    state = torch.load(find_checkpoint(checkpoint) / "model.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(find_checkpoint(checkpoint) / "model.pt")
     name = _INPUT_PROJECTIONS[cut]
     for tensors, prefix in ((state["model"], f"diffusion.denoiser.{name}."), (state.get("ema", {}), f"denoiser.{name}.")):
         for k in tensors:

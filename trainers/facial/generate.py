@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.checkpoint import find_checkpoint
+from trainers.checkpoint import find_checkpoint, load_checkpoint_file
 from trainers.data import EMOTIONS
 from trainers.media import SR, read_audio
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def load_trained(path: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[FacialModel, FacialConfig, int]:
     """The model of a checkpoint with the EMA weights in the denoiser, its config and its step."""
     ckpt = find_checkpoint(path)
-    state = torch.load(ckpt / "model.pt", map_location=device, weights_only=False)
+    state = load_checkpoint_file(ckpt / "model.pt", map_location=device)
     cfg = FacialConfig.model_validate(state["config"])
     model = FacialModel(cfg.model).to(device)
     load_model_state(model, state["model"])

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.checkpoint import load_checkpoint_file
 from trainers.data import EMOTIONS, LoaderConfig, make_loader
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def load_probe(path: str | Path, device: str = "cpu") -> tuple[ExpressionProbe, 
     p = p / "probe.pt" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"no expression probe at {p} (train one: cnas train facial-probe --data … --out …)")
-    saved = torch.load(p, map_location=device, weights_only=False)
+    saved = load_checkpoint_file(p, map_location=device)
     probe = ExpressionProbe(saved["report"]["hidden"]).to(device)
     probe.load_state_dict(saved["state"])
     return probe.eval(), saved["report"]

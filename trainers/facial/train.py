@@ -38,7 +38,8 @@ def loader_config(cfg: FacialConfig, urls: str | list[str] | None = None) -> Loa
         raise ValueError("data.urls is not set: give the training shards (paths, brace pattern or <split>.index.json)")
     return LoaderConfig(urls=urls or d.urls, view="facial", window_frames=d.window_frames, batch_size=d.batch_size,
                         num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer, shuffle_shards=True,
-                        seed=cfg.train.seed, default_emotion=d.default_emotion, min_valid_frames=d.min_valid_frames)
+                        seed=cfg.train.seed, default_emotion=d.default_emotion, min_valid_frames=d.min_valid_frames,
+                        max_member_bytes=d.max_member_mb * 2**20)
 
 
 # weights loaded from a path are not saved in checkpoints (they are reloaded from the same path)

@@ -232,7 +232,8 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
     model, cfg, step = load_checkpoint(checkpoint, "univdm", device=device)
     pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     W = options.frames or cfg.data.window_frames
-    lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False)
+    lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False,
+                        max_member_bytes=cfg.data.max_member_mb * 2**20)
     need_regions = guidance != "none" or options.compare_guidance
     clips: list[dict[str, Any]] = []
     for ex in make_loader(lcfg):

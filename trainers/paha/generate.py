@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from trainers.checkpoint import find_checkpoint
+from trainers.checkpoint import find_checkpoint, load_checkpoint_file
 from trainers.media import SR, read_audio, write_video
 
 from .config import PahaConfig
@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: s
     frozen audio front end and latent space when both were configured alike, instead of loading a
     second speech encoder and VAE."""
     ckpt = find_checkpoint(path)
-    state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(ckpt / "model.pt")
     cfg = PahaConfig.model_validate(state["config"])
     if cfg.train.target != kind:
         raise ValueError(f"{ckpt} is a {cfg.train.target!r} checkpoint, expected {kind!r}")
