@@ -146,7 +146,9 @@ def probe(path: str, containers: Sequence[str] = SAFE_CONTAINERS) -> ProbeInfo:
         info = ffmpeg.probe(_file_url(path), format_whitelist=",".join(containers), protocol_whitelist="file")
     except ffmpeg.Error as e:
         _raise_if_not_whitelisted(path, e.stderr, containers)
-        raise StageError("unreadable", f"ffprobe cannot read {os.path.basename(path)}: {_last_line(e.stderr)}") from None
+        # ffprobe names the input as it was given; the record keeps the plain path, as before the file: URL
+        message = _last_line(e.stderr).replace(_file_url(path), path)
+        raise StageError("unreadable", f"ffprobe cannot read {os.path.basename(path)}: {message}") from None
     streams = info.get("streams", [])
     # Cover art in audio files shows up as a one-frame video stream; it is not video.
     video = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
