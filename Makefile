@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup system-deps venv demo test test-all bench clean
+.PHONY: setup system-deps venv demo test test-fast test-all bench clean
 
 setup: system-deps venv
 
@@ -36,7 +36,11 @@ demo: setup
 	$(PY) -m cnas demo
 
 test: setup
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=15
+
+# The inner loop (under 2 minutes here): unit and known-answer tests; no DAG runs, no model loading.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu and not e2e and not models and not real" -q --durations=10
 
 test-all: setup
 	$(PY) -m pytest -q

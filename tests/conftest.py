@@ -14,6 +14,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.demo import DemoVideo, make_talking_video  # noqa: E402
 
+#: Fixtures whose setup runs the ingest DAG or a CLI end to end, renders many videos, or loads or
+#: trains models (each over a second here; measured with ``--durations=0``). A test that uses one
+#: is marked ``e2e`` or ``models`` and left out of ``make test-fast``; ``make test`` runs it.
+E2E_FIXTURES = frozenset({"ray_session", "dub_run", "view_shards", "media_dir", "quiet_run", "real_run", "run_dir", "built",
+                          "release", "released", "meta_release", "report", "catalogue", "broll_then_anchor", "talking",
+                          "three_videos"})
+MODEL_FIXTURES = frozenset({"pose_models", "models_en", "models_zh", "controllable", "data", "probe", "runs", "shards", "trained",
+                            "trained_pce", "trained_univdm"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(item.fixturenames)
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if used & MODEL_FIXTURES:
+            item.add_marker(pytest.mark.models)
+
+
 SHORT_VIDEOS = (
     DemoVideo("zh_a", "astronaut", "cmn-latn-pinyin", "da4 jia1 hao3, jin1 tian1 tian1 qi4 hen3 hao3."),
     DemoVideo("en_b", "astronaut", "en-us", "Good evening, here is the news.", mirror=True),  # frontal (the camera photo is a profile: non_frontal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trainers.facial.binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, Spectrogram, TextEncoder, binding_loss, info_nce,
@@ -16,6 +17,7 @@ def _paired(n: int, g: torch.Generator, maps):
     return motion, other
 
 
+@pytest.mark.models
 def test_info_nce_learns_a_pairing_well_above_chance():
     g = torch.Generator().manual_seed(0)
     maps = (torch.randn(8, 50 * 53, generator=g) / 8, torch.randn(8, 32, generator=g))
@@ -103,6 +105,7 @@ def _overfit_setup(steps: int):
     return den, schedule, z0, audio, emotion, losses
 
 
+@pytest.mark.models
 def test_denoiser_overfits_one_clip_and_sampling_reproduces_it():
     den, schedule, z0, audio, emotion, losses = _overfit_setup(400)
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20

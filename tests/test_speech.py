@@ -79,6 +79,7 @@ def test_english_words_are_right_and_where_they_were_spoken(models_en):
     assert t.main_speaker is not None and all(w.speaker == t.main_speaker for w in words)
 
 
+@pytest.mark.models
 def test_mandarin_is_simplified_with_bounded_cer(models_zh):
     audio, _ = compose([speak(ZH_PINYIN, "cmn-latn-pinyin", speed=130)], gap_s=0.5)
     t = transcribe(models_zh, audio, "zh_test")
@@ -164,6 +165,7 @@ def test_missing_models_are_clear_errors(tmp_path):
         check_speech_assets(SpeechOptions(diarization="pyannote"))
 
 
+@pytest.mark.models
 def test_wav2vec2_alignment_path_with_a_production_format_model(tmp_path):
     """whisperX's forced aligner on a random tiny Wav2Vec2ForCTC saved like a hub checkpoint:
     proves the loading and alignment code; times must be valid whatever the random emissions."""

@@ -131,6 +131,7 @@ def test_speech_band_rms_follows_a_beep_and_ignores_bass():
     assert set(np.flatnonzero(env > env.max() / 2)) <= set(range(19, 26)) and env[:15].max() < env.max() / 20
 
 
+@pytest.mark.e2e
 def test_two_face_frame_gives_clips_of_each_speaker_cropped_to_them(tmp_path):
     """Two anchors side by side; the left one speaks first, then the right one."""
     from stages.normalize import NormalizeOptions, normalize

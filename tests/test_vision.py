@@ -51,6 +51,7 @@ def _transcript(video_id: str, duration: float, spans: list[tuple[float, float]]
                       segments=[seg], main_speaker=speaker, asr_backend="test")
 
 
+@pytest.mark.models
 def test_frontal_upper_body_and_blank_frames(tmp_path):
     from stages.pose import PoseModels, PoseOptions
 
@@ -86,6 +87,7 @@ def test_frontal_upper_body_and_blank_frames(tmp_path):
     assert clip["part_confidences"].shape == (10, 5) and list(clip["part_names"]) == names
 
 
+@pytest.mark.models
 def test_pose_on_disk_matches_pose_in_memory_and_maps_back_lazily(tmp_path):
     media = _video(tmp_path, "astro", _sway(_photo("astronaut", False), 24))
     models = PoseModels(PoseOptions(stride=2))
