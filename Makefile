@@ -13,16 +13,17 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 setup: system-deps venv
 
-# Debian packages the product shells out to (ffmpeg/ffprobe, espeak-ng for demo speech, sox), the
+# Debian packages the product shells out to (ffmpeg/ffprobe, espeak-ng for demo speech, sox, curl for
+# the trainers' http(s) shards), the
 # CJK font of `cnas inspect`'s sheets (Chinese transcripts) and headless Chromium for the report's test.
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null && command -v sox >/dev/null \
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v curl >/dev/null \
 	    && command -v chromium >/dev/null && command -v chromedriver >/dev/null && [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "system deps present"; \
 	else \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    ffmpeg espeak-ng sox fonts-wqy-microhei chromium chromium-driver >/dev/null; \
+	    ffmpeg espeak-ng sox curl fonts-wqy-microhei chromium chromium-driver >/dev/null; \
 	fi
 
 # The project venv. Re-installs only when a requirements file or pyproject.toml changed.

@@ -133,7 +133,7 @@ def test_http_shards_are_fetched_without_a_shell(release, tmp_path):
     import threading
 
     if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
+        pytest.skip("curl is not installed (make setup installs it)")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
