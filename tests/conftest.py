@@ -133,3 +133,23 @@ def dub_run(tmp_path_factory, ray_session):
     sets = ["speech.enabled=false", "clips.min_face_px=0", "normalize.max_height=360", "clips.min_clip_s=1"]
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
     return d / "run", genuine, dub
+
+
+def pytest_addoption(parser):
+    parser.addoption("--manifest-digests", metavar="FILE", default=None,
+                     help="after the session, write the sha256 of every run manifest the tests wrote (relative to "
+                          "the base temp folder) to FILE: with a fixed --basetemp, two checkouts can be compared")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Refactors must not change what runs write: record every manifest's digest when asked."""
+    import hashlib
+
+    target = session.config.getoption("--manifest-digests", default=None)
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if not target or factory is None:
+        return
+    base = factory.getbasetemp()
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(base)}\n"
+             for p in sorted(base.rglob("manifest.jsonl"))]
+    Path(target).write_text("".join(lines))
