@@ -90,7 +90,7 @@ def shares(stats: dict) -> dict[str, float]:
 
 
 def main() -> None:
-    from pipeline.demo import DEMO_VIDEOS, make_talking_video
+    from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=12)

@@ -187,7 +187,7 @@ def report(cases: list[Case], run: str) -> dict:
 def clip_scores(cases: list[Case], run: str) -> list[tuple[Case, float, float, int]]:
     """Every candidate clip of every case with the sync gate opened wide (no confidence or offset
     limit): (case, seconds, confidence, offset). What the sync thresholds are chosen from."""
-    from pipeline.config import load_config
+    from pipeline.engine.config import load_config
     from schemas import ShotList, Transcript
     from stages.pose import load_pose
     from stages.select import select_clips
@@ -234,7 +234,7 @@ def calibrate(scores: list[tuple[Case, float, float, int]], max_offset: int) -> 
 def false_reject_sheets(cases: list[Case], run: str, out: str) -> list[str]:
     """A contact sheet (``cnas inspect``'s) of every stretch a genuine file lost, to judge each
     false reject by eye: ``OUT/sheets/false-<reason>-<file>-<start ms>.png``."""
-    from pipeline.sheets import draw_sheet, sheet_from_source
+    from pipeline.inspect.sheets import draw_sheet, sheet_from_source
     from schemas import Transcript
     from stages.pose import load_pose
 
@@ -279,7 +279,7 @@ def main() -> int:
         wall = ingest(cases, args.out, args.overrides, args.language)
         print(f"{len(cases)} inputs ingested in {wall:.0f} s ({' '.join('--set ' + o for o in args.overrides) or 'default settings'})")
     numbers = report(cases, os.path.join(args.out, "run"))
-    from pipeline.config import load_config
+    from pipeline.engine.config import load_config
 
     calibrate(clip_scores(cases, os.path.join(args.out, "run")), load_config(None, args.overrides).sync.max_offset_frames)
     sheets = false_reject_sheets(cases, os.path.join(args.out, "run"), args.out)

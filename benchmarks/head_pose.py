@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from geometry.head_pose import head_poses_deg  # noqa: E402
-from pipeline.demo import _encode, _photo  # noqa: E402
+from pipeline.demo.inputs import _encode, _photo
 from stages.normalize import NormalizeOptions, normalize  # noqa: E402
 from stages.pose import PoseModels, extract_pose  # noqa: E402
 

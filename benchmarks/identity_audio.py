@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
-from pipeline.runner import run_ingest  # noqa: E402
+from pipeline.engine.config import load_config
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
+from pipeline.engine.runner import run_ingest
 from schemas import NormalizedMedia  # noqa: E402
 from stages.clips import fixed_windows, measure_audio  # noqa: E402
 

@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
-from pipeline.runner import run_ingest  # noqa: E402
+from pipeline.engine.config import load_config
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
+from pipeline.engine.runner import run_ingest
 
 
 def _clip_spans(run: str) -> dict[str, list[tuple[float, float]]]:
     """Accepted clips of a run: video id -> (start_s, end_s) in the normalised source."""
-    from pipeline.release import iter_tar_samples
+    from pipeline.release.files import iter_tar_samples
     from schemas import ClipRecord
 
     spans: dict[str, list[tuple[float, float]]] = {}
@@ -109,8 +109,8 @@ def news_mix(args) -> None:
         wall = time.perf_counter() - t0
         dense = 0.0
         for vid in (f"news{i:02d}" for i in range(args.episodes)):
-            from pipeline.ledger import read_entry
-            from pipeline.workdir import WorkDir
+            from pipeline.engine.ledger import read_entry
+            from pipeline.engine.workdir import WorkDir
 
             e = read_entry(WorkDir(os.path.join(out, "work")), vid, "pose")
             if e and e.status == "ok":

@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from model_builders import build_flame_files  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
-from pipeline.runner import run_ingest  # noqa: E402
+from pipeline.engine.config import load_config
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
+from pipeline.engine.runner import run_ingest
 from trainers.data import LoaderConfig, make_loader  # noqa: E402
 
 

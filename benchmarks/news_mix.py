@@ -14,7 +14,7 @@ import os
 import subprocess
 import tempfile
 
-from pipeline.demo import speech_audio
+from pipeline.demo.inputs import speech_audio
 
 #: Real recordings (media/real/, held out from every threshold's calibration) used as the anchors.
 ANCHORS = ("retalking_4", "retalking_5", "vox_00098", "vox_00473", "vox_620900105")

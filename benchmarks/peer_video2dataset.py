@@ -102,7 +102,7 @@ def shard_stats(folder: Path) -> tuple[int, int]:
 
 
 def main() -> None:
-    from pipeline.demo import DEMO_VIDEOS, make_talking_video
+    from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=12)

@@ -15,7 +15,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 from stages.normalize import NormalizeOptions, normalize  # noqa: E402
 from stages.pose import PoseModels, PoseOptions, analyse_frame, extract_pose, read_frames  # noqa: E402
 from stages.select import SelectOptions, select_clips  # noqa: E402

@@ -23,9 +23,9 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.demo import DEMO_VIDEOS, make_talking_video  # noqa: E402
-from pipeline.runner import run_ingest  # noqa: E402
+from pipeline.engine.config import load_config
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
+from pipeline.engine.runner import run_ingest
 
 BROKEN = ("empty", "text", "truncated", "missing")
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from pipeline import cli as data_cli
-from pipeline.console import terminal
+from pipeline.engine.console import terminal
 from trainers import cli as train_cli
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pipeline.console import setup_logging
+    from pipeline.engine.console import setup_logging
 
     setup_logging(args.verbose)
     try:

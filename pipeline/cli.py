@@ -25,7 +25,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args, defaults: tuple[str, ...] = ()):
-    from .config import load_config
+    from pipeline.engine.config import load_config
 
     overrides = [*defaults, *args.overrides]
     if args.address:
@@ -38,15 +38,16 @@ def _load(args, defaults: tuple[str, ...] = ()):
 
 
 def cmd_ingest(args) -> int:
-    from .console import LOGS_DIR, route_to_logs
-    from .lock import output_lock
-    from .runner import run_ingest
-    from .workdir import WorkDir
+    from pipeline.engine.console import route_to_logs
+    from pipeline.engine.run_folder import RunFolder
+    from pipeline.engine.lock import output_lock
+    from pipeline.engine.runner import run_ingest
+    from pipeline.engine.workdir import WorkDir
 
     with contextlib.ExitStack() as lock:
         if WorkDir(args.out).is_local:  # before the logs: a second run must not write into the first one's folder
             lock.enter_context(output_lock(args.out, "cnas ingest"))
-        route_to_logs(os.path.join(args.out, LOGS_DIR))
+        route_to_logs(os.path.join(args.out, RunFolder.LOGS))
         result = run_ingest(args.sources, args.out, _load(args))
     return EXIT_PARTIAL if result.stats.videos_failed else EXIT_OK
 
@@ -56,11 +57,12 @@ DEMO_SETTINGS = ("clips.min_face_px=64",)
 
 
 def cmd_demo(args) -> int:
-    from .console import LOGS_DIR, route_to_logs, say
-    from .demo import write_demo_inputs
-    from .runner import run_ingest
+    from pipeline.engine.console import route_to_logs, say
+    from pipeline.engine.run_folder import RunFolder
+    from pipeline.demo.inputs import write_demo_inputs
+    from pipeline.engine.runner import run_ingest
 
-    route_to_logs(os.path.join(args.out, "run", LOGS_DIR))  # before the inputs: they run MediaPipe (TFLite's log lines)
+    route_to_logs(os.path.join(args.out, "run", RunFolder.LOGS))  # before the inputs: they run MediaPipe (TFLite's log lines)
     inputs = os.path.join(args.out, "inputs")
     say(f"generating demo inputs in {inputs} ...")
     sources = write_demo_inputs(inputs)
@@ -79,7 +81,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .console import run_status
+    from pipeline.inspect.status import run_status
 
     for line in run_status(args.run_dir):
         print(line)
@@ -87,7 +89,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from .release import package_metadata_release, package_release
+    from pipeline.release.metadata import package_metadata_release
+    from pipeline.release.package import package_release
 
     if args.with_arrays and not args.metadata_only:
         print("--with-arrays goes with --metadata-only (a full release has the arrays in its shards)", file=sys.stderr)
@@ -102,7 +105,7 @@ def cmd_release(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    from .rebuild import SECTIONS, consumer_fields, rebuild_release
+    from pipeline.release.rebuild import SECTIONS, consumer_fields, rebuild_release
 
     # a release decides only what changes the output (normalise/cut/format options, from its rebuild.json); the
     # runtime and safety settings (cookies, timeouts, retries, max_filesize_mb, allow_file_urls) are yours
@@ -118,7 +121,7 @@ def cmd_rebuild(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .report import clip_sheet, inspect, is_release, is_run
+    from pipeline.inspect.report import clip_sheet, inspect, is_release, is_run
 
     if args.clip:
         src = os.path.abspath(args.dir)
@@ -143,7 +146,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .release import validate_release
+    from pipeline.release.validate import validate_release
 
     rep = validate_release(args.dir, check_media=not args.quick, max_member_bytes=int(args.max_member_mb * 2**20),
                            probe_timeout_s=args.probe_timeout_s)
@@ -165,7 +168,7 @@ def cmd_assets_check(args) -> int:
     """What model assets are present, and where to obtain the rest."""
     from stages.errors import StageError
     from stages.flame import check_flame_assets
-    from stages.speech_assets import check_speech_assets
+    from stages.speech import check_speech_assets
 
     cfg = _load(args)
     ok = True
@@ -187,7 +190,7 @@ def cmd_assets_check(args) -> int:
 
 
 def cmd_sources(args) -> int:
-    from .sources import read_sources
+    from pipeline.engine.sources import read_sources
 
     for item in read_sources(args.sources):
         print(item.to_json())
@@ -195,7 +198,7 @@ def cmd_sources(args) -> int:
 
 
 def cmd_adapt_mead(args) -> int:
-    from .adapters import write_mead_sources
+    from pipeline.corpora.mead import write_mead_sources
 
     views = tuple(v for v in args.view.split(",") if v) if args.view != "all" else ()
     written, skipped = write_mead_sources(args.root, args.out, views, args.language)

@@ -1,6 +1,6 @@
 """Settings: the base of every options/config model, and the ``section.key=value`` override syntax.
 
-Shared by the ingestion config (``pipeline/config.py``, composed of the stages' options models)
+Shared by the ingestion config (``pipeline/engine/config.py``, composed of the stages' options models)
 and the trainers' run configs, so neither imports the other.
 """
 

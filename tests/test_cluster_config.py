@@ -40,7 +40,7 @@ def test_ray_cluster_yaml_validates_against_ray_schema():
 
 
 def test_cpu_shares_leave_a_file_task_room_on_some_node():
-    from pipeline.executor import fit_cpus
+    from pipeline.engine.executor import fit_cpus
 
     actors, counts, tasks = {"speech": 1.0, "pose": 1.0}, {"speech": 1, "pose": 1}, {"download": 0.5, "normalize": 1.0}
     assert fit_cpus(actors, counts, tasks, [16.0]) is None  # room for everything

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.console import Snapshot, ledger_snapshot, run_status
-from pipeline.workdir import WorkDir
+from pipeline.engine.console import Snapshot, ledger_snapshot
+from pipeline.inspect.status import run_status
+from pipeline.engine.workdir import WorkDir
 
 # the fast file-stage run of tests/test_ingest.py (no models)
 FILES_ONLY = ["speech.hygiene=false", "clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0",
@@ -103,7 +104,7 @@ def test_status_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_ledger_snapshot_counts_videos_by_stage(tmp_path):
-    from pipeline import ledger
+    from pipeline.engine import ledger
     from schemas import FailureRecord
 
     work = WorkDir(str(tmp_path / "work"))
@@ -125,7 +126,8 @@ def test_ledger_snapshot_counts_videos_by_stage(tmp_path):
 def test_live_display_on_a_terminal(tmp_path, monkeypatch):
     import io
 
-    from pipeline import console, ledger
+    from pipeline.engine import console
+    from pipeline.engine import ledger
 
     term = io.StringIO()
     monkeypatch.setitem(console._state, "terminal", term)

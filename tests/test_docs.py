@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config import Config, dump_config
+from pipeline.engine.config import Config, dump_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -218,8 +218,8 @@ def test_trains_on_shards_of_a_real_ingest_run(view_shards, tmp_path):
 
 
 def test_mead_adapter(tmp_path):
-    from pipeline.adapters import parse_mead_path, write_mead_sources
-    from pipeline.sources import read_sources
+    from pipeline.corpora.mead import parse_mead_path, write_mead_sources
+    from pipeline.engine.sources import read_sources
 
     for rel in ("M003/video/front/angry/level_3/001.mp4", "M003/video/front/neutral/level_1/002.mp4",
                 "W009/video/left_30/happy/level_2/010.mp4", "M003/audio/angry/level_3/001.m4a", "misc/clip.mp4"):

@@ -143,8 +143,8 @@ def test_fit_clip_shapes_validity_and_zero_lag_smoothing(assets):
 
 
 def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, assets, ray_session):
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
 
     (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
     sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0"]
@@ -172,8 +172,8 @@ def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, assets, ra
 
 
 def test_missing_assets_are_reported_as_skipped(tmp_path, media_dir, ray_session):
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
 
     (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
     sets = ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0", f"flame.flame_model={tmp_path / 'nope.pkl'}"]

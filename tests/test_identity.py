@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.demo import _encode, _photo, talking_frames
-from pipeline.talking_face import face_warp, photo_mesh
+from pipeline.demo.inputs import _encode, _photo, talking_frames
+from pipeline.demo.talking_face import face_warp, photo_mesh
 from schemas import IdentityRegistry
 from stages.identity import IdentityOptions, assign_identities, embed_photos, embed_tracks, load_embedder, registry_with_names
 import functools

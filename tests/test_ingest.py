@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.config import load_config
-from pipeline.runner import run_ingest
+from pipeline.engine.config import load_config
+from pipeline.engine.runner import run_ingest
 from schemas import ClipRecord, FailureRecord, ManifestRow, RunStats
 
 # speech.hygiene off: Whisper base hears espeak-ng Mandarin as loops, which hygiene rightly flags

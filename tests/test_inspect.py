@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.ledger import read_entry
-from pipeline.release import package_release
-from pipeline.sheets import _box_to_pixels, _to_pixels, frame_indices, read_frames
-from pipeline.workdir import WorkDir
+from pipeline.engine.config import load_config
+from pipeline.engine.ledger import read_entry
+from pipeline.release.package import package_release
+from pipeline.inspect.sheets import _box_to_pixels, _to_pixels, frame_indices, read_frames
+from pipeline.engine.workdir import WorkDir
 from schemas import ClipSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +154,8 @@ def test_run_report_has_sheets_of_clips_and_of_rejects(report):
 def test_clip_sheet_draws_the_landmarks_on_the_face(dub_run, tmp_path):
     """The face mesh is drawn where the face is: the sheet differs from the bare frame inside the
     clip's face box and hardly outside it."""
-    from pipeline.release import iter_tar_samples
-    from pipeline.sheets import draw_sheet, sheet_from_sample
+    from pipeline.release.files import iter_tar_samples
+    from pipeline.inspect.sheets import draw_sheet, sheet_from_sample
 
     run, _, _ = dub_run
     key, members = next(iter_tar_samples(str(sorted((run / "shards").glob("*.tar"))[0])))

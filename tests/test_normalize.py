@@ -176,8 +176,8 @@ def test_in_the_clips_flash_and_beep_stay_together_and_each_clip_knows_its_sourc
     import json
     import tarfile
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
 
     src, _ = catalogue["audio_late"]
     (tmp_path / "s.csv").write_text(f"path,id,licence\n{src},late,CC-BY-4.0\n")

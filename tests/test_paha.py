@@ -253,7 +253,7 @@ def test_reference_regions_from_mediapipe_on_a_real_photo():
 
     from trainers.paha.generate import reference_regions
 
-    from pipeline.demo import ASTRONAUT_MOUTH
+    from pipeline.demo.inputs import ASTRONAUT_MOUTH
 
     regions = reference_regions(skimage.data.astronaut())
     x0, y0, x1, y1 = regions["mouth"]

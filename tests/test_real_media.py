@@ -22,8 +22,8 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, ray_session):
-    from pipeline.config import load_config
-    from pipeline.runner import run_ingest
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
 
     d = tmp_path_factory.mktemp("real")
     two_shot, halves = make_two_shot(str(d / "two_shot.mp4"), "vox_00098", "vox_00473")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.rebuild import REPORT, SUMMARY, rebuild_release
-from pipeline.release import validate_release
-from pipeline.runner import run_ingest
+from pipeline.engine.config import load_config
+from pipeline.release.rebuild import REPORT, SUMMARY, rebuild_release
+from pipeline.release.validate import validate_release
+from pipeline.engine.runner import run_ingest
 from schemas import ManifestRow
 from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 
@@ -99,7 +99,7 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
     assert rep.samples == len(manifest)
     assert json.loads((out / SUMMARY).read_text())["cut_this_run"] == len(manifest)
     # the card's header and croissant.json describe the rebuilt shards, not the clips.jsonl files
-    from pipeline.croissant import read_card_header
+    from pipeline.release.croissant import read_card_header
 
     head = read_card_header((out / "README.md").read_text())
     assert {d["path"] for d in head["configs"][0]["data_files"]} == {f"{sp}/*.tar" for sp in ("train", "val", "test") if any((out / sp).glob("*.tar"))}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import Field, ValidationError
 
-from pipeline.config import Config, load_config
-from pipeline.dag import DAG
-from pipeline.registry import Registry, StageContext, StageSpec
+from pipeline.engine.config import Config, load_config
+from pipeline.engine.dag import DAG
+from pipeline.engine.registry import Registry, StageContext, StageSpec
 from schemas import Record, SourceItem
 from schemas.settings import Settings, output_fields, runtime_field
 
@@ -57,7 +57,7 @@ def _run(registry: Registry, cfg: Config, sources: list[SourceItem], work: Path)
 
     from ray import cloudpickle
 
-    from pipeline.executor import build_plan
+    from pipeline.engine.executor import build_plan
 
     # Ray workers cannot import a test module; ship this one's toy stage by value. (A real stage
     # lives in an installed package, which every node imports.)
@@ -140,7 +140,7 @@ def test_resources_override_the_declaration_field_by_field():
     assert cfg.ray.resources["download"].cpus == 0.25 and cfg.ray.resources["pose"] == DAG["pose"].resources
     with pytest.raises(ValidationError, match="actor"):
         load_config(None, ["ray.resources.speech.actor=3"])  # a typo is an error, not a silent default
-    from pipeline.executor import stage_resources
+    from pipeline.engine.executor import stage_resources
 
     gpu = load_config(None, ["speech.device=cuda"])
     assert stage_resources(gpu, DAG, "speech").gpus == 1.0 and stage_resources(gpu, DAG, "normalize").gpus == 0.0

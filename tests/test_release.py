@@ -8,9 +8,10 @@ import tarfile
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.release import package_release, validate_release
-from pipeline.runner import run_ingest
+from pipeline.engine.config import load_config
+from pipeline.release.package import package_release
+from pipeline.release.validate import validate_release
+from pipeline.engine.runner import run_ingest
 
 FILES_ONLY = ["clips.mode=fixed", "clips.window_s=0.4", "normalize.max_height=120", "shots.enabled=false",
               "pose.enabled=false", "speech.enabled=false", "shards.max_count=5"]
@@ -85,7 +86,7 @@ def test_validate_passes_and_catches_each_corruption(release, tmp_path):
     shutil.copytree(out, bad)
     shard = sorted((bad / "val").glob("*.tar"))[0]
     samples = []
-    from pipeline.release import iter_tar_samples
+    from pipeline.release.files import iter_tar_samples
 
     for key, members in iter_tar_samples(str(shard)):
         clip = json.loads(members["json"])
@@ -119,7 +120,7 @@ def test_cli_release_and_validate(run_dir, tmp_path):
 def test_one_identity_over_three_videos_never_straddles_splits(tmp_path, media_dir, ray_session):
     """The same anchor (scikit-image's astronaut, once mirrored) in three episodes and another person
     in three more: face identities make the splits identity-disjoint without any speaker column."""
-    from pipeline.demo import photo_warp, speech_audio, write_talking_video
+    from pipeline.demo.inputs import photo_warp, speech_audio, write_talking_video
     from talking_fixtures import package_file
 
     lips, sr = speech_audio("da4 jia1 hao3, huan1 ying2 shou1 kan4 xin1 wen2.", "cmn-latn-pinyin")

@@ -10,9 +10,10 @@ import shutil
 import pytest
 from test_release import release, run_dir  # noqa: F401  (module fixtures: one ingest run, one release)
 
-from pipeline.config import load_config
-from pipeline.croissant import CROISSANT, card_header, hf_licence, read_card_header
-from pipeline.release import package_metadata_release, validate_release
+from pipeline.engine.config import load_config
+from pipeline.release.croissant import CROISSANT, card_header, hf_licence, read_card_header
+from pipeline.release.metadata import package_metadata_release
+from pipeline.release.validate import validate_release
 
 RATIOS = "release.split_ratios={train: 0.5, val: 0.25, test: 0.25}"
 

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _hold_lock(folder: str, ready, release) -> None:
-    from pipeline.lock import output_lock
+    from pipeline.engine.lock import output_lock
 
     with output_lock(folder, "cnas ingest"):
         ready.set()
@@ -28,7 +28,7 @@ def _hold_lock(folder: str, ready, release) -> None:
 
 
 def test_a_second_run_into_a_locked_output_stops_and_changes_nothing(tmp_path):
-    from pipeline.lock import LOCK_FILE, output_lock
+    from pipeline.engine.lock import LOCK_FILE, output_lock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -57,12 +57,12 @@ def test_a_second_run_into_a_locked_output_stops_and_changes_nothing(tmp_path):
 
 
 def test_the_holder_may_nest_the_lock_and_another_process_may_not(tmp_path):
-    from pipeline.lock import output_lock
+    from pipeline.engine.lock import output_lock
 
     with output_lock(str(tmp_path), "first"):
         with output_lock(str(tmp_path), "nested"):  # the CLI, then run_ingest
             pass
-        code = ("import sys; from pipeline.lock import output_lock\n"
+        code = ("import sys; from pipeline.engine.lock import output_lock\n"
                 "try:\n    output_lock(sys.argv[1]).__enter__()\nexcept ValueError as e:\n    print(e); sys.exit(3)")
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 3 and f"in use by another run (first, pid {os.getpid()}" in proc.stdout
@@ -91,8 +91,8 @@ def test_assigning_the_same_tracks_again_leaves_the_registry_as_it_was():
 
 
 def test_shards_are_staged_beside_the_output_not_in_tmpdir(tmp_path, monkeypatch):
-    from pipeline.sink import write_shards
-    from pipeline.workdir import WorkDir
+    from pipeline.engine.sink import write_shards
+    from pipeline.engine.workdir import WorkDir
     from clip_records import clip_json
     from schemas import ClipRecord
     from schemas import shard as layout
@@ -115,7 +115,7 @@ def test_shards_are_staged_beside_the_output_not_in_tmpdir(tmp_path, monkeypatch
 
 
 def test_a_dollar_word_in_a_transcript_draws_as_text(tmp_path):
-    from pipeline.sheets import SheetData, draw_sheet
+    from pipeline.inspect.sheets import SheetData, draw_sheet
 
     frame = np.full((64, 64, 3), 128, np.uint8)
     data = SheetData(title="clip $x^$ \\frac", facts=["$"], frames=[frame, frame], times=[0.0, 0.5], duration_s=1.0,
@@ -125,7 +125,7 @@ def test_a_dollar_word_in_a_transcript_draws_as_text(tmp_path):
 
 
 def test_a_nul_in_a_sources_file_is_named_with_its_line(tmp_path):
-    from pipeline.sources import read_sources
+    from pipeline.engine.sources import read_sources
 
     src = tmp_path / "sources.txt"
     src.write_bytes(b"/data/a.mp4\n/data/b\x00.mp4\n")

@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.config import load_config
-from pipeline.rebuild import REPORT, SUMMARY, rebuild_release
-from pipeline.release import iter_tar_samples, package_metadata_release, package_release, validate_release
-from pipeline.runner import run_ingest
+from pipeline.engine.config import load_config
+from pipeline.release.rebuild import REPORT, SUMMARY, rebuild_release
+from pipeline.release.files import iter_tar_samples
+from pipeline.release.metadata import package_metadata_release
+from pipeline.release.package import package_release
+from pipeline.release.validate import validate_release
+from pipeline.engine.runner import run_ingest
 from schemas import ManifestRow
 from schemas.release import RebuildResult
 
@@ -184,7 +187,7 @@ def test_release_with_relative_symlinks_is_refused(built, tmp_path):
 def test_recipe_runtime_and_safety_settings_are_the_consumers(built, tmp_path, monkeypatch):
     """Finding 2: cookies_file, allow_file_urls, max_filesize_mb: null, timeouts and retries of a
     release's rebuild.json are ignored; the consumer's config (or the defaults) decides them."""
-    import pipeline.rebuild as rb
+    import pipeline.release.rebuild as rb
     from stages.errors import StageError
 
     rel = tmp_path / "rel"
@@ -422,7 +425,7 @@ def test_metadata_only_rebuild_without_arrays_validates(built, tmp_path):
 
 def test_release_is_published_with_one_rename(built, tmp_path, monkeypatch):
     """Finding 5: a crash while moving files one by one left half a release."""
-    import pipeline.release as rel_mod
+    import pipeline.release.package as rel_mod
 
     renames = []
     real_replace = os.replace

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from pipeline.sources import make_video_id, read_sources
+from pipeline.engine.sources import make_video_id, read_sources
 from schemas import SAFE_ID_PATTERN
 
 

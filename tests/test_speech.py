@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stages.diarization import Turn, assign_speakers
-from stages.speech import SAMPLE_RATE, SpeechOptions, _words, load_speech_models, slice_transcript, transcribe, load_audio
-from stages.speech_assets import check_speech_assets
+from stages.speech.diarization import Turn, assign_speakers
+from stages.speech import SAMPLE_RATE, SpeechOptions, load_speech_models, slice_transcript, transcribe, load_audio
+from stages.speech.transcribe import _words
+from stages.speech import check_speech_assets
 from stages.errors import StageError
 from stages.text import error_rate, normalize_text
 from schemas import Segment, Transcript, Word
@@ -223,7 +224,7 @@ def test_real_two_speaker_conversation_gives_two_speakers_and_low_der(models_en)
 
 
 def test_hygiene_flags_loops_compression_and_text_over_silence():
-    from stages.asr_hygiene import compression_ratio, flag_segments, has_loop
+    from stages.speech.hygiene import compression_ratio, flag_segments, has_loop
 
     assert has_loop("大啲嘅嘅嘅嘅嘅", "zh") and has_loop("the news the news the news the news", "en")
     assert not has_loop("今天天气很好，大家好", "zh") and not has_loop("here is the news at nine", "en")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.sources import expand_playlist_with_ytdlp
+from pipeline.engine.sources import expand_playlist_with_ytdlp
 from schemas import SourceItem
 from stages.clips import ClipOptions, fixed_windows, make_clips
 from stages.download import DownloadOptions, download

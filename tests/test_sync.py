@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.demo import FPS, photo_warp, shift_audio
+from pipeline.demo.inputs import FPS, photo_warp, shift_audio
 from stages.errors import StageError
 from stages.select import SelectOptions, select_clips
 from stages.sync import SyncNet, SyncOptions, score, speech_band_rms, sync_features, sync_unavailable, track_series
@@ -143,8 +143,8 @@ def test_two_face_frame_gives_clips_of_each_speaker_cropped_to_them(tmp_path):
     (_, a1, sr1), (_, a2, sr2) = utts[3], utts[4]
     a1, a2 = _resample(a1, sr1), _resample(a2, sr2)
     left, right = photo_warp("astronaut"), photo_warp("astronaut", True)
-    from pipeline.talking_face import speech_envelope
-    from pipeline.demo import _encode
+    from pipeline.demo.talking_face import speech_envelope
+    from pipeline.demo.inputs import _encode
     import soundfile as sf
 
     gap = np.zeros(int(0.5 * SR), np.float32)

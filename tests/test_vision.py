@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.demo import _encode, _photo
+from pipeline.demo.inputs import _encode, _photo
 from schemas import Segment, Transcript, Word
 from stages.clips import ClipOptions, make_clips
 from stages.normalize import NormalizeOptions, count_frames, normalize, probe
@@ -206,7 +206,7 @@ def test_selection_never_makes_clips_shorter_than_the_minimum_or_sharing_frames(
 def test_odd_crop_size_is_refused():
     from pydantic import ValidationError
 
-    from pipeline.config import load_config
+    from pipeline.engine.config import load_config
 
     with pytest.raises(ValidationError, match="multiple of 2"):
         load_config(None, ["clips.crop_size=255"])

@@ -15,19 +15,18 @@ from typing import Callable
 
 from schemas import ClipRecord, FailureRecord, IdentityResult, ManifestRow, NormalizedMedia, RunStats, StageTiming
 
-from . import console
-from .config import Config, dump_config
-from .dag import DAG
-from .executor import build_plan, clips_of
-from .identities import REGISTRY, label_clips, save_registry
-from .lock import output_lock
-from .sink import MANIFEST, SHARDS_DIR, write_shards
-from .sources import make_video_id, read_sources
-from .workdir import WorkDir
+from pipeline.engine import console
+from pipeline.engine.config import Config, dump_config
+from pipeline.engine.dag import DAG
+from pipeline.engine.executor import build_plan, clips_of
+from pipeline.engine.identities import label_clips, save_registry
+from pipeline.engine.lock import output_lock
+from pipeline.engine.run_folder import RunFolder
+from pipeline.engine.sink import write_shards
+from pipeline.engine.sources import make_video_id, read_sources
+from pipeline.engine.workdir import WorkDir
 
 log = logging.getLogger(__name__)
-
-FAILURES, STATS, CONFIG, SOURCES = "failures.jsonl", "stats.json", "config.yaml", "sources.jsonl"
 
 
 @dataclass
@@ -39,7 +38,7 @@ class IngestResult:
 
     @property
     def shards_dir(self) -> str:
-        return WorkDir(self.out).path(SHARDS_DIR)
+        return RunFolder(self.out).shards_dir()
 
 
 def init_ray(cfg: Config) -> str:
@@ -116,7 +115,8 @@ def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], 
     say = echo or console.say
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     out_dir = WorkDir(out)
-    work_uri = cfg.work_dir or out_dir.path("work")
+    run = RunFolder(out_dir)
+    work_uri = run.work_uri(cfg)
     work = WorkDir(work_uri)
     source_failures: list[FailureRecord] = []
     sources = read_sources(sources_path, on_error=lambda uri, msg: source_failures.append(
@@ -124,8 +124,7 @@ def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], 
     if not sources and not source_failures:
         raise ValueError(f"{sources_path}: no sources")
     preflight(cfg)
-    out_dir.write_text(dump_config(cfg), CONFIG)
-    out_dir.write_text("".join(s.to_json() + "\n" for s in sources), SOURCES)
+    run.write_inputs(dump_config(cfg), sources)
     where = init_ray(cfg)
     say(f"cnas ingest: {len(sources)} videos, ray={where}, work dir {work.uri}")
     console.link_ray_logs(ray_log_dir())
@@ -204,11 +203,11 @@ def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], 
     manifest, rewritten = write_shards(clips, work, out_dir, s.max_count, s.max_size_mb, s.prefix)
     if registry is not None:
         save_registry(registry, out_dir)
-        say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {out_dir.path(REGISTRY)}")
+        say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {run.path(RunFolder.IDENTITIES)}")
     stage_seconds["shards"] += time.perf_counter() - t_sink
     stage_videos["shards"] += len({c.video_id for c in clips}) if rewritten else 0
     failures.sort(key=lambda f: f.video_id)
-    out_dir.write_text("".join(f.to_json() + "\n" for f in failures), FAILURES)
+    run.write_failures(failures)
 
     stats = RunStats(
         videos_in=len(sources) + len(source_failures),
@@ -230,7 +229,7 @@ def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], 
         skipped_stages=skipped_stages(cfg),
         config=cfg.model_dump(mode="json"),
     )
-    out_dir.write_text(stats.model_dump_json(indent=2) + "\n", STATS)
+    run.write_stats(stats)
     for line in summary_lines(stats, out_dir):
         say(line)
     return IngestResult(out=out_dir.uri, stats=stats, manifest=manifest, failures=failures)
@@ -242,6 +241,8 @@ def skipped_stages(cfg: Config) -> dict[str, str]:
 
 
 def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
+    """The end-of-run summary ``cnas ingest`` prints and ``cnas status`` repeats."""
+    run = RunFolder(out)
     lines = [
         f"videos: {stats.videos_in} in, {stats.videos_ok} ok, {stats.videos_failed} failed"
         f" ({stats.videos_resumed} resumed from the ledger)",
@@ -256,6 +257,6 @@ def summary_lines(stats: RunStats, out: WorkDir) -> list[str]:
         lines.append("skipped stages: " + "; ".join(f"{k}: {v}" for k, v in stats.skipped_stages.items()))
     per_stage = ", ".join(f"{k} {v.seconds:.1f}s/{v.videos}" for k, v in stats.stage_timings.items())
     lines.append(f"time per stage (seconds/videos): {per_stage}; wall {stats.wall_s:.1f}s")
-    lines.append(f"shards: {out.path(SHARDS_DIR)}  manifest: {out.path(MANIFEST)}  failures: {out.path(FAILURES)}")
+    lines.append(f"shards: {run.shards_dir()}  manifest: {run.path(RunFolder.MANIFEST)}  failures: {run.path(RunFolder.FAILURES)}")
     lines.append(f"SUMMARY ok={stats.videos_ok} failed={stats.videos_failed} clips={stats.clips} shards={stats.shards}")
     return lines

@@ -24,7 +24,7 @@ from stages.speech import SpeechOptions
 from stages.identity import IdentityOptions
 from stages.sync import SyncOptions
 
-from .registry import Resources
+from pipeline.engine.registry import Resources
 
 __all__ = ["Config", "RayConfig", "ReleaseConfig", "ShardConfig", "apply_overrides", "dump_config", "load_config"]
 
@@ -54,7 +54,7 @@ class ShardConfig(Settings):
 
 
 def _declared_resources() -> dict[str, Resources]:
-    from .dag import DAG
+    from pipeline.engine.dag import DAG
 
     return {spec.name: spec.resources.model_copy() for spec in DAG}
 

@@ -6,7 +6,7 @@
 Each ``StageSpec`` names a Ray-free stage function from ``stages/`` and a small adapter (``_run_*``)
 that moves that function's inputs and outputs in and out of the work dir (which may be shared
 storage): it reads the records of the stages it depends on from ``ctx.inputs``, fetches media
-locally, calls the stage, and returns the stage's output record. ``pipeline/executor.py`` runs the
+locally, calls the stage, and returns the stage's output record. ``pipeline/engine/executor.py`` runs the
 registry on Ray Data; nothing here knows about Ray. Adding a stage: see docs/architecture.md.
 """
 
@@ -35,11 +35,10 @@ from stages.candidates import candidate_mask, scan_faces, spans_of
 from stages.select import reject_examples, select_clips
 from stages.shots import ShotOptions, detect_shots
 from stages.wav import map_pcm16
-from stages.speech import SAMPLE_RATE, SpeechOptions, load_audio, load_speech_models, slice_transcript, transcribe
-from stages.speech_assets import check_speech_assets
+from stages.speech import SAMPLE_RATE, SpeechOptions, check_speech_assets, load_audio, load_speech_models, slice_transcript, transcribe
 from stages.sync import SyncNet, SyncOptions, sync_features, sync_unavailable
 
-from .registry import Registry, Resources, StageContext, StageSpec
+from pipeline.engine.registry import Registry, Resources, StageContext, StageSpec
 
 # ---------------------------------------------------------------------------------------------
 # download

@@ -44,10 +44,11 @@ from stages.download import DownloadOptions, download
 from stages.errors import StageError, temp_name
 from stages.normalize import NormalizeOptions, normalize
 
-from .croissant import write_rebuilt_metadata
-from .lock import LOCK_FILE, output_lock
-from .release import (ARRAY_MEMBERS, CLIPS_JSONL, MAX_MEMBER_BYTES, RECIPE, SUMS, UnsafeReleaseError, UnsafeTarError, _sha256,
-                      ffmpeg_version, iter_tar_samples, read_capped, safe_join, unsafe_entries)
+from pipeline.release.croissant import write_rebuilt_metadata
+from pipeline.engine.lock import LOCK_FILE, output_lock
+from pipeline.release.files import ARRAY_MEMBERS, CLIPS_JSONL, RECIPE
+from pipeline.release.metadata import ffmpeg_version
+from pipeline.release.files import MAX_MEMBER_BYTES, SUMS, UnsafeReleaseError, UnsafeTarError, sha256_file, iter_tar_samples, read_capped, safe_join, unsafe_entries
 
 REPORT, SUMMARY, WORK = "rebuild_report.jsonl", "rebuild_summary.json", "work"
 
@@ -73,10 +74,10 @@ def consumer_fields(section: str) -> list[str]:
 def effective_options(recipe: RebuildRecipe, consumer=None, download_overrides: dict | None = None
                       ) -> tuple[NormalizeOptions, ClipOptions, DownloadOptions, list[str]]:
     """The options a rebuild runs with: the recipe's output-affecting ones (missing: the defaults),
-    the consumer's runtime and safety ones (``consumer``: a ``pipeline.config.Config``, None: the
+    the consumer's runtime and safety ones (``consumer``: a ``pipeline.engine.config.Config``, None: the
     defaults; ``download_overrides`` on top). ``download.allow_file_urls`` is false unless the consumer
     set it. Returns also the recipe settings that were ignored because they differ from what is used."""
-    from .config import Config
+    from pipeline.engine.config import Config
 
     consumer = consumer if consumer is not None else Config()
     ignored: list[str] = []
@@ -301,7 +302,7 @@ def _rebuild_video(video_id, pending: list[ClipSource], work: Path, ledger: _Led
             got = download(item, str(dl_dir), dl_opts)
         except StageError as e:
             return [result(cs, "unavailable", [f"source unavailable ({e.reason}): {e.message}"]) for cs in pending]
-        sha = _sha256(got.media_path)
+        sha = sha256_file(got.media_path)
         to_cut, results = [], []
         for cs in pending:
             if cs.source_sha256 is not None and cs.source_sha256 != sha:
@@ -416,7 +417,7 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
         counts = Counter(r.shard for r in rows)
         index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": f"{recipe.name}-{recipe.version}-{split}",
                  "shardlist": [{"url": f"{split}/{s}", "nsamples": counts[s], "filesize": (d / s).stat().st_size,
-                                "sha256": _sha256(str(d / s))} for s in sorted(counts)]}
+                                "sha256": sha256_file(str(d / s))} for s in sorted(counts)]}
         (out / f"{split}.index.json").write_text(json.dumps(index, indent=2) + "\n")
     for name in ("README.md", "stats.json", RECIPE):
         if (root / name).exists():
@@ -428,4 +429,4 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
     if (out / "stats.json").exists():
         write_rebuilt_metadata(out)  # the card's data_files and croissant.json: the shards, not clips.jsonl
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (SUMS, SUMMARY, LOCK_FILE) and WORK not in p.relative_to(out).parts[:1])
-    (out / SUMS).write_text("".join(f"{_sha256(str(p))}  {p.relative_to(out)}\n" for p in files))
+    (out / SUMS).write_text("".join(f"{sha256_file(str(p))}  {p.relative_to(out)}\n" for p in files))

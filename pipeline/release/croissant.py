@@ -144,10 +144,10 @@ def _licence_url(licence: str) -> str:
 
 def _jsonl_file(root: Path, fid: str, rel: str, description: str) -> dict:
     """A JSON-lines ``cr:FileObject`` of the release, with its sha256."""
-    from .release import _sha256
+    from pipeline.release.files import sha256_file
 
     return {"@type": "cr:FileObject", "@id": fid, "name": fid, "contentUrl": rel, "encodingFormat": "application/jsonlines",
-            "sha256": _sha256(str(root / rel)), "description": description}
+            "sha256": sha256_file(str(root / rel)), "description": description}
 
 
 def _column_fields(split: str, fid: str, specs) -> list[dict]:
@@ -158,7 +158,7 @@ def _column_fields(split: str, fid: str, specs) -> list[dict]:
 
 def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: bool = False) -> dict:
     """The Croissant 1.0 JSON-LD of the release in ``root`` (its data files must be written)."""
-    from .release import _sha256
+    from pipeline.release.files import sha256_file
 
     distribution, record_sets = [], []
     for split, s in stats["splits"].items():
@@ -179,7 +179,7 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
             for name in shards:
                 distribution.append({"@type": "cr:FileObject", "@id": f"{split}/{name}", "name": f"{split}/{name}",
                                      "contentUrl": f"{split}/{name}", "encodingFormat": "application/x-tar",
-                                     "sha256": _sha256(str(root / split / name)), "description": f"WebDataset shard of split {split}"})
+                                     "sha256": sha256_file(str(root / split / name)), "description": f"WebDataset shard of split {split}"})
             distribution.append({"@type": "cr:FileSet", "@id": f"{split}-json", "name": f"{split}-json",
                                  "containedIn": [{"@id": f"{split}/{n}"} for n in shards], "includes": "*.json",
                                  "encodingFormat": "application/json",
@@ -223,7 +223,7 @@ def write_croissant(root: Path, stats: dict, cfg, version: str, metadata_only: b
 def check_metadata(root: Path) -> list[str]:
     """Cheap checks of a release's standard metadata: croissant.json parses and its files' sha256
     match; the card's YAML header parses and every data_files glob matches files."""
-    from .release import UnsafeReleaseError, _sha256, check_regular, read_capped, safe_join
+    from pipeline.release.files import UnsafeReleaseError, sha256_file, check_regular, read_capped, safe_join
 
     errs = []
     cr = root / CROISSANT
@@ -241,7 +241,7 @@ def check_metadata(root: Path) -> list[str]:
                     except UnsafeReleaseError as e:
                         errs.append(f"{CROISSANT}: {d['contentUrl']!r} refused, not read: {e}")
                         continue
-                    if d.get("sha256") and _sha256(str(p)) != d["sha256"]:
+                    if d.get("sha256") and sha256_file(str(p)) != d["sha256"]:
                         errs.append(f"{CROISSANT}: {d['contentUrl']}: sha256 differs")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             errs.append(f"{CROISSANT}: does not parse ({type(e).__name__}: {e})")

@@ -11,10 +11,11 @@ import numpy as np
 
 from schemas import Segment, Word
 
-if TYPE_CHECKING:
-    from .speech import SpeechModels, SpeechOptions
+from .options import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+if TYPE_CHECKING:
+    from .options import SpeechModels, SpeechOptions
+
 
 
 @dataclass

@@ -24,11 +24,11 @@ from typing import Any
 from schemas import ClipRecord, ClipSet, FailureRecord, SourceItem
 from stages.errors import StageError
 
-from . import ledger
-from .config import Config
-from .dag import DAG
-from .registry import Registry, Resources, StageContext
-from .workdir import WorkDir
+from pipeline.engine import ledger
+from pipeline.engine.config import Config
+from pipeline.engine.dag import DAG
+from pipeline.engine.registry import Registry, Resources, StageContext
+from pipeline.engine.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 

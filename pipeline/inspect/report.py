@@ -20,10 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedMedia, PoseResult, RunStats, SourceItem, Transcript
+from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedMedia, PoseResult, RunStats, Transcript
 
-from .release import iter_tar_samples, make_plots
-from .sheets import draw_sheet, sheet_from_sample, sheet_from_source
+from pipeline.engine.run_folder import RunFolder
+from pipeline.release.files import iter_tar_samples
+from pipeline.release.card import make_plots
+from pipeline.inspect.sheets import draw_sheet, sheet_from_sample, sheet_from_source
 
 #: Stages whose ledger output is the video's final clip set (FLAME refits and may reject more).
 CLIP_SET_STAGES = ("flame", "clips")
@@ -51,7 +53,7 @@ def _img(src: str, alt: str, caption: str = "") -> str:
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / "sources.jsonl").exists() and (folder / "config.yaml").exists()
+    return RunFolder(str(folder)).is_run()
 
 
 def is_release(folder: Path) -> bool:
@@ -103,14 +105,8 @@ def _timings(stats: RunStats, out: Path) -> list[str]:
 
 def _run_work(run: Path):
     """The work dir and the source items of an ingest run folder."""
-    import yaml
-
-    from .config import Config
-    from .workdir import WorkDir
-
-    cfg = Config.model_validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
-    items = [SourceItem.model_validate_json(l) for l in (run / "sources.jsonl").read_text().splitlines() if l.strip()]
-    return WorkDir(cfg.work_dir or str(run / "work")), items
+    folder = RunFolder(str(run))
+    return folder.work(), folder.sources()
 
 
 def speech_seconds(t: Transcript | None) -> float:
@@ -127,7 +123,7 @@ def speech_seconds(t: Transcript | None) -> float:
 def seconds_section(run: Path) -> Section:
     """Where each video's seconds went: its length, its speech, its clip seconds (and how many of them
     the sync gate left unverified), and the seconds each reject reason took."""
-    from .ledger import read_entry
+    from pipeline.engine.ledger import read_entry
 
     work, items = _run_work(run)
     rows = []
@@ -154,7 +150,7 @@ def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[s
     """Reason → HTML figures of up to ``per_reason`` rejected stretches, drawn from the run's work dir."""
     from stages.pose import load_pose
 
-    from .ledger import read_entry
+    from pipeline.engine.ledger import read_entry
 
     work, items = _run_work(run)
     figures: dict[str, list[str]] = defaultdict(list)
@@ -222,14 +218,10 @@ def _plots_section(folder: Path, names: list[str]) -> Section:
 
 
 def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int) -> list[Section]:
-    import yaml
-
-    from .config import Config
-
-    release_cfg = Config.model_validate(yaml.safe_load((run / "config.yaml").read_text()) or {}).release  # speakers as the release would count them
-    stats = RunStats.model_validate_json((run / "stats.json").read_text()) if (run / "stats.json").exists() else None
-    manifest = [ManifestRow.model_validate_json(l) for l in (run / "manifest.jsonl").read_text().splitlines() if l.strip()] \
-        if (run / "manifest.jsonl").exists() else []
+    folder = RunFolder(str(run))
+    release_cfg = folder.config().release  # speakers as the release would count them
+    stats = folder.stats()
+    manifest = folder.manifest()
     summary = Section("Summary")
     if stats:
         summary.body.append(_table(["videos in", "ok", "failed", "source hours", "clip hours", "clips", "shards", "wall (s)"],
@@ -239,7 +231,7 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
             summary.body.append(_table(["skipped stage", "why"], [[k, v] for k, v in stats.skipped_stages.items()]))
     else:
         summary.body.append("<p>The run has not finished (no stats.json): figures below are what is on disk now.</p>")
-    shards = [run / "shards" / s for s in sorted({r.shard for r in manifest})]
+    shards = [Path(p) for p in folder.shard_paths()]
     all_clips: dict[str, ClipRecord] = {}
     clips_fig, clips = clip_sheets(shards, out, max_clips, count, all_clips)
     sections = [summary]
@@ -247,7 +239,7 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
         make_plots(all_clips, None, release_cfg, out / "plots")
         sections.append(_plots_section(out / "plots", ["durations.png", "speakers.png", "part_confidence.png", "audio.png"]))
     timings = Section("Time per stage", _timings(stats, out) if stats else ["<p>No stats.json yet.</p>"])
-    sections += [timings, _failures_section(run / "failures.jsonl"), seconds_section(run)]
+    sections += [timings, _failures_section(Path(folder.path(RunFolder.FAILURES))), seconds_section(run)]
     examples = reject_examples(run, out, per_reason, count)
     sections.append(_rejects_section(stats.rejects_by_reason if stats else {}, stats.rejected_seconds_by_reason if stats else {}, examples))
     sections.append(Section(f"Clips (first {len(clips)} of {len(manifest)})", [f"<div class='sheets'>{''.join(clips_fig)}</div>"]))
@@ -269,10 +261,10 @@ def release_report(release: Path, out: Path, max_clips: int, per_reason: int, co
             shutil.copyfile(p, out / "plots" / p.name)
             names.append(p.name)
     sections = [summary, _plots_section(out / "plots", names)]
-    run_stats = RunStats.model_validate_json((run / "stats.json").read_text()) if run and (run / "stats.json").exists() else None
+    run_stats = RunFolder(str(run)).stats() if run else None
     if run_stats:
         sections.append(Section("Time per stage (ingest run)", _timings(run_stats, out)))
-        sections.append(_failures_section(run / "failures.jsonl"))
+        sections.append(_failures_section(Path(RunFolder(str(run)).path(RunFolder.FAILURES))))
     examples = reject_examples(run, out, per_reason, count) if run else {}
     seconds = run_stats.rejected_seconds_by_reason if run_stats else {}
     sections.append(_rejects_section(stats.get("rejection_reasons", {}), seconds, examples))
@@ -335,13 +327,13 @@ def inspect(folder: str, out: str | None = None, max_clips: int = 12, per_reason
 def clip_sheet(folder: str, key: str, out: str, frames: int = 8) -> Path:
     """The contact sheet of one clip of a run or release (found through its manifests), as ``out``."""
     src = Path(folder)
-    manifests = [src / "manifest.jsonl"] if is_run(src) else sorted(src.glob("*/manifest.jsonl"))
+    manifests = [Path(RunFolder(str(src)).path(RunFolder.MANIFEST))] if is_run(src) else sorted(src.glob("*/manifest.jsonl"))
     for m in manifests:
         for line in m.read_text().splitlines() if m.exists() else []:
             row = ManifestRow.model_validate_json(line)
             if row.key != key:
                 continue
-            shard = src / "shards" / row.shard if is_run(src) else m.parent / row.shard
+            shard = Path(RunFolder(str(src)).shard_path(row.shard)) if is_run(src) else m.parent / row.shard
             for k, members in iter_tar_samples(str(shard)):
                 if k == key:
                     Path(out).parent.mkdir(parents=True, exist_ok=True)

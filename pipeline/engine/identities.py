@@ -6,9 +6,9 @@ from __future__ import annotations
 from schemas import ClipRecord, IdentityRegistry, IdentityResult
 from stages.identity import IdentityOptions, assign_identities, embed_photos, load_embedder, read_names_csv, registry_with_names
 
-from .workdir import WorkDir
+from pipeline.engine.run_folder import RunFolder
+from pipeline.engine.workdir import WorkDir
 
-REGISTRY = "identities.json"
 
 
 def load_registry(out: WorkDir, opts: IdentityOptions) -> IdentityRegistry:
@@ -16,8 +16,8 @@ def load_registry(out: WorkDir, opts: IdentityOptions) -> IdentityRegistry:
     if opts.registry:
         with open(opts.registry, encoding="utf-8") as f:
             return IdentityRegistry.model_validate_json(f.read())
-    if out.exists(REGISTRY):
-        return IdentityRegistry.model_validate_json(out.read_text(REGISTRY))
+    if out.exists(RunFolder.IDENTITIES):
+        return IdentityRegistry.model_validate_json(out.read_text(RunFolder.IDENTITIES))
     return IdentityRegistry(match_distance=opts.match_distance)
 
 
@@ -42,7 +42,7 @@ def label_clips(clips: list[ClipRecord], results: dict[str, IdentityResult], out
 def save_registry(registry: IdentityRegistry, out: WorkDir) -> None:
     """Write ``out/identities.json`` (atomically). The runner calls it after the shards: a run that
     dies before them leaves the registry as it was, and assigning the same tracks again is a no-op."""
-    out.write_text(registry.model_dump_json(indent=1) + "\n", REGISTRY)
+    out.write_text(registry.model_dump_json(indent=1) + "\n", RunFolder.IDENTITIES)
 
 
 def identity_count(registry: IdentityRegistry, clips: list[ClipRecord]) -> dict[str, float]:

@@ -18,155 +18,20 @@ Backends, each recorded in the transcript:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from pydantic import Field
 
 from schemas import Segment, Transcript, Word
-from schemas.settings import Settings, runtime_field
 
-from .asr_hygiene import flag_segments
+from .hygiene import flag_segments
 from .diarization import assign_speakers, diarize
-from .errors import StageError
-from .speech_assets import OFFLINE_BASE, cache_root, ensure_offline_whisper_base, ensure_sentence_splitter
-from .text import normalize_text
+from stages.errors import StageError
+from stages.text import normalize_text
+from .options import SAMPLE_RATE, SpeechModels
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-
-
-class SpeechOptions(Settings):
-    """Options of the speech stage (config section ``speech``)."""
-
-    enabled: bool = True
-    model: str = Field(OFFLINE_BASE, description="'base' (offline Whisper base from PyPI), a local CTranslate2 dir, or a cached hub name")
-    language: str | None = Field("zh", description="default language; a source's 'language' column wins; null: detect")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
-    compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU")
-    batch_size: int = Field(8, ge=1)
-    beam_size: int = Field(5, ge=1)
-    cpu_threads: int = runtime_field(1, ge=1, description="CTranslate2 threads per actor")
-    vad_onset: float = Field(0.5, gt=0, lt=1, description="pyannote VAD: speech starts above this probability")
-    vad_offset: float = Field(0.363, gt=0, lt=1, description="pyannote VAD: speech ends below this probability")
-    align_model: str | None = Field(None, description="local Wav2Vec2ForCTC dir for whisperX forced alignment")
-    diarization: str = Field("auto", pattern=r"^(auto|pyannote|embeddings|none)$")
-    pyannote_model: str | None = Field(None, description="local path or cached hub id of a pyannote diarization pipeline")
-    hf_token: str | None = runtime_field(None)
-    min_speakers: int | None = Field(None, ge=1)
-    max_speakers: int | None = Field(None, ge=1)
-    hygiene: bool = Field(True, description="score and flag segments (stages/asr_hygiene.py); flagged ones leave clip transcripts")
-    asr_loop_repeats: int = Field(4, ge=2, description="an n-gram repeated this often in a row is a loop")
-    asr_max_compression_ratio: float = Field(2.4, gt=0, description="Whisper's compression_ratio_threshold")
-    asr_min_avg_logprob: float = Field(-1.0, description="Whisper's logprob_threshold")
-    asr_max_no_speech_prob: float = Field(0.6, ge=0, le=1, description="Whisper's no_speech_threshold (with a low logprob)")
-    asr_min_voiced_share: float = Field(0.2, ge=0, le=1, description="a segment with fewer voiced frames is over_non_speech")
-    speaker_clustering: str = Field("spectral", pattern=r"^(spectral|agglomerative)$", description="embedding diarization: spectral with the eigengap rule (speaker count), or agglomerative with speaker_distance_threshold")
-    spectral_prune: float = Field(0.3, gt=0, le=1, description="spectral: share of each window's strongest neighbours kept in the affinity")
-    speaker_distance_threshold: float = Field(0.35, gt=0, lt=2, description="agglomerative: cosine distance at which speaker clusters stop merging")
-    embedding_window_s: float = Field(1.5, gt=0, description="embedding diarization: window length")
-    embedding_hop_s: float = Field(0.75, gt=0, description="embedding diarization: hop between windows")
-    embedding_merge_gap_s: float = Field(0.3, ge=0, description="embedding diarization: speech closer than this is one region")
-    embedding_min_region_s: float = Field(0.3, gt=0, description="embedding diarization: shorter speech regions are not embedded")
-    word_trim_rel_db: float = Field(-25.0, lt=0, description="cross-attention word times: word edges pulled in from frames this far below the loudest frame (dB)")
-    cache_dir: str | None = runtime_field(None, description="where the offline Whisper base is assembled (default ~/.cache/cnas)")
-
-
-@dataclass
-class SpeechModels:
-    """Everything loaded once per worker (an actor in the DAG)."""
-
-    options: SpeechOptions
-    device: str
-    asr: Any
-    asr_backend: str
-    aligner: tuple[Any, dict] | None = None
-    align_backend: str = "whisper-cross-attention"
-    diarizer: Any = None
-    diarization_backend: str = "none"
-    _tokenizers: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# model loading
-
-
-def resolve_device(opts: SpeechOptions) -> tuple[str, str]:
-    import torch
-
-    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    compute = opts.compute_type if opts.compute_type != "auto" else ("float16" if device == "cuda" else "int8")
-    return device, compute
-
-
-@contextlib.contextmanager
-def _trusted_full_unpickling():
-    """whisperX's VAD checkpoint ships inside the whisperx wheel and pickles omegaconf objects, which
-    torch>=2.6's weights-only loader refuses. Allow full unpickling for this one trusted file only."""
-    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def load_speech_models(opts: SpeechOptions) -> SpeechModels:
-    """Load ASR (+VAD), the optional aligner and the diarizer. No network: local files or caches only."""
-    import whisperx
-
-    device, compute = resolve_device(opts)
-    model_path = ensure_offline_whisper_base(cache_root(opts)) if opts.model == OFFLINE_BASE else opts.model
-    try:
-        with _trusted_full_unpickling():
-            asr = whisperx.load_model(
-                model_path, device, compute_type=compute, language=opts.language, vad_method="pyannote",
-                vad_options={"vad_onset": opts.vad_onset, "vad_offset": opts.vad_offset},
-                asr_options={"beam_size": opts.beam_size}, local_files_only=True, threads=opts.cpu_threads,
-            )
-    except Exception as e:
-        raise StageError("missing_model", f"cannot load Whisper model {opts.model!r} offline: {e}") from None
-    name = "whisper-base" if opts.model == OFFLINE_BASE else os.path.basename(str(opts.model).rstrip("/"))
-    models = SpeechModels(options=opts, device=device, asr=asr, asr_backend=f"whisperx-batched:{name}:{compute}")
-    if opts.align_model:
-        if not os.path.isdir(opts.align_model):
-            raise StageError("missing_model", f"align_model {opts.align_model!r} is not a local directory")
-        ensure_sentence_splitter(cache_root(opts))
-        model, meta = whisperx.load_align_model(language_code=opts.language or "en", device=device, model_name=opts.align_model)
-        models.aligner = (model, meta)
-        models.align_backend = f"wav2vec2:{os.path.basename(opts.align_model.rstrip('/'))}"
-    backend = opts.diarization
-    if backend == "auto":
-        backend = "pyannote" if opts.pyannote_model else "embeddings"
-    if backend == "pyannote":
-        if not opts.pyannote_model:
-            raise StageError("missing_model", "diarization=pyannote needs speech.pyannote_model (a local path or cached hub id)")
-        from whisperx.diarize import DiarizationPipeline
-
-        models.diarizer = DiarizationPipeline(model_name=opts.pyannote_model, use_auth_token=opts.hf_token, device=device)
-        models.diarization_backend = f"pyannote:{os.path.basename(opts.pyannote_model.rstrip('/'))}"
-    elif backend == "embeddings":
-        from resemblyzer import VoiceEncoder
-
-        models.diarizer = VoiceEncoder(device=device, verbose=False)
-        models.diarization_backend = f"resemblyzer-ge2e+{opts.speaker_clustering}"
-    elif backend != "none":
-        raise StageError("bad_config", f"unknown diarization backend {backend!r}")
-    return models
-
-
-# ---------------------------------------------------------------------------------------------
-# the stage
 
 
 def load_audio(path: str) -> np.ndarray:

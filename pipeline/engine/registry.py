@@ -26,7 +26,7 @@ from schemas import SourceItem
 from schemas.settings import Settings, output_fields
 
 if TYPE_CHECKING:
-    from .workdir import WorkDir
+    from pipeline.engine.workdir import WorkDir
 
 
 class Resources(Settings):

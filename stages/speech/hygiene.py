@@ -25,7 +25,8 @@ import zlib
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .options import SAMPLE_RATE
+
 CJK = ("zh", "ja", "yue")
 
 
@@ -52,7 +53,7 @@ def voiced_frames(audio: np.ndarray, rel_db: float = 15.0, frame_s: float = 0.03
     frame, but no higher than ``headroom_db`` + ``rel_db`` under the loud level (95th percentile):
     a short recording of continuous speech has no silence to measure a floor on, and its 10th
     percentile is speech (real talk-show clips were flagged whole)."""
-    from .sync import speech_band_rms
+    from stages.sync import speech_band_rms
 
     n = int(len(audio) // int(frame_s * SAMPLE_RATE))
     if n == 0:

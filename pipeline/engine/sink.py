@@ -19,10 +19,9 @@ import webdataset as wds
 from schemas import ClipRecord, ManifestRow
 from schemas import shard as layout
 
-from .workdir import WorkDir
+from pipeline.engine.run_folder import RunFolder
+from pipeline.engine.workdir import WorkDir
 
-SHARDS_DIR, MANIFEST, DIGEST = "shards", "manifest.jsonl", "manifest.digest"
-STAGING_DIR = SHARDS_DIR + ".new"
 
 
 def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
@@ -32,12 +31,6 @@ def sample_members(clip: ClipRecord, work: WorkDir) -> dict[str, bytes]:
         with work.fs.open(work.path(*layout.clip_member_parts(clip.video_id, clip.key, suffix)), "rb") as f:
             members[suffix] = f.read()
     return members
-
-
-def read_manifest(out: WorkDir) -> list[ManifestRow]:
-    if not out.exists(MANIFEST):
-        return []
-    return [ManifestRow.model_validate_json(line) for line in out.read_text(MANIFEST).splitlines() if line.strip()]
 
 
 def content_digest(clips: list[ClipRecord], work: WorkDir, max_count: int, max_size_mb: float, prefix: str) -> str:
@@ -55,12 +48,12 @@ def content_digest(clips: list[ClipRecord], work: WorkDir, max_count: int, max_s
 def _up_to_date(digest: str, out: WorkDir) -> list[ManifestRow] | None:
     """The existing manifest when it was built from exactly this content and its shards are all there."""
     try:
-        if not out.exists(DIGEST) or out.read_text(DIGEST).strip() != digest or not out.exists(MANIFEST):
+        if not out.exists(RunFolder.DIGEST) or out.read_text(RunFolder.DIGEST).strip() != digest or not out.exists(RunFolder.MANIFEST):
             return None
-        rows = read_manifest(out)
+        rows = RunFolder(out).manifest()
     except (ValueError, OSError):
         return None
-    if not all(out.exists(SHARDS_DIR, name) for name in {r.shard for r in rows}):
+    if not all(out.exists(RunFolder.SHARDS, name) for name in {r.shard for r in rows}):
         return None
     return rows
 
@@ -78,7 +71,7 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
         return current, False
     # A local output stages next to its final place (one rename swaps it in, no copy out of the
     # system TMPDIR, which may be small or shared); a remote one stages in a local scratch folder.
-    staging = out.path(STAGING_DIR) if out.is_local else tempfile.mkdtemp(prefix="cnas-shards-")
+    staging = out.path(RunFolder.SHARDS_STAGING) if out.is_local else tempfile.mkdtemp(prefix="cnas-shards-")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     rows: list[ManifestRow] = []
@@ -99,11 +92,11 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
                         member_sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()},
                     )
                 )
-        out.remove(DIGEST)  # a crash during the swap then leaves nothing that claims to be current
-        out.remove(MANIFEST)
+        out.remove(RunFolder.DIGEST)  # a crash during the swap then leaves nothing that claims to be current
+        out.remove(RunFolder.MANIFEST)
         _swap_in(staging, out)
-        out.write_text("".join(r.model_dump_json() + "\n" for r in rows), MANIFEST)
-        out.write_text(digest + "\n", DIGEST)
+        out.write_text("".join(r.model_dump_json() + "\n" for r in rows), RunFolder.MANIFEST)
+        out.write_text(digest + "\n", RunFolder.DIGEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return rows, True
@@ -112,12 +105,12 @@ def write_shards(clips: list[ClipRecord], work: WorkDir, out: WorkDir, max_count
 def _swap_in(staging: str, out: WorkDir) -> None:
     """Replace ``out/shards`` by the staged shards; the old set is removed only once the new one is in place."""
     if out.is_local:
-        final, old = out.path(SHARDS_DIR), out.path(SHARDS_DIR + ".old")
+        final, old = out.path(RunFolder.SHARDS), out.path(RunFolder.SHARDS_OLD)
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(final):
             os.replace(final, old)
         os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        out.remove(SHARDS_DIR)
-        out.fs.put(staging.rstrip("/") + "/", out.path(SHARDS_DIR), recursive=True)
+        out.remove(RunFolder.SHARDS)
+        out.fs.put(staging.rstrip("/") + "/", out.path(RunFolder.SHARDS), recursive=True)

@@ -27,7 +27,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-LOGS_DIR = "logs"
 DRIVER_LOG = "cnas.log"
 NATIVE_LOG = "native.log"
 PROGRESS_FILE = "progress.json"
@@ -159,8 +158,8 @@ class Snapshot:
         rate = self.source_s / self.elapsed_s if self.elapsed_s else 0.0  # source-hours per wall-hour
         eta = self.eta_s()
         head = (f"progress: {self.finished}/{self.total} videos ({self.done} ok, {self.failed} failed, {self.running} running,"
-                f" {self.queued} queued); {self.source_s / 3600:.3f} source-h in {_hms(self.elapsed_s)}"
-                f" ({rate:.2f} h/h); ETA {_hms(eta) if eta is not None else '?'}")
+                f" {self.queued} queued); {self.source_s / 3600:.3f} source-h in {hms(self.elapsed_s)}"
+                f" ({rate:.2f} h/h); ETA {hms(eta) if eta is not None else '?'}")
         out = [head]
         if self.stages:
             out.append("stages (done/in progress): " + ", ".join(
@@ -178,7 +177,7 @@ class Snapshot:
                 "stage_at": self.stage_at}
 
 
-def _hms(s: float | None) -> str:
+def hms(s: float | None) -> str:
     s = int(s or 0)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -189,7 +188,7 @@ def ledger_snapshot(work, video_ids: Iterable[str], stages: tuple[str, ...], ski
 
     A video is done when every stage of ``stages`` is ok, failed when one entry failed, running when
     it has some entries, queued otherwise. ``skip`` are videos already counted in ``snap``."""
-    from . import ledger
+    from pipeline.engine import ledger
 
     ids = list(video_ids)
     snap = snap or Snapshot(total=len(ids), stages=stages)
@@ -329,60 +328,3 @@ class Progress:
             for line in snap.lines():
                 say(line)
         return snap
-
-
-# ---------------------------------------------------------------- cnas status
-
-
-def run_status(run_dir: str, now: float | None = None) -> list[str]:
-    """The summary of a run folder, going on in another shell or finished (raises ValueError for a
-    folder that is not a run)."""
-    from schemas import RunStats, SourceItem
-
-    from .config import Config
-    from .dag import DAG
-    from .runner import CONFIG, SOURCES, STATS, summary_lines
-    from .workdir import WorkDir
-
-    out = WorkDir(run_dir)
-    if not out.exists(SOURCES) or not out.exists(CONFIG):
-        raise ValueError(f"{run_dir}: not a cnas ingest run folder (no {SOURCES} / {CONFIG})")
-    now = time.time() if now is None else now
-    import yaml
-
-    raw = yaml.safe_load(out.read_text(CONFIG)) or {}
-    cfg = Config.model_validate(raw)
-    items = [SourceItem.model_validate_json(l) for l in out.read_text(SOURCES).splitlines() if l.strip()]
-    work = WorkDir(cfg.work_dir or out.path("work"))
-    stages = DAG.active(cfg)
-    started = _mtime(out, SOURCES)
-    finished = out.exists(STATS) and (_mtime(out, STATS) or 0) >= (started or 0)
-    lines = [f"run {out.uri}: {len(items)} videos, stages {', '.join(stages)}"]
-    if finished:
-        stats = RunStats.model_validate_json(out.read_text(STATS))
-        lines.append(f"state: finished at {stats.finished_at} (wall {_hms(stats.wall_s)})")
-        lines += summary_lines(stats, out)
-        return lines
-    snap = ledger_snapshot(work, [i.video_id for i in items], stages)
-    snap.elapsed_s = max(0.0, now - started) if started else 0.0
-    state = "not started or no video finished a stage yet"
-    beat = os.path.join(out.path(LOGS_DIR), PROGRESS_FILE) if out.is_local else None
-    if beat and os.path.exists(beat):
-        try:
-            with open(beat, encoding="utf-8") as f:
-                age = now - json.load(f)["updated_at"]
-            state = (f"running (progress written {age:.0f} s ago)" if age < 120 else
-                     f"stopped or stalled (no progress for {_hms(age)}; re-run the same command to resume)")
-        except (OSError, ValueError, KeyError):
-            pass
-    lines.append(f"state: {state}")
-    lines += snap.lines()
-    return lines
-
-
-def _mtime(out, *parts: str) -> float | None:
-    try:
-        m = out.fs.modified(out.path(*parts))
-        return m.timestamp()
-    except (OSError, AttributeError, ValueError):
-        return None

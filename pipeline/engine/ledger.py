@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from schemas import FailureRecord, LedgerEntry
 
-from .workdir import WorkDir
+from pipeline.engine.workdir import WorkDir
 
 LEDGER_DIR = "ledger"
 

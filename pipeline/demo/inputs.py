@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .talking_face import FaceWarp, face_warp, photo_mesh, speech_envelope
+from pipeline.demo.talking_face import FaceWarp, face_warp, photo_mesh, speech_envelope
 
 FPS = 25
 DEMO_INPUTS_VERSION = "4"  # 2: talking faces (lips in sync) and a dub; 3: real speech, English anchors, a Mandarin one; 4: real recordings
@@ -63,7 +63,7 @@ DEMO_REAL: dict[str, tuple[str, str]] = {
     "retalking_4": ("en", "Apache-2.0 (OpenTalker/video-retalking examples/face/4.mp4)"),
     "vox_00473": ("en", "CC-BY-4.0 (Hangz-nju-cuhk/Talking-Face_PC-AVS misc/Pose_Source/00473.mp4)"),
 }
-REAL_MEDIA_DIR = Path(__file__).resolve().parent.parent / "media" / "real"
+REAL_MEDIA_DIR = Path(__file__).resolve().parents[2] / "media" / "real"
 
 
 def require_tools() -> None:

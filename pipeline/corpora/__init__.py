@@ -1,0 +1,1 @@
+"""Readers of published corpora that write a sources file (MEAD)."""

@@ -1,0 +1,1 @@
+"""Reports on runs and releases: the HTML report, contact sheets, ``cnas status``."""
