@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup system-deps venv demo test test-fast test-all bench clean
+.PHONY: setup system-deps venv demo test test-fast test-all bench docs clean
 
 setup: system-deps venv
 
@@ -45,6 +45,10 @@ test-fast: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# The doc blocks that restate code (docs/cli.md's config defaults); tests/test_docs.py fails when they are stale.
+docs: setup
+	$(PY) scripts/render_docs.py
 
 bench: setup
 	$(PY) benchmarks/ingest.py

@@ -121,7 +121,7 @@ def cmd_rebuild(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from pipeline.inspect.report import clip_sheet, inspect, is_release, is_run
+    from pipeline.inspect.report import build_report, clip_sheet, is_release, is_run
 
     if args.clip:
         src = os.path.abspath(args.dir)
@@ -137,7 +137,7 @@ def cmd_inspect(args) -> int:
                 return EXIT_ERROR
         return EXIT_OK
     try:
-        index = inspect(args.dir, args.out, args.max_clips, args.per_reason, args.frames, args.run)
+        index = build_report(args.dir, args.out, args.max_clips, args.per_reason, args.frames, args.run)
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return EXIT_ERROR
@@ -165,28 +165,23 @@ def cmd_schema_export(args) -> int:
 
 
 def cmd_assets_check(args) -> int:
-    """What model assets are present, and where to obtain the rest."""
-    from stages.errors import StageError
-    from stages.flame import check_flame_assets
-    from stages.speech import check_speech_assets
+    """What model assets each stage's options name, which are present, and where to obtain the rest
+    (every stage that declares ``assets``)."""
+    from pipeline.engine.dag import DAG
 
     cfg = _load(args)
-    ok = True
-    print("speech:")
-    try:
-        for line in check_speech_assets(cfg.speech):
-            print(f"  ok: {line}")
-    except StageError as e:
-        ok = False
-        print(f"  missing: {e.message}")
-    print("flame (FLAME + DECA; licences need registration):")
-    f = cfg.flame
-    for name, status in check_flame_assets(f.flame_model, f.deca_checkpoint, f.landmark_embedding).items():
-        print(f"  {name}: {status}")
-        ok &= status.startswith("ok") or name == "landmark_embedding"
-    if not ok:
-        print("Set the paths with --set flame.flame_model=... (or in --config); see docs/flame.md.")
-    return EXIT_OK if ok else EXIT_ERROR
+    missing = []
+    for name, spec in DAG.specs.items():
+        if spec.assets is None:
+            continue
+        print(f"{name}:")
+        for asset, status in spec.assets(DAG.options(cfg, name)).items():
+            print(f"  {asset}: {status}")
+            if status.startswith("missing"):
+                missing.append(name)
+    if missing:
+        print(f"Set the paths with --set <stage>.<option>=... (or in --config); see docs/{missing[0]}.md and docs/cli.md.")
+    return EXIT_ERROR if missing else EXIT_OK
 
 
 def cmd_sources(args) -> int:

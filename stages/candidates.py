@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from schemas import ShotList, Transcript
+from schemas import NormalizedMedia, ShotList, Transcript
 
 
 @dataclass
@@ -119,3 +119,13 @@ def spans_of(mask: np.ndarray) -> list[tuple[int, int]]:
     padded = np.concatenate([[False], mask, [False]])
     edges = np.flatnonzero(padded[1:] != padded[:-1])
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def pose_candidates(models, video: str, media: NormalizedMedia, transcript: Transcript | None, shots: ShotList | None,
+                    opts) -> list[tuple[int, int]]:
+    """The cascade's candidate spans of one video (stages/candidates.py): BlazeFace every
+    ``scan_every`` frames, with the transcript and the shots."""
+    scan = scan_faces(models.faces, video, media.width, media.height, opts.scan_every)
+    mask = candidate_mask(scan, media.num_frames, media.fps, transcript, shots, opts.candidate_min_face_frac,
+                          opts.candidate_pad_s, opts.candidate_min_shot_s)
+    return spans_of(mask)

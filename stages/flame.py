@@ -19,9 +19,12 @@ from pydantic import Field, model_validator
 
 from geometry.flame import (CODE_SIZES, DECA_CROP_SCALE, DECA_INPUT, SHAPE, WHERE_TO_GET, AssetError, load_flame_pickle,
                             load_landmark_embedding)
+from schemas import ClipSet, FlameFit, NormalizedMedia, RejectSpan
+from schemas import shard as layout
 from schemas.settings import Settings, runtime_field
 
-from .errors import StageError
+from .errors import StageError, write_npz
+from .pose import slice_pose
 
 
 class FlameOptions(Settings):
@@ -263,3 +266,41 @@ def check_flame_assets(flame_model: str | None, deca_checkpoint: str | None, lan
         else:
             report[name] = f"missing{' (' + path + ')' if path else ''}: {WHERE_TO_GET[name]}"
     return report
+
+
+def flame_assets(opts: FlameOptions) -> dict[str, str]:
+    """``check_flame_assets`` of the options for ``cnas assets check``; the landmark embedding is optional."""
+    report = check_flame_assets(opts.flame_model, opts.deca_checkpoint, opts.landmark_embedding)
+    if report["landmark_embedding"].startswith("missing"):
+        report["landmark_embedding"] = "optional, " + report["landmark_embedding"]
+    return report
+
+
+def fit_clip_set(models: FlameModels, video_path: str, media: NormalizedMedia, clip_set: ClipSet, pose: dict[str, np.ndarray],
+                 clip_dir: str, max_landmark_error_px: float) -> ClipSet:
+    """DECA → FLAME for every clip of a video's ``ClipSet`` (a deep copy is returned), decoding the
+    video once; each fit is written as the clip's ``flame.npz`` member. A clip whose refined fit
+    misses its landmarks by more than ``max_landmark_error_px`` is rejected (``flame_fit_poor``)."""
+    out = clip_set.model_copy(deep=True)
+    if not out.clips:
+        return out
+    ranges = [(round(c.start_s * media.fps), round(c.start_s * media.fps) + c.num_frames) for c in out.clips]
+    meshes = (slice_pose(pose, a, b, c.sync.face_track if c.sync else None)["face"] for c, (a, b) in zip(out.clips, ranges))
+    kept = []
+    for clip, fit in zip(out.clips, fit_video_clips(models, video_path, media.width, media.height, meshes, ranges)):
+        errors = fit.pop("landmark_error_px", None)
+        if errors is not None:
+            clip.quality["flame_landmark_error_px_deca"] = round(float(errors[0]), 3)
+            clip.quality["flame_landmark_error_px"] = round(float(errors[1]), 3)
+            if errors[1] > max_landmark_error_px:  # the fit does not follow this face
+                out.rejects["flame_fit_poor"] = out.rejects.get("flame_fit_poor", 0) + 1
+                out.rejected_s["flame_fit_poor"] = round(out.rejected_s.get("flame_fit_poor", 0.0) + clip.end_s - clip.start_s, 3)
+                out.reject_spans.append(RejectSpan(start_s=clip.start_s, end_s=clip.end_s, reason="flame_fit_poor", face_track=clip.face_track))
+                continue
+        kept.append(clip)
+        FlameFit.from_arrays(fit)  # the shapes of the contract, before anything is written
+        write_npz(os.path.join(clip_dir, layout.member_name(clip.key, layout.FLAME)), fit)
+        clip.members.append(layout.FLAME)
+        clip.quality["flame_valid_ratio"] = round(float(fit["valid"].mean()), 4)
+    out.clips = kept
+    return out

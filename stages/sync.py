@@ -68,6 +68,14 @@ def sync_unavailable(opts: SyncOptions) -> str | None:
     return None
 
 
+def sync_assets(opts: SyncOptions) -> dict[str, str]:
+    """The SyncNet weights for ``cnas assets check``: needed by ``backend: syncnet`` only."""
+    why = sync_unavailable(opts)
+    if why:
+        return {"syncnet_model": f"missing: {why.removeprefix('missing assets: ')}"}
+    return {"syncnet_model": f"ok: {opts.syncnet_model}" if opts.backend == "syncnet" else f"optional: not used by backend {opts.backend}"}
+
+
 # ---------------------------------------------------------------------------------------------
 # features
 

@@ -1,6 +1,6 @@
 """The ingestion DAG: one declaration per stage, in execution order.
 
-    download → normalize → shots → pose → speech → identity → sync → clips → flame
+    download → normalize → shots → speech → pose → identity → sync → clips → flame
     (→ identities across the run, shard sink: in the driver)
 
 Each ``StageSpec`` names a Ray-free stage function from ``stages/`` and a small adapter (``_run_*``)
@@ -20,23 +20,21 @@ import tempfile
 
 import numpy as np
 
-from schemas import ClipSet, DownloadResult, RejectSpan, FlameFit, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
+from schemas import ClipSet, DownloadResult, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
 from schemas import shard as layout
-from stages.audio_quality import audio_checks
-from stages.clips import ClipOptions, fixed_windows, make_clips, measure_audio
+from stages.assemble import ClipInputs, assemble_clips
+from stages.clips import ClipOptions
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import StageError, write_npz
-from stages.flame import FlameOptions, fit_video_clips, flame_unavailable, setup_flame
+from stages.flame import FlameOptions, fit_clip_set, flame_assets, flame_unavailable, setup_flame
 from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
-from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_quality, pose_track, read_frames, read_frames_at, save_pose,
-                         slice_pose)
-from stages.candidates import candidate_mask, scan_faces, spans_of
-from stages.select import reject_examples, select_clips
+from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_track, read_frames, read_frames_at, save_pose)
+from stages.candidates import pose_candidates
 from stages.shots import ShotOptions, detect_shots
 from stages.wav import map_pcm16
-from stages.speech import SAMPLE_RATE, SpeechOptions, check_speech_assets, load_audio, load_speech_models, slice_transcript, transcribe
-from stages.sync import SyncNet, SyncOptions, sync_features, sync_unavailable
+from stages.speech import SAMPLE_RATE, SpeechOptions, check_speech_assets, load_audio, speech_assets, load_speech_models, transcribe
+from stages.sync import SyncNet, SyncOptions, sync_assets, sync_features, sync_unavailable
 
 from pipeline.engine.registry import Registry, Resources, StageContext, StageSpec
 
@@ -125,16 +123,6 @@ def _run_pose(ctx: StageContext) -> PoseResult:
                       candidate_spans=[[a, b] for a, b in spans] if spans is not None else None)
 
 
-def pose_candidates(models, video: str, media: NormalizedMedia, transcript: Transcript | None, shots: ShotList | None,
-                    opts) -> list[tuple[int, int]]:
-    """The cascade's candidate spans of one video (stages/candidates.py): BlazeFace every
-    ``scan_every`` frames, with the transcript and the shots."""
-    scan = scan_faces(models.faces, video, media.width, media.height, opts.scan_every)
-    mask = candidate_mask(scan, media.num_frames, media.fps, transcript, shots, opts.candidate_min_face_frac,
-                          opts.candidate_pad_s, opts.candidate_min_shot_s)
-    return spans_of(mask)
-
-
 def _pose_exists(out: PoseResult, ctx: StageContext) -> bool:
     return ctx.work.fs.exists(out.path)
 
@@ -201,6 +189,11 @@ def _sync_exists(out: SyncResult, ctx: StageContext) -> bool:
     return ctx.work.fs.exists(out.path)
 
 
+def _synced(clip) -> bool:
+    """A clip the sync stage measured (fixed-mode windows have no sync verdict)."""
+    return clip.sync is not None
+
+
 def _load_sync(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -212,90 +205,22 @@ def _load_sync(path: str) -> dict[str, np.ndarray]:
 
 def _run_clips(ctx: StageContext) -> ClipSet:
     media: NormalizedMedia = ctx.inputs["normalize"]
-    opts: ClipOptions = ctx.options
-    transcript: Transcript | None = ctx.inputs.get("speech")
-    shots: ShotList | None = ctx.inputs.get("shots")
     pose_out: PoseResult | None = ctx.inputs.get("pose")
     sync_out: SyncResult | None = ctx.inputs.get("sync")
+    ident: IdentityResult | None = ctx.inputs.get("identity")
+    download: DownloadResult | None = ctx.inputs.get("download")
     work, item = ctx.work, ctx.item
-    result = ClipSet()
     with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file, \
-            work.fetch(sync_out.path) if sync_out else contextlib.nullcontext() as sync_file:
-        pose = load_pose(pose_file) if pose_file else None  # memory-mapped: a clip reads its own frames only
-        sync = _load_sync(sync_file) if sync_file else None
-        ident: IdentityResult | None = ctx.inputs.get("identity")
-        identity = {t.track: np.array(t.embedding, np.float32) for t in ident.tracks} if ident else None
-        if opts.mode == "selected":
-            sel = select_clips(media.num_frames, media.fps, media.width, media.height, shots, transcript, pose, opts,
-                               sync, ctx.input_options.get("sync"))
-            windows, crops, syncs, checks = sel.windows, sel.crops, sel.syncs, sel.checks
-            result.speaker_faces = {who: sorted(tracks) for who, tracks in sel.speaker_faces.items()}
-        else:
-            sel = None
-            windows = fixed_windows(media.num_frames, media.fps, opts)
-            crops, syncs, checks = [None] * len(windows), [None] * len(windows), [{}] * len(windows)
-        with work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
-                work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
-            # audio figures of every window; selected clips must also pass the audio limits
-            kept, figures, audio_rejected = measure_audio(a, media.fps, windows, opts, sel is not None and opts.audio_filter)
-            if sel is not None:
-                for i, why in audio_rejected:
-                    sel.reject(why, windows[i][0], windows[i][0] + windows[i][1], media.fps, syncs[i].face_track if syncs[i] else None)
-                result.rejects, result.rejected_s = dict(sel.rejects), {k: round(v, 3) for k, v in sel.rejected_s.items()}
-                result.reject_spans = reject_examples(sel.spans, media.fps)
-            keep = kept[: opts.max_clips_per_video]
-            windows, crops, syncs, checks = ([x[i] for i in keep] for x in (windows, crops, syncs, checks))
-            figures = figures[: len(keep)]
-            local = media.model_copy(update={"video_path": v, "audio_path": a})
-            download: DownloadResult | None = ctx.inputs.get("download")
-            clips = make_clips(local, item.uri, out, opts, item.metadata, windows, crops, opts.crop_size,
-                               download.provenance if download else None, syncs)
-            for clip, q, gates in zip(clips, figures, checks):
-                clip.quality.update(q)
-                clip.checks = {**gates, **(audio_checks(q, opts) if sel is not None and opts.audio_filter else {})}
-                f0 = round(clip.start_s * media.fps)
-                f1 = f0 + clip.num_frames
-                if pose is not None:
-                    view = slice_pose(pose, f0, f1, clip.sync.face_track if clip.sync else None)  # the speaker's face
-                    clip.face_track = clip.sync.face_track if clip.sync else _primary_track(pose, f0, f1)
-                    embedding = identity.get(clip.face_track) if identity else None
-                    if embedding is not None:
-                        view["face_embedding"] = embedding
-                    write_npz(os.path.join(out, layout.member_name(clip.key, layout.POSE)), view)
-                    clip.members.append(layout.POSE)
-                    clip.stages.append("pose")
-                    clip.quality.update(pose_quality(view, 0, f1 - f0, media.height))
-                else:
-                    clip.skipped_stages["pose"] = ctx.skipped["pose"]
-                if clip.sync is not None:
-                    clip.stages.append("sync")
-                elif "sync" in ctx.skipped:
-                    clip.skipped_stages["sync"] = ctx.skipped["sync"]
-                if shots is not None:
-                    clip.stages.append("shots")
-                if "flame" in ctx.skipped:
-                    clip.skipped_stages["flame"] = ctx.skipped["flame"]
-                if transcript is not None:
-                    # words timed on the clip's own audio, which a sync shift took that many frames earlier
-                    shift_s = clip.sync.audio_shift_frames / media.fps if clip.sync else 0.0
-                    clip.transcript = slice_transcript(transcript, clip.start_s - shift_s, clip.end_s - shift_s)
-                    clip.stages.append("speech")
-                    clip.language = clip.language or transcript.language
-                    spoken = sum(w.end_s - w.start_s for s in clip.transcript.segments for w in s.words)
-                    clip.quality["speech_ratio"] = round(spoken / (clip.end_s - clip.start_s), 4)
-                else:
-                    clip.skipped_stages["speech"] = ctx.skipped["speech"]
-    result.clips = clips
-    return result
-
-
-def _primary_track(pose: dict[str, np.ndarray], f0: int, f1: int) -> int | None:
-    """The face track most often in the primary slot over frames ``[f0, f1)``."""
-    if "faces_track" not in pose:
-        return None
-    ids = np.asarray(pose["faces_track"][f0:f1, 0])
-    ids = ids[ids >= 0]
-    return int(np.bincount(ids).argmax()) if len(ids) else None
+            work.fetch(sync_out.path) if sync_out else contextlib.nullcontext() as sync_file, \
+            work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a, \
+            work.local_dir(layout.CLIPS_DIR, item.video_id) as out:
+        inputs = ClipInputs(
+            media=media.model_copy(update={"video_path": v, "audio_path": a}), source_uri=item.uri, metadata=item.metadata,
+            provenance=download.provenance if download else None, transcript=ctx.inputs.get("speech"), shots=ctx.inputs.get("shots"),
+            pose=load_pose(pose_file) if pose_file else None,  # memory-mapped: a clip reads its own frames only
+            sync=_load_sync(sync_file) if sync_file else None, sync_options=ctx.input_options.get("sync"),
+            identity={t.track: np.array(t.embedding, np.float32) for t in ident.tracks} if ident else None)
+        return assemble_clips(inputs, out, ctx.options)
 
 
 def _clip_files_exist(out: ClipSet, ctx: StageContext) -> bool:
@@ -303,38 +228,13 @@ def _clip_files_exist(out: ClipSet, ctx: StageContext) -> bool:
 
 
 def _run_flame(ctx: StageContext) -> ClipSet:
-    """DECA → FLAME for every clip of the video, from the normalised frames and the pose stage's
-    face mesh (crops), decoding the video once."""
+    """DECA → FLAME for every clip of the video (``stages.flame.fit_clip_set``)."""
     media: NormalizedMedia = ctx.inputs["normalize"]
-    out: ClipSet = ctx.inputs["clips"].model_copy(deep=True)
-    if not out.clips:
-        return out
-    ranges = [(round(c.start_s * media.fps), round(c.start_s * media.fps) + c.num_frames) for c in out.clips]
     work = ctx.work
     with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.video_path) as v, \
             work.local_dir(layout.CLIPS_DIR, ctx.item.video_id) as clip_dir:
-        pose = load_pose(pose_file)  # memory-mapped: read one clip's frames at a time
-        meshes = (slice_pose(pose, a, b, c.sync.face_track if c.sync else None)["face"] for c, (a, b) in zip(out.clips, ranges))
-        kept = []
-        for clip, fit in zip(out.clips, fit_video_clips(ctx.models, v, media.width, media.height, meshes, ranges)):
-            errors = fit.pop("landmark_error_px", None)
-            if errors is not None:
-                clip.quality["flame_landmark_error_px_deca"] = round(float(errors[0]), 3)
-                clip.quality["flame_landmark_error_px"] = round(float(errors[1]), 3)
-                if errors[1] > ctx.options.max_landmark_error_px:  # the fit does not follow this face
-                    out.rejects["flame_fit_poor"] = out.rejects.get("flame_fit_poor", 0) + 1
-                    out.rejected_s["flame_fit_poor"] = round(out.rejected_s.get("flame_fit_poor", 0.0) + clip.end_s - clip.start_s, 3)
-                    out.reject_spans.append(RejectSpan(start_s=clip.start_s, end_s=clip.end_s, reason="flame_fit_poor", face_track=clip.face_track))
-                    continue
-            kept.append(clip)
-            FlameFit.from_arrays(fit)  # the shapes of the contract, before anything is written
-            write_npz(os.path.join(clip_dir, layout.member_name(clip.key, layout.FLAME)), fit)
-            clip.members.append(layout.FLAME)
-            clip.stages.append("flame")
-            clip.skipped_stages.pop("flame", None)
-            clip.quality["flame_valid_ratio"] = round(float(fit["valid"].mean()), 4)
-    out.clips = kept
-    return out
+        return fit_clip_set(ctx.models, v, media, ctx.inputs["clips"], load_pose(pose_file), clip_dir,
+                            ctx.options.max_landmark_error_px)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,23 +245,23 @@ DAG = Registry([
               resources=Resources(cpus=0.5), version=2),  # I/O bound; v2: provenance
     StageSpec("normalize", NormalizeOptions, NormalizedMedia, _run_normalize, requires={"download": "the source file"},
               outputs_exist=_media_exists, version=3),  # v2: rotation, pixel aspect, offsets, interlace, tracks (decisions); v3: passthrough
-    StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}),
+    StageSpec("shots", ShotOptions, ShotList, _run_shots, requires={"normalize": "the normalised video"}, on_clips=True),
     StageSpec("speech", SpeechOptions, Transcript, _run_speech, requires={"normalize": "the normalised audio"},
-              setup=load_speech_models, preflight=check_speech_assets, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
+              setup=load_speech_models, preflight=check_speech_assets, assets=speech_assets, on_clips=True, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, uses=("shots", "speech"),
-              setup=PoseModels, outputs_exist=_pose_exists,
+              setup=PoseModels, outputs_exist=_pose_exists, on_clips=True,
               version=6),  # v6: face sharpness at a fixed face size; v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
               requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,
               requires={"pose": "face tracks and lips", "normalize": "the normalised audio"},
-              outputs_exist=_sync_exists, unavailable=sync_unavailable,
+              outputs_exist=_sync_exists, unavailable=sync_unavailable, assets=sync_assets, on_clips=_synced,
               version=2),  # v2: backend lips (lip shape from the log-mel spectrum) replaces mouth
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=8),  # v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
+              version=9),  # v9: clip assembly in stages/assemble.py, ``stages`` marked by the executor in DAG order; v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
-              setup=setup_flame, unavailable=flame_unavailable, outputs_exist=_clip_files_exist, emits_clips=True,
+              setup=setup_flame, unavailable=flame_unavailable, assets=flame_assets, outputs_exist=_clip_files_exist, emits_clips=True, on_clips=True,
               version=2),  # v2: landmark refinement (dlib 68 iBUG points), flame_fit_poor
 ])

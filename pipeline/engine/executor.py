@@ -96,6 +96,8 @@ class StageTask:
             output = self.spec.run(ctx)
             if not isinstance(output, self.spec.output):
                 raise TypeError(f"stage {self.stage} returned {type(output).__name__}, declared {self.spec.output.__name__}")
+            if self.spec.emits_clips:
+                self.registry.mark_clips(output.clips, set(ctx.inputs) | {self.stage}, ctx.skipped)
         except StageError as e:
             failure = FailureRecord(video_id=item.video_id, source_uri=item.uri, stage=self.stage, reason=e.reason, message=e.message)
         except Exception as e:  # a bug or an environment problem: record it, keep the run going

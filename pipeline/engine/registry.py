@@ -73,8 +73,15 @@ class StageSpec:
     unavailable: Callable[[Any], str | None] | None = None
     #: Checked before a run starts (raise ``StageError`` naming what is missing); model stages only.
     preflight: Callable[[Any], Any] | None = None
+    #: The model files the options name, for ``cnas assets check``: ``{asset: status}``, a status
+    #: starting with ``ok``, ``optional`` or ``missing`` (a missing one makes the check fail).
+    assets: Callable[[Any], dict[str, str]] | None = None
     #: The output is the video's clip set (the shard sink reads the last such stage that ran).
     emits_clips: bool = False
+    #: Whether clip records name this stage: in ``ClipRecord.stages`` when it contributed to the clip
+    #: (a predicate on the clip when not every clip gets something), in ``skipped_stages`` with the
+    #: reason when the config skips it. The executor marks them (``Registry.mark_clips``).
+    on_clips: bool | Callable[[Any], bool] = False
     #: Bump when the stage's code or output record changes what it writes for the same options:
     #: the fingerprint covers it, so ledger entries of the older version are redone.
     version: int = 1
@@ -150,6 +157,26 @@ class Registry:
         """The stages this config runs, in execution order."""
         skipped = self.skip_reasons(cfg)
         return tuple(n for n in self.names if n not in skipped)
+
+    def clip_set_stages(self) -> list[str]:
+        """The stages that emit a video's clip set, the last first: the first of them with an ``ok``
+        ledger entry holds the video's final clips (FLAME re-emits them and may reject more)."""
+        return [name for name, spec in reversed(self.specs.items()) if spec.emits_clips]
+
+    def mark_clips(self, clips: list, ran: set[str], skipped: Mapping[str, str]) -> None:
+        """Fill each clip record's ``stages`` and ``skipped_stages`` after a clip-emitting stage: every
+        stage declared ``on_clips`` that ran for this video (``ran``) and contributed to the clip is
+        listed, in execution order; every one the config skips is given its reason."""
+        for clip in clips:
+            for name, spec in self.specs.items():
+                if not spec.on_clips:
+                    continue
+                if name in ran:
+                    if (spec.on_clips is True or spec.on_clips(clip)) and name not in clip.stages:
+                        clip.stages.append(name)
+                        clip.skipped_stages.pop(name, None)
+                elif name in skipped:
+                    clip.skipped_stages[name] = skipped[name]
 
     def dependents(self, name: str) -> list[str]:
         """Every stage that (transitively) reads ``name``'s output, in execution order."""

@@ -22,13 +22,12 @@ from pathlib import Path
 
 from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedMedia, PoseResult, RunStats, Transcript
 
+from pipeline.engine.dag import DAG
 from pipeline.engine.run_folder import RunFolder
 from pipeline.release.files import iter_tar_samples
 from pipeline.release.card import make_plots
 from pipeline.inspect.sheets import draw_sheet, sheet_from_sample, sheet_from_source
 
-#: Stages whose ledger output is the video's final clip set (FLAME refits and may reject more).
-CLIP_SET_STAGES = ("flame", "clips")
 
 
 @dataclass
@@ -129,7 +128,7 @@ def seconds_section(run: Path) -> Section:
     rows = []
     for item in items:
         media = read_entry(work, item.video_id, "normalize")
-        clips = next((e for s in CLIP_SET_STAGES if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
+        clips = next((e for s in DAG.clip_set_stages() if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
         if media is None or media.status != "ok" or clips is None:
             continue
         speech = read_entry(work, item.video_id, "speech")
@@ -146,7 +145,7 @@ def seconds_section(run: Path) -> Section:
     return sec
 
 
-def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[str, list[str]]:
+def reject_sheets(run: Path, out: Path, per_reason: int, count: int) -> dict[str, list[str]]:
     """Reason → HTML figures of up to ``per_reason`` rejected stretches, drawn from the run's work dir."""
     from stages.pose import load_pose
 
@@ -155,7 +154,7 @@ def reject_examples(run: Path, out: Path, per_reason: int, count: int) -> dict[s
     work, items = _run_work(run)
     figures: dict[str, list[str]] = defaultdict(list)
     for item in items:
-        entry = next((e for s in CLIP_SET_STAGES if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
+        entry = next((e for s in DAG.clip_set_stages() if (e := read_entry(work, item.video_id, s)) and e.status == "ok"), None)
         if entry is None:
             continue
         spans = [s for s in ClipSet.model_validate(entry.output).reject_spans if len(figures[s.reason]) < per_reason]
@@ -240,7 +239,7 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
         sections.append(_plots_section(out / "plots", ["durations.png", "speakers.png", "part_confidence.png", "audio.png"]))
     timings = Section("Time per stage", _timings(stats, out) if stats else ["<p>No stats.json yet.</p>"])
     sections += [timings, _failures_section(Path(folder.path(RunFolder.FAILURES))), seconds_section(run)]
-    examples = reject_examples(run, out, per_reason, count)
+    examples = reject_sheets(run, out, per_reason, count)
     sections.append(_rejects_section(stats.rejects_by_reason if stats else {}, stats.rejected_seconds_by_reason if stats else {}, examples))
     sections.append(Section(f"Clips (first {len(clips)} of {len(manifest)})", [f"<div class='sheets'>{''.join(clips_fig)}</div>"]))
     return sections
@@ -265,7 +264,7 @@ def release_report(release: Path, out: Path, max_clips: int, per_reason: int, co
     if run_stats:
         sections.append(Section("Time per stage (ingest run)", _timings(run_stats, out)))
         sections.append(_failures_section(Path(RunFolder(str(run)).path(RunFolder.FAILURES))))
-    examples = reject_examples(run, out, per_reason, count) if run else {}
+    examples = reject_sheets(run, out, per_reason, count) if run else {}
     seconds = run_stats.rejected_seconds_by_reason if run_stats else {}
     sections.append(_rejects_section(stats.get("rejection_reasons", {}), seconds, examples))
     failures = stats.get("failure_reasons", {})
@@ -300,7 +299,7 @@ def write_report(title: str, sections: list[Section], out: Path) -> Path:
     return path
 
 
-def inspect(folder: str, out: str | None = None, max_clips: int = 12, per_reason: int = 2, frames: int = 8,
+def build_report(folder: str, out: str | None = None, max_clips: int = 12, per_reason: int = 2, frames: int = 8,
             run: str | None = None) -> Path:
     """Write the HTML report of a run or release folder; returns the path of ``index.html``.
 

@@ -10,10 +10,10 @@
 The names below are the stage's interface to the DAG (pipeline/engine/dag.py) and the tests.
 """
 
-from .assets import check_speech_assets
+from .assets import check_speech_assets, speech_assets
 from .models import load_speech_models
 from .options import SAMPLE_RATE, SpeechModels, SpeechOptions
 from .transcribe import load_audio, slice_transcript, transcribe
 
-__all__ = ["SAMPLE_RATE", "SpeechModels", "SpeechOptions", "check_speech_assets", "load_audio", "load_speech_models",
+__all__ = ["SAMPLE_RATE", "SpeechModels", "SpeechOptions", "check_speech_assets", "speech_assets", "load_audio", "load_speech_models",
            "slice_transcript", "transcribe"]

@@ -83,6 +83,14 @@ def ensure_sentence_splitter(cache_dir: str) -> str:
     return f"untrained punkt parameters in {root}"
 
 
+def speech_assets(opts: SpeechOptions) -> dict[str, str]:
+    """``{asset: 'ok: …' | 'missing: …'}`` for ``cnas assets check`` (``check_speech_assets`` as a report)."""
+    try:
+        return {line.split(":", 1)[0]: f"ok:{line.split(':', 1)[1]}" for line in check_speech_assets(opts)}
+    except StageError as e:
+        return {"models": f"missing: {e.message}"}
+
+
 def check_speech_assets(opts: SpeechOptions) -> list[str]:
     """Check, before a run starts, that every model the options name is on disk; return what was found.
 
