@@ -22,6 +22,7 @@ import yaml
 from schemas import FailureRecord, ManifestRow, RunStats, SourceItem
 
 from pipeline.engine.config import Config
+from pipeline.engine.lock import LOCK_FILE
 from pipeline.engine.workdir import WorkDir
 
 
@@ -40,7 +41,7 @@ class RunFolder:
     IDENTITIES = "identities.json"
     LOGS = "logs"
     WORK = "work"
-    LOCK = ".cnas.lock"
+    LOCK = LOCK_FILE
 
     def __init__(self, uri: str | WorkDir):
         # a reader must not create the folder it was asked about; the runner passes its own WorkDir

@@ -24,7 +24,7 @@ from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedM
 
 from pipeline.engine.dag import DAG
 from pipeline.engine.run_folder import RunFolder
-from pipeline.release.files import iter_tar_samples
+from pipeline.release.files import INDEX_SUFFIX, PLOTS_DIR, RECIPE, STATS, iter_tar_samples
 from pipeline.release.card import make_plots
 from pipeline.inspect.sheets import draw_sheet, sheet_from_sample, sheet_from_source
 
@@ -56,7 +56,7 @@ def is_run(folder: Path) -> bool:
 
 
 def is_release(folder: Path) -> bool:
-    return any(folder.glob("*.index.json")) or (folder / "rebuild.json").exists()
+    return any(folder.glob(f"*{INDEX_SUFFIX}")) or (folder / RECIPE).exists()
 
 
 def clip_sheets(shard_paths: list[Path], out: Path, limit: int, count: int,
@@ -246,7 +246,7 @@ def run_report(run: Path, out: Path, max_clips: int, per_reason: int, count: int
 
 
 def release_report(release: Path, out: Path, max_clips: int, per_reason: int, count: int, run: Path | None) -> list[Section]:
-    stats = json.loads((release / "stats.json").read_text())
+    stats = json.loads((release / STATS).read_text())
     summary = Section("Summary", [
         _table(["name", "version", "licence", "clips", "hours", "speakers", "identities"],
                [[stats["name"], stats["version"], stats.get("licence", ""), stats["clips"], stats["hours"], stats["speakers"], stats.get("identities", "")]]),
@@ -254,9 +254,9 @@ def release_report(release: Path, out: Path, max_clips: int, per_reason: int, co
                [[n, s["clips"], s["hours"], len(s["speakers"]), s.get("shards", "")] for n, s in stats["splits"].items()]),
     ])
     names = []
-    if (release / "plots").is_dir():
+    if (release / PLOTS_DIR).is_dir():
         (out / "plots").mkdir(parents=True, exist_ok=True)
-        for p in sorted((release / "plots").glob("*.png")):
+        for p in sorted((release / PLOTS_DIR).glob("*.png")):
             shutil.copyfile(p, out / "plots" / p.name)
             names.append(p.name)
     sections = [summary, _plots_section(out / "plots", names)]
@@ -271,7 +271,7 @@ def release_report(release: Path, out: Path, max_clips: int, per_reason: int, co
     if failures and not run_stats:
         sections.append(Section("Failed videos by stage/reason", [_table(["stage/reason", "videos"], list(failures.items()))]))
     for split in stats["splits"]:
-        index = release / f"{split}.index.json"
+        index = release / f"{split}{INDEX_SUFFIX}"
         if not index.exists():
             continue  # metadata-only: no media to draw
         shards = [release / s["url"] for s in json.loads(index.read_text())["shardlist"]]

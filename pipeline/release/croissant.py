@@ -16,8 +16,8 @@ from datetime import date
 from pathlib import Path
 
 import yaml
+from pipeline.release.files import CARD, CROISSANT, SPLIT_MANIFEST, STATS
 
-CROISSANT = "croissant.json"
 
 #: release.licence strings (lower case, spaces/underscores as dashes) -> Hugging Face Hub licence ids.
 HF_LICENCES = {
@@ -199,7 +199,7 @@ def croissant_jsonld(root: Path, stats: dict, cfg, version: str, metadata_only: 
         "description": f"{cfg.name} {version}: talking-person clips with transcripts; {stats['clips']} clips, {stats['hours']} h, "
                        f"{stats['speakers']} speakers, speaker-disjoint splits {', '.join(stats['splits'])}. {kind}. "
                        f"Licence / terms: {cfg.licence}. {cfg.terms}",
-        "license": _licence_url(cfg.licence), "url": "README.md", "version": _semver(version),
+        "license": _licence_url(cfg.licence), "url": CARD, "version": _semver(version),
         "citeAs": f"{cfg.name} {version}", "isLiveDataset": False, "datePublished": stats.get("date") or date.today().isoformat(),
         "distribution": distribution, "recordSet": record_sets,
     }
@@ -245,10 +245,10 @@ def check_metadata(root: Path) -> list[str]:
                         errs.append(f"{CROISSANT}: {d['contentUrl']}: sha256 differs")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             errs.append(f"{CROISSANT}: does not parse ({type(e).__name__}: {e})")
-    card = root / "README.md"
+    card = root / CARD
     if card.exists():
         try:
-            head = read_card_header(read_capped(card, name="README.md").decode("utf-8"))
+            head = read_card_header(read_capped(card, name=CARD).decode("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             errs.append(f"README.md: YAML header does not parse: {e}")
             head = {}
@@ -268,16 +268,16 @@ def write_rebuilt_metadata(out: Path) -> None:
     describes the shards, with the clip counts and hours of the manifests."""
     from types import SimpleNamespace
 
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads((out / STATS).read_text())
     splits = {}
     for name in stats.get("splits", {}):
-        rows = [json.loads(l) for l in (out / name / "manifest.jsonl").read_text().splitlines() if l.strip()] \
-            if (out / name / "manifest.jsonl").exists() else []
+        rows = [json.loads(l) for l in (out / name / SPLIT_MANIFEST).read_text().splitlines() if l.strip()] \
+            if (out / name / SPLIT_MANIFEST).exists() else []
         splits[name] = {**stats["splits"][name], "clips": len(rows) if any((out / name).glob("*.tar")) else 0,
                         "hours": round(sum(r["duration_s"] for r in rows) / 3600, 4), "shards": len({r["shard"] for r in rows})}
     stats = {**stats, "splits": splits, "clips": sum(s["clips"] for s in splits.values()),
              "hours": round(sum(s["hours"] for s in splits.values()), 4)}
-    card_path = out / "README.md"
+    card_path = out / CARD
     if card_path.exists():
         card = card_path.read_text()
         head = read_card_header(card)

@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+# ---------------------------------------------------------------------------------------------
+# a release's file names (docs/release.md): the one place that spells them
 
-
-
-SUMS = "SHA256SUMS"
+#: Checksums of every file, the stats, the dataset card, and per split its manifest.
+SUMS, STATS, CARD, SPLIT_MANIFEST = "SHA256SUMS", "stats.json", "README.md", "manifest.jsonl"
+#: The Croissant (JSON-LD) metadata of the release.
+CROISSANT = "croissant.json"
+#: ``<split>.index.json``: a split's wids shard index (full releases only).
+INDEX_SUFFIX = ".index.json"
+#: Folders: JSON schemas of the records, the card's plots, a metadata-only split's array tars.
+SCHEMAS_DIR, PLOTS_DIR, ARRAYS_DIR = "schemas", "plots", "arrays"
 #: A metadata-only release's recipe, per-split clip sources and the array members it may ship.
 RECIPE, CLIPS_JSONL, ARRAY_MEMBERS = "rebuild.json", "clips.jsonl", ("pose.npz", "flame.npz")
 

@@ -23,7 +23,7 @@ from pipeline.engine.run_folder import RunFolder
 from pipeline.engine.config import ReleaseConfig
 from pipeline.release.croissant import card_header, write_croissant
 from pipeline.release.card import dataset_card, make_plots
-from pipeline.release.files import ARRAY_MEMBERS, CLIPS_JSONL, RECIPE, iter_tar_samples
+from pipeline.release.files import ARRAYS_DIR, ARRAY_MEMBERS, CARD, CLIPS_JSONL, PLOTS_DIR, RECIPE, SCHEMAS_DIR, STATS, iter_tar_samples
 from pipeline.release.package import publish, staging_for, release_stats
 from pipeline.release.splits import assign_splits, speaker_of
 
@@ -124,8 +124,8 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
                 rows[split].append(SimpleNamespace(shard=CLIPS_JSONL, duration_s=c.end_s - c.start_s))
                 if shipped:
                     if split not in array_writers:
-                        (staging / split / "arrays").mkdir(parents=True, exist_ok=True)
-                        array_writers[split] = wds.ShardWriter(str(staging / split / "arrays" / f"cnas-{split}-arrays-%06d.tar"),
+                        (staging / split / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
+                        array_writers[split] = wds.ShardWriter(str(staging / split / ARRAYS_DIR / f"cnas-{split}-arrays-%06d.tar"),
                                                                maxcount=cfg.max_shard_count, maxsize=int(cfg.target_shard_mb * 2**20),
                                                                verbose=0, mtime=0)
                     array_writers[split].write({"__key__": key, **arrays[key]})
@@ -141,16 +141,16 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
             ffmpeg_version=ffmpeg_version(), splits=list(cfg.split_ratios), max_shard_count=cfg.max_shard_count,
             target_shard_mb=cfg.target_shard_mb, with_arrays=with_arrays)
         (staging / RECIPE).write_text(recipe.model_dump_json(indent=2) + "\n")
-        export_json_schemas(str(staging / "schemas"))
+        export_json_schemas(str(staging / SCHEMAS_DIR))
         ingest_stats = json.loads(run.dir.read_text(RunFolder.STATS)) if run.dir.exists(RunFolder.STATS) else {}
         stats = release_stats(clips, split_of_speaker, rows, cfg, ingest_stats, version)
         stats["kind"] = "metadata-only"
         stats["sources_without_checksum"] = sorted(v for v, (s, _) in source_sums.items() if s is None)
         for s in stats["splits"].values():
             s["shards"] = 0
-        (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-        make_plots(clips, split_of_speaker, cfg, staging / "plots")
-        (staging / "README.md").write_text(card_header(stats, cfg, version, metadata_only=True) + metadata_card(stats, cfg, version, with_arrays))
+        (staging / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        make_plots(clips, split_of_speaker, cfg, staging / PLOTS_DIR)
+        (staging / CARD).write_text(card_header(stats, cfg, version, metadata_only=True) + metadata_card(stats, cfg, version, with_arrays))
         write_croissant(staging, stats, cfg, version, metadata_only=True)
         publish(staging, out)
     finally:

@@ -24,7 +24,7 @@ from pipeline.engine.run_folder import RunFolder
 from pipeline.engine.config import ReleaseConfig
 from pipeline.release.croissant import card_header, write_croissant
 from pipeline.release.card import AUDIO_FIGURES, dataset_card, make_plots
-from pipeline.release.files import SUMS, iter_tar_samples, sha256_file
+from pipeline.release.files import CARD, INDEX_SUFFIX, PLOTS_DIR, SCHEMAS_DIR, SPLIT_MANIFEST, STATS, SUMS, iter_tar_samples, sha256_file
 from pipeline.release.splits import assign_splits, speaker_of, split_key_used
 
 
@@ -92,7 +92,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
                 w.close()
         # indices, manifests, checksums
         for name in cfg.split_ratios:
-            (staging / name / "manifest.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows[name]))
+            (staging / name / SPLIT_MANIFEST).write_text("".join(r.model_dump_json() + "\n" for r in rows[name]))
             counts = Counter(r.shard for r in rows[name])
             shardlist = [
                 {"url": f"{name}/{s}", "nsamples": counts[s], "filesize": (staging / name / s).stat().st_size,
@@ -100,13 +100,13 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
                 for s in sorted(counts)
             ]
             index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": f"{cfg.name}-{version}-{name}", "shardlist": shardlist}
-            (staging / f"{name}.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        export_json_schemas(str(staging / "schemas"))
+            (staging / f"{name}{INDEX_SUFFIX}").write_text(json.dumps(index, indent=2) + "\n")
+        export_json_schemas(str(staging / SCHEMAS_DIR))
         ingest_stats = json.loads(run.dir.read_text(RunFolder.STATS)) if run.dir.exists(RunFolder.STATS) else {}
         stats = release_stats(clips, split_of_speaker, rows, cfg, ingest_stats, version)
-        (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-        make_plots(clips, split_of_speaker, cfg, staging / "plots")
-        (staging / "README.md").write_text(card_header(stats, cfg, version) + dataset_card(stats, cfg, version))
+        (staging / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        make_plots(clips, split_of_speaker, cfg, staging / PLOTS_DIR)
+        (staging / CARD).write_text(card_header(stats, cfg, version) + dataset_card(stats, cfg, version))
         write_croissant(staging, stats, cfg, version)
         publish(staging, out)
     finally:

@@ -35,8 +35,7 @@ from urllib.parse import urlsplit
 import webdataset as wds
 from pydantic import BaseModel, ValidationError
 
-from schemas import ManifestRow, SourceItem
-from schemas import shard as layout
+from schemas import ManifestRow, SourceItem, shard as layout
 from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 from schemas.settings import output_fields
 from stages.clips import ClipOptions, make_clips
@@ -46,9 +45,11 @@ from stages.normalize import NormalizeOptions, normalize
 
 from pipeline.release.croissant import write_rebuilt_metadata
 from pipeline.engine.lock import LOCK_FILE, output_lock
-from pipeline.release.files import ARRAY_MEMBERS, CLIPS_JSONL, RECIPE
+from pipeline.release.files import (
+    ARRAYS_DIR, ARRAY_MEMBERS, CARD, CLIPS_JSONL, INDEX_SUFFIX, MAX_MEMBER_BYTES, PLOTS_DIR, RECIPE, SCHEMAS_DIR,
+    SPLIT_MANIFEST, STATS, SUMS, UnsafeReleaseError, UnsafeTarError, iter_tar_samples, read_capped, safe_join,
+    sha256_file, unsafe_entries)
 from pipeline.release.metadata import ffmpeg_version
-from pipeline.release.files import MAX_MEMBER_BYTES, SUMS, UnsafeReleaseError, UnsafeTarError, sha256_file, iter_tar_samples, read_capped, safe_join, unsafe_entries
 
 REPORT, SUMMARY, WORK = "rebuild_report.jsonl", "rebuild_summary.json", "work"
 
@@ -140,9 +141,9 @@ def read_release(release_dir: str, max_bytes: int = MAX_MEMBER_BYTES) -> tuple[R
                                          + (f"says split {cs.split!r}" if cs.split != split else "is listed twice"))
             seen.add(cs.key)
             clips.append(cs)
-    if (root / "stats.json").exists():
+    if (root / STATS).exists():
         try:
-            stats = json.loads(read_capped(root / "stats.json", max_bytes, "stats.json"))
+            stats = json.loads(read_capped(root / STATS, max_bytes, STATS))
             names = set(stats.get("splits", {}))
         except (ValueError, AttributeError, TypeError):
             raise UnsafeReleaseError(f"{release_dir}: stats.json does not parse") from None
@@ -153,7 +154,7 @@ def read_release(release_dir: str, max_bytes: int = MAX_MEMBER_BYTES) -> tuple[R
 
 def _shipped_arrays(root: Path, split: str, keys: set[str], max_bytes: int) -> dict[str, dict[str, bytes]]:
     out: dict[str, dict[str, bytes]] = {}
-    folder = safe_join(root, split, "arrays")
+    folder = safe_join(root, split, ARRAYS_DIR)
     for tar in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
         try:
             for key, members in iter_tar_samples(str(tar), max_bytes):
@@ -413,20 +414,20 @@ def _write_outputs(root: Path, out: Path, recipe: RebuildRecipe, sources: list[C
         if not rows:  # ShardWriter opened an empty first shard
             for t in d.glob("*.tar"):
                 t.unlink()
-        (d / "manifest.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+        (d / SPLIT_MANIFEST).write_text("".join(r.model_dump_json() + "\n" for r in rows))
         counts = Counter(r.shard for r in rows)
         index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": f"{recipe.name}-{recipe.version}-{split}",
                  "shardlist": [{"url": f"{split}/{s}", "nsamples": counts[s], "filesize": (d / s).stat().st_size,
                                 "sha256": sha256_file(str(d / s))} for s in sorted(counts)]}
-        (out / f"{split}.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for name in ("README.md", "stats.json", RECIPE):
+        (out / f"{split}{INDEX_SUFFIX}").write_text(json.dumps(index, indent=2) + "\n")
+    for name in (CARD, STATS, RECIPE):
         if (root / name).exists():
             shutil.copy2(root / name, out / name)
-    for name in ("schemas", "plots"):
+    for name in (SCHEMAS_DIR, PLOTS_DIR):
         if (root / name).exists():
             _fresh_dir(out, name).rmdir()
             shutil.copytree(root / name, out / name)
-    if (out / "stats.json").exists():
+    if (out / STATS).exists():
         write_rebuilt_metadata(out)  # the card's data_files and croissant.json: the shards, not clips.jsonl
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (SUMS, SUMMARY, LOCK_FILE) and WORK not in p.relative_to(out).parts[:1])
     (out / SUMS).write_text("".join(f"{sha256_file(str(p))}  {p.relative_to(out)}\n" for p in files))

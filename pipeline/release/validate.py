@@ -22,7 +22,10 @@ from schemas import ClipRecord, ManifestRow
 from schemas.release import check_safe_name
 
 from pipeline.release.croissant import check_metadata
-from pipeline.release.files import ARRAY_MEMBERS, CLIPS_JSONL, MAX_MEMBER_BYTES, PROBE_TIMEOUT_S, RECIPE, SUMS, UnsafeReleaseError, UnsafeTarError, check_regular, iter_tar_samples, read_capped, safe_join, sha256_file, unsafe_entries
+from pipeline.release.files import (
+    ARRAYS_DIR, ARRAY_MEMBERS, CLIPS_JSONL, INDEX_SUFFIX, MAX_MEMBER_BYTES, PROBE_TIMEOUT_S, RECIPE, STATS, SUMS,
+    UnsafeReleaseError, UnsafeTarError, check_regular, iter_tar_samples, read_capped, safe_join, sha256_file,
+    unsafe_entries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +154,9 @@ def validate_release(folder: str, check_media: bool = True, max_member_bytes: in
         return rep
     rep.errors += unsafe_entries(root)
     _check_sums(root, rep, max_member_bytes)
-    stats = _read_json(root, "stats.json", rep, max_member_bytes, missing=None)
+    stats = _read_json(root, STATS, rep, max_member_bytes, missing=None)
     stats = stats if isinstance(stats, dict) else {}
-    metadata_only = (root / RECIPE).exists() and not any(root.glob("*.index.json"))
+    metadata_only = (root / RECIPE).exists() and not any(root.glob(f"*{INDEX_SUFFIX}"))
     seen_speakers: dict[str, str] = {}
     splits = stats.get("splits", {})
     for split, info in (splits.items() if isinstance(splits, dict) else []):
@@ -165,7 +168,7 @@ def validate_release(folder: str, check_media: bool = True, max_member_bytes: in
             if spk in seen_speakers:
                 rep.errors.append(f"speaker {spk!r} is in both {seen_speakers[spk]} and {split}")
             seen_speakers[spk] = split
-    for index_path in sorted(root.glob("*.index.json")):
+    for index_path in sorted(root.glob(f"*{INDEX_SUFFIX}")):
         _validate_split(root, index_path.name, rep, check_media, sf, max_member_bytes, probe_timeout_s)
     try:
         rep.errors += check_metadata(root)
@@ -182,7 +185,7 @@ def _validate_split(root: Path, index_name: str, rep: ValidationReport, check_me
                     probe_timeout_s: float) -> None:
     from pydantic import ValidationError
 
-    split = index_name[: -len(".index.json")]
+    split = index_name[: -len(INDEX_SUFFIX)]
     try:
         check_safe_name(split, "split")
     except ValueError as e:
@@ -341,7 +344,7 @@ def validate_metadata_release(root: Path, rep: "ValidationReport", max_bytes: in
             seen[c.key] = split
             clips[c.key] = c
         try:
-            arrays = safe_join(root, split, "arrays")
+            arrays = safe_join(root, split, ARRAYS_DIR)
         except UnsafeReleaseError as e:
             rep.errors.append(f"{split}/arrays: refused: {e}")
             continue
