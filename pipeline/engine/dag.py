@@ -20,7 +20,8 @@ import tempfile
 
 import numpy as np
 
-from schemas import ClipSet, DownloadResult, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript, shard as layout
+from schemas import ClipSet, DownloadResult, IdentityResult, NormalizedMedia, PoseResult, ShotList, SyncResult, Transcript
+from schemas import shard as layout
 from stages.assemble import ClipInputs, assemble_clips
 from stages.clips import ClipOptions
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived

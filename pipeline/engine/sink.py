@@ -16,7 +16,8 @@ import tempfile
 
 import webdataset as wds
 
-from schemas import ClipRecord, ManifestRow, shard as layout
+from schemas import ClipRecord, ManifestRow
+from schemas import shard as layout
 
 from pipeline.engine.run_folder import RunFolder
 from pipeline.engine.workdir import WorkDir

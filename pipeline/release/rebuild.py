@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 import webdataset as wds
 from pydantic import BaseModel, ValidationError
 
-from schemas import ManifestRow, SourceItem, shard as layout
+from schemas import ManifestRow, SourceItem
+from schemas import shard as layout
 from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 from schemas.settings import output_fields
 from stages.clips import ClipOptions, make_clips
