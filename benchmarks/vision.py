@@ -17,7 +17,8 @@ sys.path.insert(0, ROOT)
 
 from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 from stages.normalize import NormalizeOptions, normalize  # noqa: E402
-from stages.pose import PoseModels, PoseOptions, analyse_frame, extract_pose, read_frames  # noqa: E402
+from stages.frames import read_frames  # noqa: E402
+from stages.pose import PoseModels, PoseOptions, analyse_frame, extract_pose  # noqa: E402
 from stages.select import SelectOptions, select_clips  # noqa: E402
 from stages.shots import detect_shots  # noqa: E402
 

@@ -22,7 +22,7 @@ from schemas.source import SourceProvenance
 
 from .audio_quality import audio_checks
 from .clips import ClipOptions, fixed_windows, make_clips, measure_audio
-from .errors import write_npz
+from .files import write_npz
 from .pose import pose_quality, slice_pose
 from .select import reject_examples, select_clips
 from .speech import slice_transcript

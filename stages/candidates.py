@@ -18,13 +18,13 @@ Pure functions over arrays and records, plus one decoding helper; no Ray.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
 from schemas import NormalizedMedia, ShotList, Transcript
+
+from .frames import read_every
 
 
 @dataclass
@@ -35,42 +35,6 @@ class FaceScan:
     faces: np.ndarray  # (S,) faces found
     max_height_frac: np.ndarray  # (S,) tallest face box / frame height (0 without a face)
     every: int
-
-
-def read_every(video_path: str, width: int, height: int, every: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index, RGB frame)`` of frames 0, ``every``, 2·``every`` …: ffmpeg decodes every frame but
-    converts and pipes only those (``select``)."""
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select=not(mod(n\\,{every}))",
-           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    yield from pipe_frames(cmd, width, height, iter(range(0, 1 << 62, every)))
-
-
-def read_spans(video_path: str, width: int, height: int, spans: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index, RGB frame)`` of every frame inside ``spans`` (``[a, b)``, sorted, disjoint), in one
-    decoding pass (frame-exact: ``select`` on the decoded frame number, no seeking)."""
-    if not spans:
-        return
-    expr = "+".join(f"between(n\\,{a}\\,{b - 1})" for a, b in spans)
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select={expr}",
-           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    yield from pipe_frames(cmd, width, height, (t for a, b in spans for t in range(a, b)))
-
-
-def pipe_frames(cmd: list[str], width: int, height: int, indices: Iterator[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """Run ffmpeg ``cmd`` (raw rgb24 on stdout) and pair each frame it writes with the next of
-    ``indices``; stops at the end of either. The process is killed when the caller stops early."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # an undrained stderr pipe can block ffmpeg
-    size = width * height * 3
-    try:
-        for t in indices:
-            buf = proc.stdout.read(size)
-            if len(buf) < size:
-                return
-            yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        proc.wait()
 
 
 def scan_faces(detector, video_path: str, width: int, height: int, every: int) -> FaceScan:

@@ -22,7 +22,8 @@ from schemas.settings import runtime_field
 from schemas.source import SourceProvenance
 
 from .audio_quality import AudioQualityOptions, audio_quality, audio_reject
-from .errors import StageError, temp_name
+from .errors import StageError
+from .files import temp_name
 from .normalize import normalised_to_source
 from .select import SelectOptions
 from .wav import map_pcm16

@@ -23,7 +23,8 @@ from schemas import ClipSet, FlameFit, NormalizedMedia, RejectSpan
 from schemas import shard as layout
 from schemas.settings import Settings, runtime_field
 
-from .errors import StageError, write_npz
+from .errors import StageError
+from .files import write_npz
 from .pose import slice_pose
 
 
@@ -229,7 +230,7 @@ def fit_video_clips(models: FlameModels, video_path: str, width: int, height: in
     speaker (the pose stage's landmarks of that face track; a generator keeps one in memory);
     ``ranges`` are in time order and do not overlap, so only one clip's frames are held in memory.
     """
-    from .pose import read_frames
+    from .frames import read_frames
 
     size = np.array([width, height], np.float32)
     frames_iter = enumerate(read_frames(video_path, width, height))

@@ -96,7 +96,7 @@ def pick_frames(pose: dict[str, np.ndarray], opts: IdentityOptions) -> dict[int,
 
 def embed_tracks(embedder: FaceEmbedder, read_at, pose: dict[str, np.ndarray], opts: IdentityOptions) -> IdentityResult:
     """Mean embedding of every face track from its picked frames; ``read_at(indices)`` yields
-    ``(index, RGB frame)`` of the wanted frames (``stages.pose.read_frames_at``)."""
+    ``(index, RGB frame)`` of the wanted frames (``stages.frames.read_frames_at``)."""
     wanted = pick_frames(pose, opts)
     by_frame: dict[int, list[tuple[int, int]]] = {}
     for track, items in wanted.items():

@@ -38,7 +38,8 @@ from schemas import NormalizedMedia, ProbeInfo
 from schemas.media import AudioTrack, NormalizeDecisions
 from schemas.settings import Settings, runtime_field
 
-from .errors import StageError, temp_name
+from .errors import StageError
+from .files import temp_name
 
 VIDEO_NAME, AUDIO_NAME = "video.mp4", "audio.wav"
 

@@ -11,7 +11,6 @@ the graphs; checked: all values in [0, 1]). The legacy pose graph does not fill 
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 import zipfile
@@ -26,7 +25,7 @@ from geometry.landmarks import BACKEND, LIPS, LandmarkModels, analyse_frame, mes
 from schemas import PART_NAMES, PoseTrack
 from schemas.settings import Settings
 
-from .candidates import pipe_frames, read_spans
+from .frames import read_frames, read_spans
 from .errors import StageError
 
 
@@ -53,35 +52,6 @@ class PoseModels(LandmarkModels):
     def __init__(self, opts: PoseOptions | None = None):
         self.options = opts or PoseOptions()
         super().__init__(self.options.min_detection_confidence, self.options.min_tracking_confidence, self.options.max_faces)
-
-
-def read_frames(video_path: str, width: int, height: int) -> Iterator[np.ndarray]:
-    """RGB frames (H, W, 3) uint8 of a video, decoded by ffmpeg one at a time (bounded memory)."""
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    for _, rgb in pipe_frames(cmd, width, height, itertools.count()):
-        yield rgb
-
-
-def read_frames_at(video_path: str, width: int, height: int, indices: list[int], max_terms: int = 200) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index, RGB frame)`` of the frames ``indices`` (sorted, unique): ffmpeg's ``select`` filter
-    passes only those through colour conversion and the pipe (every frame is still decoded). More
-    than ``max_terms`` frames: a full decode, keeping the wanted ones (the filter expression is
-    evaluated on every frame)."""
-    wanted = sorted(set(int(i) for i in indices))
-    if not wanted:
-        return
-    if len(wanted) > max_terms:
-        keep = set(wanted)
-        for t, rgb in enumerate(read_frames(video_path, width, height)):
-            if t in keep:
-                yield t, rgb
-            if t >= wanted[-1]:
-                return
-        return
-    expr = "+".join(f"eq(n\\,{i})" for i in wanted)
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select={expr}",
-           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    yield from pipe_frames(cmd, width, height, iter(wanted))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -375,7 +345,7 @@ def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
     memory-mapped by ``load_pose``, so the clip stages read a clip's frames, not the whole video.
     Landmark floats compress poorly: the file was 16 % larger than ``savez_compressed``'s on
     landmark-like data (benchmarks/pose_memory.py); runs of NaN (absent hands) compress better."""
-    from .errors import temp_name
+    from .files import temp_name
 
     tmp = temp_name(path, ".npz")
     if "faces" in arrays:  # ``face`` is a view of the primary slot of ``faces``: stored once

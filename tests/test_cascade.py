@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video
 from schemas import Segment, Shot, ShotList, Transcript, Word
-from stages.candidates import FaceScan, candidate_mask, read_spans, scan_faces, spans_of
+from stages.candidates import FaceScan, candidate_mask, scan_faces, spans_of
+from stages.frames import read_spans
 from stages.pose import PoseModels, PoseOptions, extract_pose
 
 FPS = 25.0

@@ -12,7 +12,8 @@ from schemas import IdentityRegistry
 from stages.identity import IdentityOptions, assign_identities, embed_photos, embed_tracks, load_embedder, registry_with_names
 import functools
 
-from stages.pose import extract_pose, read_frames_at
+from stages.frames import read_frames_at
+from stages.pose import extract_pose
 from talking_fixtures import package_file
 
 OPTS = IdentityOptions()

@@ -20,7 +20,8 @@ import pytest
 from pipeline.engine.config import load_config
 from pipeline.engine.ledger import read_entry
 from pipeline.release.package import package_release
-from pipeline.inspect.sheets import _box_to_pixels, _to_pixels, frame_indices, read_frames
+from pipeline.inspect.sheets import _box_to_pixels, _to_pixels, frame_indices
+from stages.frames import read_frames_exact
 from pipeline.engine.workdir import WorkDir
 from schemas import ClipSet
 
@@ -110,10 +111,10 @@ def test_read_frames_returns_the_frames_asked_for(tmp_path):
     path = str(tmp_path / "count.mp4")
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x64", "-r", "25",
                     "-i", "-", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", path], input=frames.tobytes(), check=True)
-    got = read_frames(path, [1, 7], 64, 64, start=3)
+    got = read_frames_exact(path, [1, 7], 64, 64, start=3)
     assert [int(round(f.mean())) for f in got] == [40, 100]
     with pytest.raises(ValueError, match="ends at frame 20"):
-        read_frames(path, [25], 64, 64)
+        read_frames_exact(path, [25], 64, 64)
 
 
 def test_reject_spans_are_recorded_with_the_counts(dub_run):

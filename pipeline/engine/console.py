@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from stages.files import write_bytes
+
 DRIVER_LOG = "cnas.log"
 NATIVE_LOG = "native.log"
 PROGRESS_FILE = "progress.json"
@@ -284,10 +286,8 @@ class Progress:
         if not self.out_logs:
             return
         try:
-            tmp = os.path.join(self.out_logs, PROGRESS_FILE + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({**snap.to_json(), "pid": os.getpid(), "updated_at": time.time()}, f)
-            os.replace(tmp, os.path.join(self.out_logs, PROGRESS_FILE))
+            beat = {**snap.to_json(), "pid": os.getpid(), "updated_at": time.time()}
+            write_bytes(os.path.join(self.out_logs, PROGRESS_FILE), json.dumps(beat).encode("utf-8"))
         except OSError:
             pass
 

@@ -25,11 +25,13 @@ from schemas import shard as layout
 from stages.assemble import ClipInputs, assemble_clips
 from stages.clips import ClipOptions
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
-from stages.errors import StageError, write_npz
+from stages.errors import StageError
+from stages.files import write_npz
 from stages.flame import FlameOptions, fit_clip_set, flame_assets, flame_unavailable, setup_flame
 from stages.identity import IdentityOptions, embed_tracks, load_embedder
 from stages.normalize import NormalizeOptions, normalize
-from stages.pose import (PoseModels, PoseOptions, extract_pose, load_pose, pose_track, read_frames, read_frames_at, save_pose)
+from stages.frames import read_frames, read_frames_at
+from stages.pose import PoseModels, PoseOptions, extract_pose, load_pose, pose_track, save_pose
 from stages.candidates import pose_candidates
 from stages.shots import ShotOptions, detect_shots
 from stages.wav import map_pcm16

@@ -12,11 +12,12 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from typing import Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from stages.files import write_bytes
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -65,14 +66,7 @@ class WorkDir:
         """Write atomically: readers see the old content or the new one, never a torn file."""
         full = self.path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            tmp = f"{full}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, full)
-            _fsync_dir(os.path.dirname(full))  # the rename itself survives a power cut only once its folder is synced
+            write_bytes(full, text.encode("utf-8"), durable=True)  # the rename survives a power cut too
         else:  # object stores replace whole objects atomically
             self.fs.pipe_file(full, text.encode("utf-8"))
 
@@ -115,11 +109,3 @@ class WorkDir:
             yield local
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas import ClipRecord, ClipSet, FailureRecord, ManifestRow, NormalizedMedia, PoseResult, RunStats, Transcript
+from stages.files import write_bytes
 
 from pipeline.engine.dag import DAG
 from pipeline.engine.run_folder import RunFolder
@@ -293,9 +294,7 @@ def write_report(title: str, sections: list[Section], out: Path) -> Path:
             f'<link rel="icon" href="data:,"><style>{CSS}</style></head>'
             f"<body><h1>{_e(title)}</h1><ul>{toc}</ul>{body}</body></html>\n")
     path = out / "index.html"
-    tmp = out / "index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_bytes(str(path), page.encode("utf-8"))
     return path
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import ClipRecord, Transcript
+from stages.files import atomic_path
+from stages.frames import read_frames_exact
 
 #: Colours of the part boxes (pose.npz part_names), colour-blind-safe (Paul Tol's bright scheme).
 PART_COLOURS = {"face": "#4477aa", "mouth": "#ee6677", "left_hand": "#228833", "right_hand": "#ccbb44", "torso": "#aa3377"}
@@ -66,20 +68,6 @@ def frame_indices(num_frames: int, count: int) -> list[int]:
     """``count`` frame indices spread evenly over ``num_frames`` (centres of equal parts)."""
     count = max(1, min(count, num_frames))
     return sorted({int((i + 0.5) * num_frames / count) for i in range(count)})
-
-
-def read_frames(path: str, indices: list[int], width: int, height: int, start: int = 0) -> list[np.ndarray]:
-    """RGB frames ``start + i`` for ``i`` in ``indices`` of a video of ``width`` x ``height``, in one
-    frame-exact ffmpeg pass (``stages.pose.read_frames_at``). Raises ``ValueError`` when the video
-    ends early."""
-    from stages.normalize import count_frames
-    from stages.pose import read_frames_at
-
-    wanted = [start + i for i in indices]
-    got = dict(read_frames_at(path, width, height, wanted))
-    if len(got) < len(set(wanted)):
-        raise ValueError(f"{path} ends at frame {count_frames(path)}, before frame {max(wanted)}")
-    return [got[t] for t in wanted]
 
 
 def _to_pixels(xy_norm: np.ndarray, frame_size: tuple[float, float], crop: list[int] | None, out_size: tuple[int, int]) -> np.ndarray:
@@ -169,7 +157,7 @@ def sheet_from_sample(members: dict[str, bytes], count: int = 8) -> SheetData:
         path = os.path.join(tmp, "clip.mp4")
         with open(path, "wb") as f:
             f.write(members["mp4"])
-        frames = read_frames(path, idx, clip.width, clip.height)
+        frames = read_frames_exact(path, idx, clip.width, clip.height)
     size = (frames[0].shape[1], frames[0].shape[0])
     data = SheetData(title=clip.key, facts=_clip_facts(clip), frames=frames, times=[i / clip.fps for i in idx],
                      duration_s=clip.num_frames / clip.fps)
@@ -194,7 +182,7 @@ def sheet_from_source(video_path: str, audio_path: str | None, pose: dict[str, n
 
     f0, f1 = round(start_s * fps), max(round(end_s * fps), round(start_s * fps) + 1)
     idx = frame_indices(f1 - f0, count)
-    frames = read_frames(video_path, idx, width, height, start=f0)
+    frames = read_frames_exact(video_path, idx, width, height, start=f0)
     size = (frames[0].shape[1], frames[0].shape[0])
     data = SheetData(title=title, facts=facts, frames=frames, times=[i / fps for i in idx], duration_s=(f1 - f0) / fps)
     if pose is not None:
@@ -273,8 +261,7 @@ def draw_sheet(data: SheetData, path: str, columns: int = 4) -> str:
         tl.set_xlim(0, data.duration_s), tl.set_ylim(-1, 1)
         tl.set_yticks([])
         tl.set_xlabel("seconds (red: frames shown; blue: transcript words; grey: audio)")
-        tmp = f"{path}.tmp.png"
-        fig.savefig(tmp, dpi=80)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=80)
         plt.close(fig)
-    os.replace(tmp, path)
     return path

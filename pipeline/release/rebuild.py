@@ -41,7 +41,8 @@ from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 from schemas.settings import output_fields
 from stages.clips import ClipOptions, make_clips
 from stages.download import DownloadOptions, download
-from stages.errors import StageError, temp_name
+from stages.errors import StageError
+from stages.files import write_bytes
 from stages.normalize import NormalizeOptions, normalize
 
 from pipeline.release.croissant import write_rebuilt_metadata
@@ -166,14 +167,6 @@ def _shipped_arrays(root: Path, split: str, keys: set[str], max_bytes: int) -> d
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(str(path), path.suffix)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class _Ledger:
     """One ``RebuildResult`` per clip under ``OUT/work/ledger/<key>.json``."""
 
@@ -195,11 +188,11 @@ class _Ledger:
             (self.clips / layout.member_name(key, m)).exists() for m in r.member_sha256)
 
     def put(self, r: RebuildResult) -> None:
-        _write_atomic(self.dir / f"{r.key}.json", r.model_dump_json().encode())
+        write_bytes(str(self.dir / f"{r.key}.json"), r.model_dump_json().encode())
 
     def write_members(self, key: str, members: dict[str, bytes]) -> None:
         for suffix, data in members.items():
-            _write_atomic(self.clips / layout.member_name(key, suffix), data)
+            write_bytes(str(self.clips / layout.member_name(key, suffix)), data)
 
     def read_members(self, key: str, suffixes) -> dict[str, bytes]:
         return {s: (self.clips / layout.member_name(key, s)).read_bytes() for s in suffixes}
