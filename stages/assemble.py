@@ -22,8 +22,7 @@ from schemas.source import SourceProvenance
 
 from .audio_quality import audio_checks
 from .clips import ClipOptions, fixed_windows, make_clips, measure_audio
-from .files import write_npz
-from .pose import pose_quality, slice_pose
+from .pose import pose_quality, slice_pose, write_clip_pose
 from .select import reject_examples, select_clips
 from .speech import slice_transcript
 
@@ -90,7 +89,7 @@ def assemble_clips(inp: ClipInputs, out_dir: str, opts: ClipOptions) -> ClipSet:
             embedding = inp.identity.get(clip.face_track) if inp.identity else None
             if embedding is not None:
                 view["face_embedding"] = embedding
-            write_npz(os.path.join(out_dir, layout.member_name(clip.key, layout.POSE)), view)
+            write_clip_pose(os.path.join(out_dir, layout.member_name(clip.key, layout.POSE)), view)  # layout 2: compact landmarks
             clip.members.append(layout.POSE)
             clip.quality.update(pose_quality(view, 0, f1 - f0, media.height))
         if inp.transcript is not None:

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from geometry.head_pose import head_poses_deg
+from geometry.landmark_codec import encode_pose_member, pad_slots, trim_slots
 from geometry.landmarks import BACKEND, LIPS, LandmarkModels, analyse_frame, mesh_box, mouth_opening, part_arrays
 from schemas import PART_NAMES, PoseTrack
 from schemas.settings import Settings
@@ -344,15 +345,26 @@ def save_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write a video's pose arrays as an *uncompressed* ``.npz`` (atomically): its members can be
     memory-mapped by ``load_pose``, so the clip stages read a clip's frames, not the whole video.
     Landmark floats compress poorly: the file was 16 % larger than ``savez_compressed``'s on
-    landmark-like data (benchmarks/pose_memory.py); runs of NaN (absent hands) compress better."""
+    landmark-like data (benchmarks/pose_memory.py); runs of NaN (absent hands) compress better.
+    Face slots no frame uses are left out (``geometry.landmark_codec.trim_slots``): with one person
+    on screen the second slot of ``faces`` was half the file; ``load_pose`` pads them back."""
     from .files import temp_name
 
     tmp = temp_name(path, ".npz")
     if "faces" in arrays:  # ``face`` is a view of the primary slot of ``faces``: stored once
         arrays = {k: v for k, v in arrays.items() if k != "face"}
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)  # streams each array in 16 MiB chunks: memory-mapped inputs stay on disk
+        np.savez(f, **trim_slots(arrays))  # streams each array in 16 MiB chunks: memory-mapped inputs stay on disk
     os.replace(tmp, path)
+
+
+def write_clip_pose(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write a clip's ``pose.npz`` shard member (``slice_pose``'s arrays, plus ``face_embedding``)
+    in layout 2, compressed and atomically: landmarks fixed-point (``geometry.landmark_codec``;
+    at most 1.5e-5 of the frame off, 0.03 px at 1920). Read it with ``decode_pose_member``."""
+    from .files import write_npz
+
+    write_npz(path, encode_pose_member(arrays))
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -361,7 +373,9 @@ _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.form
 def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarray]:
     """A video's pose arrays; members of ``min_mapped_bytes`` or more stored uncompressed (as
     ``save_pose`` writes them) come back as read-only memory maps, everything else is read. An
-    older compressed ``pose.npz`` loads whole. Maps stay valid after ``path`` is removed (POSIX)."""
+    older compressed ``pose.npz`` loads whole. Maps stay valid after ``path`` is removed (POSIX).
+    Face slots ``save_pose`` left out are padded back: ``faces`` is then a ``SlotPadded`` over the
+    map (indexing it gives numpy arrays; ``np.asarray`` the whole), the small per-slot arrays copies."""
     out: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
         for info in zf.infolist():
@@ -381,6 +395,7 @@ def load_pose(path: str, min_mapped_bytes: int = 1 << 20) -> dict[str, np.ndarra
                         continue
             with zf.open(info) as member:
                 out[key] = np.lib.format.read_array(member, allow_pickle=False)
+    out = pad_slots(out, lazy=True)
     if "faces" in out and "face" not in out:
         out["face"] = out["faces"][:, 0]
     return out

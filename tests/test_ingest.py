@@ -13,10 +13,10 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import webdataset as wds
 
+from geometry.landmark_codec import decode_pose_member
 from pipeline.engine.config import load_config
 from pipeline.engine.runner import run_ingest
 from schemas import ClipRecord, FailureRecord, ManifestRow, RunStats
@@ -108,7 +108,7 @@ def test_ingest_end_to_end_with_bad_inputs(tmp_path, media_dir, http_server, ray
         assert clip.key == sample["__key__"] and clip.members == ["json", "mp4", "wav", "pose.npz"]
         audio, sr = sf.read(io.BytesIO(sample["wav"]))
         assert sr == 16000 and len(audio) == clip.num_audio_samples and clip.end_s - clip.start_s >= 1.0
-        pose = np.load(io.BytesIO(sample["pose.npz"]))
+        pose = decode_pose_member(sample["pose.npz"])  # either pose.npz layout (docs/shard_format.md)
         assert pose["part_confidences"].shape == (clip.num_frames, 5) and pose["body"].shape == (clip.num_frames, 33, 3)
         assert {"shots", "pose", "speech", "sync"} <= set(clip.stages) and clip.quality["max_people"] == 1
         assert clip.sync.backend == "lips" and clip.sync.verdict in ("pass", "unverified") and abs(clip.sync.offset_frames) <= 2

@@ -46,6 +46,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from pydantic import ValidationError
 
+from geometry.landmark_codec import decode_pose_member
 from schemas import ClipRecord, FlameFit
 from schemas import shard as layout
 from schemas.flame import NPZ_MEMBERS
@@ -543,8 +544,9 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
         frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], S, expect_wh=(clip.width, clip.height))
     except ValueError as e:
         raise ValueError(f"sample {sample['__key__']!r}: {e}") from None
-    with np.load(io.BytesIO(sample[layout.POSE])) as z:
-        conf, present, boxes = z["part_confidences"][idx], z["part_present"][idx], z["part_boxes"][idx]
+    # either pose.npz layout (docs/shard_format.md "Layout versions"); only the part arrays are decoded
+    pose = decode_pose_member(sample[layout.POSE], keys=("part_confidences", "part_present", "part_boxes"))
+    conf, present, boxes = pose["part_confidences"][idx], pose["part_present"][idx], pose["part_boxes"][idx]
     # part boxes are in the normalised video's pixels. A crop_box clip is that video's square
     # (x, y, side) scaled to clip.width; any other clip is the normalised frame itself, of which
     # the view keeps the centred square (decode_frames)

@@ -261,7 +261,7 @@ DAG = Registry([
               version=2),  # v2: backend lips (lip shape from the log-mel spectrum) replaces mouth
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
-              version=9),  # v9: clip assembly in stages/assemble.py, ``stages`` marked by the executor in DAG order; v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
+              version=10),  # v10: pose.npz layout 2 (compact landmarks, docs/shard_format.md); v9: clip assembly in stages/assemble.py, ``stages`` marked by the executor in DAG order; v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
               setup=setup_flame, unavailable=flame_unavailable, assets=flame_assets, outputs_exist=_clip_files_exist, emits_clips=True, on_clips=True,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geometry.landmark_codec import decode_pose_member
 from schemas import ClipRecord, Transcript
 from stages.files import atomic_path
 from stages.frames import read_frames_exact
@@ -162,8 +163,7 @@ def sheet_from_sample(members: dict[str, bytes], count: int = 8) -> SheetData:
     data = SheetData(title=clip.key, facts=_clip_facts(clip), frames=frames, times=[i / clip.fps for i in idx],
                      duration_s=clip.num_frames / clip.fps)
     if "pose.npz" in members:
-        with np.load(io.BytesIO(members["pose.npz"]), allow_pickle=False) as z:
-            pose = {k: z[k] for k in z.files}
+        pose = decode_pose_member(members["pose.npz"])  # either pose.npz layout (docs/shard_format.md)
         data.points, data.boxes, data.head_pose, data.nose = _pose_overlays(pose, idx, clip.crop_box, size, ("face",))
     if "wav" in members:
         audio, sr = sf.read(io.BytesIO(members["wav"]), dtype="float32", always_2d=False)
