@@ -17,7 +17,7 @@ from pipeline.demo.inputs import DemoVideo, make_talking_video
 #: Fixtures whose setup runs the ingest DAG or a CLI end to end, renders many videos, or loads or
 #: trains models (each over a second here; measured with ``--durations=0``). A test that uses one
 #: is marked ``e2e`` or ``models`` and left out of ``make test-fast``; ``make test`` runs it.
-E2E_FIXTURES = frozenset({"ray_session", "dub_run", "view_shards", "media_dir", "quiet_run", "real_run", "run_dir", "built",
+E2E_FIXTURES = frozenset({"ray_session", "dub_run", "flame_run", "view_shards", "media_dir", "quiet_run", "real_run", "run_dir", "built",
                           "release", "released", "meta_release", "report", "catalogue", "broll_then_anchor", "talking",
                           "three_videos"})
 MODEL_FIXTURES = frozenset({"pose_models", "models_en", "models_zh", "controllable", "data", "probe", "runs", "shards", "trained",
@@ -98,9 +98,15 @@ def http_server(media_dir):
     server.shutdown()
 
 
+#: The settings of ``flame_run`` other than the FLAME files (tests/test_flame.py runs them with a strict fit filter).
+FLAME_RUN_SETTINGS = ("clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0")
+
+
 @pytest.fixture(scope="session")
-def view_shards(tmp_path_factory, media_dir, ray_session):
-    """A real run with pose and FLAME (on built assets) so both model views have their members."""
+def flame_run(tmp_path_factory, media_dir, ray_session):
+    """A real run over zh_a with pose and FLAME (on built assets), shared by the FLAME stage's DAG test
+    and the model views (``view_shards``). Read it, don't change it (copy it to change it).
+    Returns (run folder, the FLAME files, the settings)."""
     from model_builders import build_flame_files
     from pipeline.engine.config import load_config
     from pipeline.engine.runner import run_ingest
@@ -109,9 +115,15 @@ def view_shards(tmp_path_factory, media_dir, ray_session):
     assets = build_flame_files(str(d / "assets"))
     (d / "s.csv").write_text(f"path,id,emotion,emotion_intensity\n{media_dir / 'zh_a.mp4'},zh_a,happy,2\n")
     # the built FLAME has random shape directions: no landmark fit is close, so the fit filter is off
-    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", "clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0"]
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", *FLAME_RUN_SETTINGS]
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
-    return sorted(str(p) for p in (d / "run" / "shards").glob("*.tar"))
+    return d / "run", assets, sets
+
+
+@pytest.fixture(scope="session")
+def view_shards(flame_run):
+    """The shards of ``flame_run``: pose and FLAME, so both model views have their members."""
+    return sorted(str(p) for p in (flame_run[0] / "shards").glob("*.tar"))
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +145,34 @@ def dub_run(tmp_path_factory, ray_session):
     sets = ["speech.enabled=false", "clips.min_face_px=0", "normalize.max_height=360", "clips.min_clip_s=1"]
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
     return d / "run", genuine, dub
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, media_dir, ray_session):
+    """A files-only run of six videos by four speakers, for the release tests (tests/test_release.py,
+    tests/test_release_metadata.py). Read it, don't change it."""
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
+
+    files_only = ["clips.mode=fixed", "clips.window_s=0.4", "normalize.max_height=120", "shots.enabled=false",
+                  "pose.enabled=false", "speech.enabled=false", "shards.max_count=5"]
+    d = tmp_path_factory.mktemp("rel")
+    lines = ["path,id,speaker,language"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},v{i},anchor{i % 4},zh" for i in range(6)]
+    (d / "s.csv").write_text("\n".join(lines) + "\n")
+    run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, files_only), echo=lambda m: None)
+    return d / "run"
+
+
+@pytest.fixture(scope="session")
+def release(run_dir, tmp_path_factory):
+    """The full release of ``run_dir`` (train/val/test): (folder, stats). Read it, don't change it."""
+    from pipeline.engine.config import load_config
+    from pipeline.release.package import package_release
+
+    out = tmp_path_factory.mktemp("release") / "cnas-1.0"
+    cfg = load_config(None, ["release.split_ratios={train: 0.5, val: 0.25, test: 0.25}", "release.max_shard_count=4"]).release
+    stats = package_release(str(run_dir), "1.0", str(out), cfg)
+    return out, stats
 
 
 def pytest_addoption(parser):

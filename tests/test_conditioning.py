@@ -6,7 +6,6 @@ emotion or audio input zeroed must fail the same report."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 
 from facial_data import write_facial_shards
 from paha_data import write_paha_shards
-from trainer_helpers import CNAS, REPO
+from cli_helpers import cnas
 from trainers.facial import metrics as M
 from trainers.facial.config import load_facial_config
 from trainers.facial.evaluate import FacialEvalOptions, ablated_checkpoint, evaluate
@@ -44,8 +43,9 @@ def controllable(data):
 @pytest.fixture(scope="module")
 def probe(data):
     out = data["root"] / "probe"
-    r = subprocess.run(CNAS + ["train", "facial-probe", "--data", str(data["root"] / "test" / "facial-{000000..000005}.tar"),
-                               "--out", str(out), "--window", "24", "--steps", "300"], cwd=REPO, capture_output=True, text=True)
+    # `cnas train facial-probe` in process (tests/cli_helpers.py): its report line and files are checked
+    r = cnas("train", "facial-probe", "--data", data["root"] / "test" / "facial-{000000..000005}.tar",
+             "--out", out, "--window", "24", "--steps", "300")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "held-out accuracy" in r.stdout and "chance 0.250" in r.stdout
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import cnas
 from pipeline.engine.console import Snapshot, ledger_snapshot
 from pipeline.inspect.status import run_status
 from pipeline.engine.workdir import WorkDir
@@ -22,6 +23,9 @@ NOISE = re.compile(r"UserWarning|DeprecationWarning|FutureWarning|feedback manag
                    r"Traceback|INFO |ray\.data", re.MULTILINE)
 
 
+# The run and its -v twin are real `python -m cnas` processes: what they show on the terminal, the native
+# stderr routed at process start and PYTHONWARNINGS read at start-up are the subject. `cnas status` only
+# prints what it reads: it runs in process (tests/cli_helpers.py).
 def _cnas(args: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
     e = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CNAS_PROGRESS_EVERY_S": "2", **env}
     return subprocess.run([sys.executable, "-m", "cnas", *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -76,8 +80,8 @@ def test_verbose_shows_more(quiet_run):
 
 def test_status_of_a_finished_run_matches_its_stats(quiet_run):
     d, _, _ = quiet_run
-    s = _cnas(["status", str(d / "run")], timeout=120)
-    assert s.returncode == 0, s.stdout
+    s = cnas("status", d / "run")
+    assert s.returncode == 0, s.output
     stats = json.loads((d / "run" / "stats.json").read_text())
     assert "state: finished" in s.stdout
     assert f"SUMMARY ok={stats['videos_ok']} failed={stats['videos_failed']} clips={stats['clips']} shards={stats['shards']}" in s.stdout
@@ -98,9 +102,9 @@ def test_status_of_a_run_in_progress_reads_the_ledger(quiet_run):
 
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):
-    s = _cnas(["status", str(tmp_path)], timeout=120)
+    s = cnas("status", tmp_path)
     assert s.returncode == 1
-    assert "not a cnas ingest run folder" in s.stdout and "Traceback" not in s.stdout
+    assert "not a cnas ingest run folder" in s.output and "Traceback" not in s.output
 
 
 def test_ledger_snapshot_counts_videos_by_stage(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from facial_data import write_facial_shards
-from trainer_helpers import CNAS, REPO, assert_same_tensors, kill_and_resume
+from cli_helpers import cnas
+from trainer_helpers import assert_same_tensors, kill_and_resume
 from trainers.facial import metrics as M
 from trainers.facial.config import load_facial_config
 from trainers.facial.train import run_training
@@ -101,10 +102,10 @@ def test_generate_cli_sequence_preview_and_errors(trained, tmp_path):
     wav = tmp_path / "a.wav"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=180:duration=3.2", "-ar", "16000",
                     str(wav)], check=True)
-    base = CNAS + ["generate", "facial", "--checkpoint", str(run_dir), "--audio", str(wav), "--steps", "5"]
+    # `cnas generate facial` in process (tests/cli_helpers.py): the files and the status are checked, not a terminal
+    base = ["generate", "facial", "--checkpoint", run_dir, "--audio", wav, "--steps", "5"]
     out = tmp_path / "seq.npz"
-    r = subprocess.run(base + ["--emotion-label", "angry", "--intensity", "2", "--out", str(out),
-                               "--flame-model", assets["flame_model"]], cwd=REPO, capture_output=True, text=True)
+    r = cnas(*base, "--emotion-label", "angry", "--intensity", "2", "--out", out, "--flame-model", assets["flame_model"])
     assert r.returncode == 0, r.stderr[-2000:]
     with np.load(out) as z:
         assert z["exp"].shape == (80, 50) and z["pose"].shape == (80, 6) and np.all(z["pose"][:, :3] == 0)
@@ -114,12 +115,11 @@ def test_generate_cli_sequence_preview_and_errors(trained, tmp_path):
     streams = {s["codec_type"]: s for s in json.loads(probe.stdout)["streams"]}
     assert streams["video"]["nb_frames"] == "80" and "audio" in streams
     for emotion in (["--emotion-text", "a very sad face"], ["--emotion-audio", str(wav)]):
-        r = subprocess.run(base + emotion + ["--out", str(tmp_path / "x.npz")], cwd=REPO, capture_output=True, text=True)
+        r = cnas(*base, *emotion, "--out", tmp_path / "x.npz")
         assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run(base + ["--emotion-label", "bored", "--out", str(tmp_path / "y.npz")], cwd=REPO, capture_output=True, text=True)
+    r = cnas(*base, "--emotion-label", "bored", "--out", tmp_path / "y.npz")
     assert r.returncode == 1 and "unknown emotion label 'bored'" in r.stderr
-    r = subprocess.run(base[:5] + ["--checkpoint", str(tmp_path), "--audio", str(wav), "--emotion-label", "sad", "--out", "z.npz"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = cnas(*base[:2], "--checkpoint", tmp_path, "--audio", wav, "--emotion-label", "sad", "--out", "z.npz")
     assert r.returncode == 1 and "no checkpoint" in r.stderr
 
 
@@ -234,8 +234,7 @@ def test_mead_adapter(tmp_path):
     assert write_mead_sources(tmp_path, out, views=())[0] == 3
     with pytest.raises(ValueError, match="no MEAD videos"):
         write_mead_sources(tmp_path / "M003" / "audio", out)
-    r = subprocess.run(CNAS + ["adapt", "mead", str(tmp_path), "--out", str(out), "--view", "all"], cwd=REPO,
-                       capture_output=True, text=True)
+    r = cnas("adapt", "mead", tmp_path, "--out", out, "--view", "all")
     assert r.returncode == 0 and "3 MEAD clips" in r.stdout, r.stderr
 
 

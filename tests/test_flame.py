@@ -142,26 +142,30 @@ def test_fit_clip_shapes_validity_and_zero_lag_smoothing(assets):
     assert np.std(sm[:25] - 0) < np.std(noisy[:25])
 
 
-def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, assets, ray_session):
-    from pipeline.engine.config import load_config
-    from pipeline.engine.runner import run_ingest
-
-    (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
-    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["clips.min_clip_s=1", "speech.enabled=false", "normalize.max_height=240", "clips.min_face_px=0"]
-    # the test-built FLAME has random shape directions: its landmarks never meet a real face closely
-    strict = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "strict"), load_config(None, sets + ["flame.max_landmark_error_px=0.5"]),
-                        echo=lambda m: None)
-    assert strict.stats.clips == 0 and strict.stats.rejects_by_reason.get("flame_fit_poor", 0) >= 1
-    sets.append("flame.max_landmark_error_px=1000")
-    result = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
-    assert result.stats.clips >= 1 and "flame" not in result.stats.skipped_stages
+def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, flame_run, ray_session):
     import io
     import json
     import tarfile
 
-    with tarfile.open(next((tmp_path / "run" / "shards").glob("*.tar"))) as tar:
+    from conftest import FLAME_RUN_SETTINGS
+    from pipeline.engine.config import load_config
+    from pipeline.engine.runner import run_ingest
+    from schemas import ManifestRow, RunStats
+
+    run, assets, _ = flame_run  # zh_a with these FLAME files and flame.max_landmark_error_px=1000 (tests/conftest.py)
+    (tmp_path / "s.txt").write_text(f"{media_dir / 'zh_a.mp4'}\n")
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + list(FLAME_RUN_SETTINGS)
+    # the test-built FLAME has random shape directions: its landmarks never meet a real face closely
+    strict = run_ingest(str(tmp_path / "s.txt"), str(tmp_path / "strict"), load_config(None, sets + ["flame.max_landmark_error_px=0.5"]),
+                        echo=lambda m: None)
+    assert strict.stats.clips == 0 and strict.stats.rejects_by_reason.get("flame_fit_poor", 0) >= 1
+    stats = RunStats.model_validate_json((run / "stats.json").read_text())
+    manifest = [ManifestRow.model_validate_json(line) for line in (run / "manifest.jsonl").read_text().splitlines()]
+    assert stats.clips >= 1 and len(manifest) == stats.clips and "flame" not in stats.skipped_stages
+
+    with tarfile.open(next((run / "shards").glob("*.tar"))) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    key = result.manifest[0].key
+    key = manifest[0].key
     clip = json.loads(files[f"{key}.json"])
     fit = np.load(io.BytesIO(files[f"{key}.flame.npz"]))
     T = clip["num_frames"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from cli_helpers import cnas
 from geometry.landmark_codec import decode_pose_member
 from pipeline.engine.config import load_config
 from pipeline.engine.runner import run_ingest
@@ -162,13 +163,15 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_resume_after_sigkill_gives_the_manifest_of_a_clean_run(tmp_path, media_dir):
+def test_resume_after_sigkill_gives_the_manifest_of_a_clean_run(tmp_path, media_dir, ray_session):
     # Eight videos (the two real ones under several ids) so the kill lands mid-run.
     lines = ["path,id"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},vid{i}" for i in range(8)]
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
     args = ["ingest", "--sources", str(tmp_path / "s.csv"), "--num-cpus", "2", *sum((["--set", s] for s in FILES_ONLY), [])]
     args += ["--set", "clips.window_s=0.4"]
 
+    # the run that is killed is a process of its own (SIGKILL); the resumed and the clean run are
+    # `cnas ingest` in this process, on the session's Ray (tests/cli_helpers.py)
     killed = _cli([*args, "--out", str(tmp_path / "killed")])
     ledger = tmp_path / "killed" / "work" / "ledger"
     deadline = time.time() + 240
@@ -181,16 +184,14 @@ def test_resume_after_sigkill_gives_the_manifest_of_a_clean_run(tmp_path, media_
     assert 1 <= done_before_kill < 8, done_before_kill
     assert not (tmp_path / "killed" / "manifest.jsonl").exists()
 
-    resumed = _cli([*args, "--out", str(tmp_path / "killed")])
-    out_resumed, _ = resumed.communicate(timeout=400)
-    assert resumed.returncode == 0, out_resumed
-    assert "SUMMARY ok=8 failed=0" in out_resumed
+    resumed = cnas(*args, "--out", tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.output
+    assert "SUMMARY ok=8 failed=0" in resumed.output
     stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
     assert stats["videos_resumed"] >= done_before_kill
 
-    clean = _cli([*args, "--out", str(tmp_path / "clean")])
-    out_clean, _ = clean.communicate(timeout=400)
-    assert clean.returncode == 0, out_clean
+    clean = cnas(*args, "--out", tmp_path / "clean")
+    assert clean.returncode == 0, clean.output
     resumed_manifest = (tmp_path / "killed" / "manifest.jsonl").read_text()
     assert resumed_manifest == (tmp_path / "clean" / "manifest.jsonl").read_text()
     keys = [json.loads(l)["key"] for l in resumed_manifest.splitlines()]
@@ -203,15 +204,14 @@ def test_resume_after_sigkill_gives_the_manifest_of_a_clean_run(tmp_path, media_
     assert all(idx == list(range(len(idx))) for idx in per_video.values())
 
 
-def test_cli_exit_status_and_errors(tmp_path, media_dir):
+def test_cli_exit_status_and_errors(tmp_path, media_dir, ray_session):
+    # in process (the status `python -m cnas` exits with is main's return value); a real process's
+    # status 3 is checked by tests/test_console.py, its status 1 by tests/test_security_pipeline.py
     (tmp_path / "s.txt").write_text(f"{media_dir / 'text.mp4'}\n")
-    p = _cli(["ingest", "--sources", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o"), "--num-cpus", "1"])
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 3, out
-    assert "SUMMARY ok=0 failed=1" in out and "FAILED at normalize (unreadable" in out
-    p = _cli(["ingest", "--sources", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o2")])
-    out, _ = p.communicate(timeout=60)
-    assert p.returncode == 1 and "sources file not found" in out
-    p = _cli(["ingest", "--sources", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o3"), "--set", "clips.window_s=0.01"])
-    out, _ = p.communicate(timeout=60)
-    assert p.returncode == 1 and "not a whole number of frames" in out
+    p = cnas("ingest", "--sources", tmp_path / "s.txt", "--out", tmp_path / "o", "--num-cpus", "1")
+    assert p.returncode == 3, p.output
+    assert "SUMMARY ok=0 failed=1" in p.output and "FAILED at normalize (unreadable" in p.output
+    p = cnas("ingest", "--sources", tmp_path / "none.txt", "--out", tmp_path / "o2")
+    assert p.returncode == 1 and "sources file not found" in p.output
+    p = cnas("ingest", "--sources", tmp_path / "s.txt", "--out", tmp_path / "o3", "--set", "clips.window_s=0.01")
+    assert p.returncode == 1 and "not a whole number of frames" in p.output

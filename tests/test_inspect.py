@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import CliResult, cnas
 from pipeline.engine.config import load_config
 from pipeline.engine.ledger import read_entry
 from pipeline.release.package import package_release
@@ -25,13 +25,12 @@ from stages.frames import read_frames_exact
 from pipeline.engine.workdir import WorkDir
 from schemas import ClipSet
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def _cnas(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "cnas", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+def _cnas(*args: str) -> CliResult:
+    """`cnas inspect|validate` in process (tests/cli_helpers.py): these tests check the files and the lines it writes."""
+    return cnas(*args)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from paha_data import write_paha_shards
-from trainer_helpers import CNAS, REPO, assert_same_tensors, kill_and_resume
+from cli_helpers import cnas
+from trainer_helpers import assert_same_tensors, kill_and_resume
 from trainers.data import LoaderConfig, make_loader
 from trainers.paha import metrics as M
 from trainers.paha.config import load_paha_config
@@ -230,21 +231,20 @@ def test_generate_cli_with_each_guidance_and_errors(runs, shards, tmp_path):
     wav = tmp_path / "a.wav"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=200:duration=0.6", "-ar", "16000",
                     str(wav)], check=True)
-    base = CNAS + ["generate", "paha", "--checkpoint", str(runs / "univdm"), "--ref", str(ref), "--audio", str(wav),
-                   "--steps", "3"]
+    # `cnas generate paha` in process (tests/cli_helpers.py): the files and the status are checked, not a terminal
+    base = ["generate", "paha", "--checkpoint", str(runs / "univdm"), "--ref", str(ref), "--audio", str(wav),
+            "--steps", "3"]
     for g in ("none", "sg", "dg"):
         out = tmp_path / f"{g}.mp4"
-        r = subprocess.run(base + ["--guidance", g, "--pce-checkpoint", str(runs / "pce"), "--regions", str(regions),
-                                   "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+        r = cnas(*base, "--guidance", g, "--pce-checkpoint", runs / "pce", "--regions", regions, "--out", out)
         assert r.returncode == 0, r.stderr[-2000:]
         probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,nb_frames,width", "-of", "json",
                                 str(out)], capture_output=True, text=True, check=True)
         streams = {s["codec_type"]: s for s in json.loads(probe.stdout)["streams"]}
         assert streams["video"]["nb_frames"] == "15" and streams["video"]["width"] == 32 and "audio" in streams
-    r = subprocess.run(base + ["--guidance", "sg", "--out", str(tmp_path / "x.mp4")], cwd=REPO, capture_output=True, text=True)
+    r = cnas(*base, "--guidance", "sg", "--out", tmp_path / "x.mp4")
     assert r.returncode == 1 and "needs --pce-checkpoint" in r.stderr
-    r = subprocess.run(base[:6] + [str(runs / "pce")] + base[7:] + ["--out", str(tmp_path / "y.mp4")], cwd=REPO,
-                       capture_output=True, text=True)
+    r = cnas(*base[:3], runs / "pce", *base[4:], "--out", tmp_path / "y.mp4")
     assert r.returncode == 1 and "is a 'pce' checkpoint, expected 'univdm'" in r.stderr
 
 

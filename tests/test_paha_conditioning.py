@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ import torch
 
 from paha_data import draw_frames, envelope, write_paha_shards
 from talking_fixtures import REAL_SPEECH, package_file
-from trainer_helpers import CNAS, REPO
+from cli_helpers import cnas
 from trainers.conditioning import audio_envelope, envelope_correlation
 from trainers.paha import metrics as M
 from trainers.paha.evaluate import PahaEvalOptions, audio_conditioning, evaluate
@@ -178,10 +177,10 @@ def test_eval_compare_guidance_cli_scores_each_mode_by_sync_and_mouth(runs):
     torch.manual_seed(0)
     torch.save(_syncnet_class()(num_layers_in_fc_layers=1024).eval().state_dict(), syncnet)
     out = runs["root"] / "eval.json"
-    r = subprocess.run(CNAS + ["eval", "paha", "--checkpoint", str(runs["univdm"]), "--pce-checkpoint", str(runs["pce"]),
-                               "--data", *runs["test"], "--max-clips", "2", "--frames", "8", "--steps", "2", "--no-hands",
-                               "--syncnet-weights", str(syncnet), "--compare-guidance", "--device", "cpu", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True)
+    # `cnas eval paha` in process (tests/cli_helpers.py): the report file and the status are checked
+    r = cnas("eval", "paha", "--checkpoint", runs["univdm"], "--pce-checkpoint", runs["pce"],
+             "--data", *runs["test"], "--max-clips", "2", "--frames", "8", "--steps", "2", "--no-hands",
+             "--syncnet-weights", syncnet, "--compare-guidance", "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(out.read_text())
     compared = report["conditioning"]["guidance"]
@@ -193,6 +192,5 @@ def test_eval_compare_guidance_cli_scores_each_mode_by_sync_and_mouth(runs):
         assert not any("pce" in key for key in block)  # the guiding classifier is not the judge
     # the "none" block is the main pass (guidance none by default): the same Sync numbers
     assert compared["modes"]["none"]["sync_d"] == pytest.approx(report["sync_d"])
-    r = subprocess.run(CNAS + ["eval", "paha", "--checkpoint", str(runs["univdm"]), "--data", *runs["test"],
-                               "--compare-guidance"], cwd=REPO, capture_output=True, text=True)
+    r = cnas("eval", "paha", "--checkpoint", runs["univdm"], "--data", *runs["test"], "--compare-guidance")
     assert r.returncode != 0 and "--compare-guidance needs --pce-checkpoint" in r.stderr

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import cnas
 from pipeline.engine.config import load_config
 from pipeline.release.rebuild import REPORT, SUMMARY, rebuild_release
 from pipeline.release.validate import validate_release
@@ -21,7 +20,6 @@ from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 
 FILES_ONLY = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=120", "shots.enabled=false",
               "pose.enabled=false", "speech.enabled=false", "shards.max_count=4"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +34,10 @@ def released(tmp_path_factory, media_dir, ray_session):
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, FILES_ONLY), echo=lambda m: None)
     manifest = {r.key: r for r in (ManifestRow.model_validate_json(l) for l in (d / "run" / "manifest.jsonl").read_text().splitlines())}
     rel = d / "release"
-    # through the CLI, from the worktree's code
-    subprocess.run([sys.executable, "-m", "cnas", "release", str(d / "run"), "--version", "1.0", "--out", str(rel), "--metadata-only",
-                    "--set", "release.split_ratios={train: 0.34, val: 0.33, test: 0.33}"], check=True, cwd=REPO, capture_output=True)
+    # through the CLI (in process: tests/cli_helpers.py)
+    p = cnas("release", d / "run", "--version", "1.0", "--out", rel, "--metadata-only",
+             "--set", "release.split_ratios={train: 0.34, val: 0.33, test: 0.33}")
+    assert p.returncode == 0, p.output
     # the media is gone: the run's shards, clips and normalised media
     shutil.rmtree(d / "run")
     return d, src, rel, manifest
@@ -114,7 +113,7 @@ def test_rebuild_identical_changed_unavailable_and_resume(released, tmp_path):
         f.write(b"\0" * 64)
     (src / "b.mp4").unlink()
     out2 = tmp_path / "out2"
-    result = subprocess.run([sys.executable, "-m", "cnas", "rebuild", str(rel), "--out", str(out2), "--source-dir", str(src)], cwd=REPO, capture_output=True, text=True)
+    result = cnas("rebuild", rel, "--out", out2, "--source-dir", src)
     assert result.returncode == 3, result.stderr
     rep2 = _report(out2)
     by_video = {v: {r.status for r in rep2.values() if r.video_id == v} for v in ("va", "vb", "vc")}

@@ -13,25 +13,8 @@ from pipeline.release.package import package_release
 from pipeline.release.validate import validate_release
 from pipeline.engine.runner import run_ingest
 
-FILES_ONLY = ["clips.mode=fixed", "clips.window_s=0.4", "normalize.max_height=120", "shots.enabled=false",
-              "pose.enabled=false", "speech.enabled=false", "shards.max_count=5"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, media_dir, ray_session):
-    d = tmp_path_factory.mktemp("rel")
-    lines = ["path,id,speaker,language"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},v{i},anchor{i % 4},zh" for i in range(6)]
-    (d / "s.csv").write_text("\n".join(lines) + "\n")
-    run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, FILES_ONLY), echo=lambda m: None)
-    return d / "run"
-
-
-@pytest.fixture(scope="module")
-def release(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("release") / "cnas-1.0"
-    cfg = load_config(None, ["release.split_ratios={train: 0.5, val: 0.25, test: 0.25}", "release.max_shard_count=4"]).release
-    stats = package_release(str(run_dir), "1.0", str(out), cfg)
-    return out, stats
+# run_dir (six files-only videos of four speakers) and release (its full release) are session fixtures in
+# tests/conftest.py, shared with tests/test_release_metadata.py
 
 
 def test_release_layout_and_disjoint_speakers(release, run_dir):
@@ -103,17 +86,15 @@ def test_validate_passes_and_catches_each_corruption(release, tmp_path):
 
 
 def test_cli_release_and_validate(run_dir, tmp_path):
-    import subprocess
-    import sys
+    from cli_helpers import cnas  # in process: the test is about the files and the status, not a terminal
 
     out = tmp_path / "rel"
-    p = subprocess.run([sys.executable, "-m", "cnas", "release", str(run_dir), "--version", "0.1", "--out", str(out)],
-                       capture_output=True, text=True)
+    p = cnas("release", run_dir, "--version", "0.1", "--out", out)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, "-m", "cnas", "validate", str(out)], capture_output=True, text=True)
+    p = cnas("validate", out)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1].startswith("OK"), p.stdout
     (out / "stats.json").write_text("{}")
-    p = subprocess.run([sys.executable, "-m", "cnas", "validate", str(out), "--quick"], capture_output=True, text=True)
+    p = cnas("validate", out, "--quick")
     assert p.returncode == 1 and "INVALID" in p.stdout and "stats.json: sha256 differs" in p.stdout
 
 

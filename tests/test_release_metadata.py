@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-from test_release import release, run_dir  # noqa: F401  (module fixtures: one ingest run, one release)
 
 from pipeline.engine.config import load_config
 from pipeline.release.croissant import CROISSANT, card_header, hf_licence, read_card_header
@@ -19,7 +18,7 @@ RATIOS = "release.split_ratios={train: 0.5, val: 0.25, test: 0.25}"
 
 
 @pytest.fixture(scope="module")
-def meta_release(run_dir, tmp_path_factory):  # noqa: F811
+def meta_release(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("meta") / "cnas-1.0-meta"
     cfg = load_config(None, [RATIOS, 'release.licence="CC BY-NC 4.0"']).release
     stats = package_metadata_release(str(run_dir), "1.0", str(out), cfg)
@@ -30,7 +29,7 @@ def _keys(out, split, name):
     return [json.loads(l)["key"] for l in (out / split / name).read_text().splitlines() if l.strip()]
 
 
-def test_card_header_is_what_the_hub_reads(release, meta_release):  # noqa: F811
+def test_card_header_is_what_the_hub_reads(release, meta_release):
     out, stats = release
     card = (out / "README.md").read_text()
     assert card.startswith("---\n")
@@ -51,7 +50,7 @@ def test_card_header_is_what_the_hub_reads(release, meta_release):  # noqa: F811
     assert "extra" not in card_header(empty, load_config(None, []).release, "1.0")
 
 
-def test_load_dataset_through_the_card_configs(release, meta_release, monkeypatch):  # noqa: F811
+def test_load_dataset_through_the_card_configs(release, meta_release, monkeypatch):
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -76,7 +75,7 @@ def test_load_dataset_through_the_card_configs(release, meta_release, monkeypatc
         assert all(k == split for k in ds["split"]) and "clip" in ds.column_names
 
 
-def test_croissant_validates_and_iterates(release, meta_release):  # noqa: F811
+def test_croissant_validates_and_iterates(release, meta_release):
     import mlcroissant as mlc
 
     mout, mstats = meta_release
@@ -109,7 +108,7 @@ def test_croissant_validates_and_iterates(release, meta_release):  # noqa: F811
     assert {d["includes"] for d in json_sets} == {"*.json"} and all(d["containedIn"] for d in json_sets)
 
 
-def test_validate_checks_the_metadata(release, meta_release, tmp_path):  # noqa: F811
+def test_validate_checks_the_metadata(release, meta_release, tmp_path):
     out, _ = release
     sums = (out / "SHA256SUMS").read_text()
     assert "  croissant.json\n" in sums and "  README.md\n" in sums

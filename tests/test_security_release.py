@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from cli_helpers import cnas  # `cnas rebuild` in process: these tests check its status, its error and the files
 from pipeline.engine.config import load_config
 from pipeline.release.rebuild import REPORT, SUMMARY, rebuild_release
 from pipeline.release.files import iter_tar_samples
@@ -31,7 +31,6 @@ from pipeline.engine.runner import run_ingest
 from schemas import ManifestRow
 from schemas.release import RebuildResult
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray Data's own config deprecations
 RUN_SETTINGS = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=120", "shots.enabled=false",
                 "speech.enabled=false", "shards.max_count=4"]  # pose on: every clip lists a pose.npz member
@@ -149,8 +148,7 @@ def test_split_named_dotdot_victim_is_refused(built, tmp_path):
     error = _rebuild_error(rel, out, built.src)
     assert _snapshot(victim) == before, "the victim folder next to OUT changed"
     assert "split '../victim' is not a safe name" in error and _out_untouched(out)
-    p = subprocess.run([sys.executable, "-m", "cnas", "rebuild", str(rel), "--out", str(out), "--source-dir", str(built.src)],
-                       cwd=REPO, capture_output=True, text=True)
+    p = cnas("rebuild", rel, "--out", out, "--source-dir", built.src)
     assert p.returncode == 1 and "not a safe name" in p.stderr, (p.returncode, p.stderr[-2000:])
     assert _snapshot(victim) == before and _out_untouched(out)
     rep = validate_release(str(rel), check_media=False)
@@ -233,8 +231,7 @@ def test_recipe_runtime_and_safety_settings_are_the_consumers(built, tmp_path, m
     with pytest.raises(ValueError, match="not an x264 preset"):
         rebuild_release(str(rel), str(tmp_path / "out2"), source_dir=str(built.src), echo=lambda m: None)
     # the CLI takes runtime settings only
-    p = subprocess.run([sys.executable, "-m", "cnas", "rebuild", str(rel), "--out", str(tmp_path / "out3"), "--set", "clips.crf=30"],
-                       cwd=REPO, capture_output=True, text=True)
+    p = cnas("rebuild", rel, "--out", tmp_path / "out3", "--set", "clips.crf=30")
     assert p.returncode == 2 and "runtime and safety settings" in p.stderr
 
 
