@@ -8,7 +8,8 @@ two-shot, silence in stated shares), every stage on, selected clips; the exhaust
 (``pose.cascade=false``) and the cascade run side by side on the same files in this one command.
 Reported: source-hours per wall-hour of each, the seconds the dense models looked at, the share of
 the exhaustive run's accepted clip seconds the cascade keeps (time overlap per video), and the
-mean distance between the two runs' face landmarks on the cascade's clips.
+mean distance between the two runs' face landmarks on the cascade's clips. ``--runs nocurate,cascade``
+measures what the broadcast curation stage costs (the cascade run without and with it).
 
 Prints source-hours per wall-hour (whole run, including Ray start-up, and DAG only) and the
 seconds each stage spent, summed over videos; appends nothing by itself — copy the printed table
@@ -101,7 +102,9 @@ def news_mix(args) -> None:
     base = [f"ray.num_cpus={args.num_cpus}", f"normalize.max_height={args.max_height}", *args.set]
     runs = {}
     # exhaustive: every graph on every frame (the toolkit before the cascade)
-    modes = {"exhaustive": ["pose.cascade=false", "pose.body_every=1"], "cascade": ["pose.cascade=true"]}
+    # nocurate: the cascade without the broadcast curation stage (what curation costs: --runs nocurate,cascade)
+    modes = {"exhaustive": ["pose.cascade=false", "pose.body_every=1"], "cascade": ["pose.cascade=true"],
+             "nocurate": ["pose.cascade=true", "curate.enabled=false"]}
     for name, extra in ((m, modes[m]) for m in args.runs.split(",")):
         out = os.path.join(root, f"run-{name}-{int(time.time())}")
         t0 = time.perf_counter()
@@ -126,7 +129,13 @@ def news_mix(args) -> None:
               f"| {s.clips} | {clip_s:.1f} | {stages} |")
     for name, r in runs.items():
         print(f"{name}: accepted clip seconds {sum(e - b for v in r['clips'].values() for b, e in v):.1f}; rejects {dict(r['stats'].rejects_by_reason)}")
-    if set(runs) != set(modes):
+    if {"nocurate", "cascade"} <= set(runs):
+        off, on = runs["nocurate"], runs["cascade"]
+        cur = on["stats"].stage_timings.get("curate")
+        total = sum(t.seconds for t in on["stats"].stage_timings.values())
+        print(f"curation: wall {on['wall']:.1f} s with, {off['wall']:.1f} s without ({on['wall'] / off['wall'] - 1:+.1%}); curate stage "
+              f"{cur.seconds if cur else 0:.1f} s of {total:.1f} stage seconds ({(cur.seconds if cur else 0) / total:.1%})")
+    if set(runs) != {"exhaustive", "cascade"}:
         return
     ex, ca = runs["exhaustive"], runs["cascade"]
     ex_s = sum(e - b for v in ex["clips"].values() for b, e in v)

@@ -2,6 +2,7 @@
 
 from .base import SAFE_ID_PATTERN, SCHEMA_VERSION, Record
 from . import shard
+from .curation import ClipCuration, FingerprintEntry
 from .clip import CLIP_KEY_PATTERN, ClipRecord, GateCheck, ClipSet, RejectSpan
 from .flame import FlameFit
 from .media import NormalizedMedia, ProbeInfo, Shot, ShotList
@@ -29,6 +30,8 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "identity_registry": IdentityRegistry,
     "flame_fit": FlameFit,
     "clip": ClipRecord,
+    "clip_curation": ClipCuration,
+    "fingerprint_entry": FingerprintEntry,
     "clip_set": ClipSet,
     "manifest_row": ManifestRow,
     "failure": FailureRecord,

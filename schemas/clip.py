@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import SAFE_ID_PATTERN, Record
+from .curation import ClipCuration
 from .source import SourceProvenance
 from .speech import Transcript
 from .sync import ClipSync
@@ -90,6 +91,7 @@ class ClipRecord(Record):
     identity: str | None = Field(None, description="identity id (identities.json next to the shards), same person in every video and run")
     identity_name: str | None = Field(None, description="the identity's name from identities.csv")
     identity_distance: float | None = Field(None, description="distance of the face track's embedding to the identity centroid (dlib 128-d; ≤ 0.6 = same person)")
+    curation: ClipCuration | None = Field(None, description="burned-in text, subtitles, fingerprints and duplicate group (curate stage)")
     provenance: SourceProvenance | None = Field(None, description="where the source came from (platform, channel, date, licence)")
     source_media: SourceMedia | None = None
     clip_to_source: list[list[float]] | None = Field(

@@ -96,3 +96,17 @@ def read_spans(video_path: str, width: int, height: int, spans: list[tuple[int, 
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", video_path, "-vf", f"select={expr}",
            "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     yield from pipe_frames(cmd, width, height, (t for a, b in spans for t in range(a, b)))
+
+
+def read_clip_frames(video_path: str, width: int, height: int, start_s: float, offsets: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(offset, RGB frame)`` of the frames ``offsets`` (sorted, unique) counted from ``start_s``:
+    ffmpeg seeks there and decodes only up to the last one (analysis of a clip's frames, where a
+    frame more or less at the seek point does not matter; cutting uses the frame-exact readers)."""
+    wanted = sorted(set(int(i) for i in offsets))
+    if not wanted:
+        return
+    expr = "+".join(f"eq(n\\,{i})" for i in wanted)
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-ss", f"{start_s:.3f}", "-i", video_path,
+           "-frames:v", str(len(wanted)), "-vf", f"select={expr}", "-fps_mode", "passthrough",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    yield from pipe_frames(cmd, width, height, iter(wanted))

@@ -109,7 +109,9 @@ def test_one_identity_over_three_videos_never_straddles_splits(tmp_path, media_d
     rows = ["path,id"] + [f"{media_dir / ('zh_a.mp4' if i != 1 else 'en_b.mp4')},anchor_ep{i}" for i in range(3)]
     rows += [f"{tmp_path / 'other.mp4'},guest_ep{i}" for i in range(3)]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
-    sets = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=360", "shots.enabled=false", "speech.enabled=false"]
+    # the episodes are copies of two files: keep the copies (grouped) so that identities make the splits
+    sets = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=360", "shots.enabled=false", "speech.enabled=false",
+            "curate.duplicates=keep"]
     run_ingest(str(tmp_path / "s.csv"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
     registry = json.loads((tmp_path / "run" / "identities.json").read_text())
     assert len(registry["identities"]) == 2, [(i["id"], i["videos"]) for i in registry["identities"]]
@@ -121,3 +123,5 @@ def test_one_identity_over_three_videos_never_straddles_splits(tmp_path, media_d
     for ident in registry["identities"]:
         assert sum(ident["id"] in s["speakers"] for s in stats["splits"].values()) == 1
     assert validate_release(str(tmp_path / "rel")).ok
+    # the copies were found as rebroadcast groups, each inside one identity
+    assert stats["duplicates"]["groups_in_release"] > 0, stats["duplicates"]

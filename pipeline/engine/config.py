@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from schemas.settings import Settings, apply_overrides
 from stages.clips import ClipOptions
+from stages.curate import CurateOptions
 from stages.download import DownloadOptions
 from stages.flame import FlameOptions
 from stages.normalize import NormalizeOptions
@@ -100,6 +101,7 @@ class Config(Settings):
     identity: IdentityOptions = Field(default_factory=IdentityOptions)
     sync: SyncOptions = Field(default_factory=SyncOptions)
     clips: ClipOptions = Field(default_factory=ClipOptions)
+    curate: CurateOptions = Field(default_factory=CurateOptions)
     flame: FlameOptions = Field(default_factory=FlameOptions)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)

@@ -1,6 +1,6 @@
 """The ingestion DAG: one declaration per stage, in execution order.
 
-    download → normalize → shots → speech → pose → identity → sync → clips → flame
+    download → normalize → shots → speech → pose → identity → sync → clips → curate → flame
     (→ identities across the run, shard sink: in the driver)
 
 Each ``StageSpec`` names a Ray-free stage function from ``stages/`` and a small adapter (``_run_*``)
@@ -24,6 +24,7 @@ from schemas import ClipSet, DownloadResult, IdentityResult, NormalizedMedia, Po
 from schemas import shard as layout
 from stages.assemble import ClipInputs, assemble_clips
 from stages.clips import ClipOptions
+from stages.curate import CurateOptions, curate_clip_set
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
 from stages.errors import StageError
 from stages.files import write_npz
@@ -229,13 +230,31 @@ def _clip_files_exist(out: ClipSet, ctx: StageContext) -> bool:
     return all(ctx.work.exists(*layout.clip_member_parts(c.video_id, c.key, s)) for c in out.clips for s in layout.file_members(c.members))
 
 
+def _run_curate(ctx: StageContext) -> ClipSet:
+    """Broadcast checks on every clip of the video (``stages.curate.curate_clip_set``)."""
+    media: NormalizedMedia = ctx.inputs["normalize"]
+    pose_out: PoseResult | None = ctx.inputs.get("pose")
+    work = ctx.work
+    with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file, \
+            work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a:
+        audio = load_audio(a) if ctx.options.fingerprint else None
+        return curate_clip_set(v, audio, SAMPLE_RATE, media, ctx.inputs["clips"], load_pose(pose_file) if pose_file else None,
+                               ctx.options)
+
+
+def _curated(clip) -> bool:
+    return clip.curation is not None
+
+
 def _run_flame(ctx: StageContext) -> ClipSet:
-    """DECA → FLAME for every clip of the video (``stages.flame.fit_clip_set``)."""
+    """DECA → FLAME for every clip of the video (``stages.flame.fit_clip_set``): the curated clips
+    when the curate stage ran."""
     media: NormalizedMedia = ctx.inputs["normalize"]
     work = ctx.work
+    clips = ctx.inputs.get("curate") or ctx.inputs["clips"]
     with work.fetch(ctx.inputs["pose"].path) as pose_file, work.fetch(media.video_path) as v, \
             work.local_dir(layout.CLIPS_DIR, ctx.item.video_id) as clip_dir:
-        return fit_clip_set(ctx.models, v, media, ctx.inputs["clips"], load_pose(pose_file), clip_dir,
+        return fit_clip_set(ctx.models, v, media, clips, load_pose(pose_file), clip_dir,
                             ctx.options.max_landmark_error_px)
 
 
@@ -262,8 +281,10 @@ DAG = Registry([
     StageSpec("clips", ClipOptions, ClipSet, _run_clips, requires={"normalize": "the normalised media"},
               uses=("download", "shots", "pose", "speech", "identity", "sync"), outputs_exist=_clip_files_exist, emits_clips=True,
               version=10),  # v10: pose.npz layout 2 (compact landmarks, docs/shard_format.md); v9: clip assembly in stages/assemble.py, ``stages`` marked by the executor in DAG order; v8: active face without a window threshold, clip-level sync verdicts; v2: provenance, source_media, clip_to_source; v3: active speaker, sync decisions; v4: face track, embedding; v5: audio figures and filters; v6: reject spans; v7: frame-exact cuts, several per ffmpeg process
+    StageSpec("curate", CurateOptions, ClipSet, _run_curate, requires={"clips": "the clips to check", "normalize": "the normalised media"},
+              uses=("pose", "speech"), outputs_exist=_clip_files_exist, emits_clips=True, on_clips=_curated),
     StageSpec("flame", FlameOptions, ClipSet, _run_flame,
-              requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize",),
+              requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize", "curate"),
               setup=setup_flame, unavailable=flame_unavailable, assets=flame_assets, outputs_exist=_clip_files_exist, emits_clips=True, on_clips=True,
               version=2),  # v2: landmark refinement (dlib 68 iBUG points), flame_fit_poor
 ])

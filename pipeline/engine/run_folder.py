@@ -39,6 +39,7 @@ class RunFolder:
     FAILURES = "failures.jsonl"
     STATS = "stats.json"
     IDENTITIES = "identities.json"
+    FINGERPRINTS = "fingerprints.jsonl"
     LOGS = "logs"
     WORK = "work"
     LOCK = LOCK_FILE

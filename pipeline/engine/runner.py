@@ -19,6 +19,7 @@ from pipeline.engine import console
 from pipeline.engine.config import Config, dump_config
 from pipeline.engine.dag import DAG
 from pipeline.engine.executor import build_plan, clips_of
+from pipeline.engine.duplicates import group_duplicates, save_fingerprints
 from pipeline.engine.identities import label_clips, save_registry
 from pipeline.engine.lock import output_lock
 from pipeline.engine.run_folder import RunFolder
@@ -196,11 +197,21 @@ def _run_ingest(sources_path: str, out: str, cfg: Config, echo: Callable[[str], 
                                           message="the Ray worker processing this video died; see the Ray logs (re-run to retry)"))
             say(f"{item.video_id}: FAILED (worker crashed)")
     failures.extend(source_failures)
+    fingerprints = None
+    if "curate" in DAG.active(cfg) and cfg.curate.fingerprint:  # rebroadcast copies across videos and runs
+        clips, copies, fingerprints = group_duplicates(clips, out_dir, cfg.curate)
+        for c in copies:
+            reject_counts["duplicate"] += 1
+            reject_seconds["duplicate"] += c.end_s - c.start_s
+        if copies:
+            say(f"rebroadcast copies dropped: {len(copies)} clips ({sum(c.end_s - c.start_s for c in copies):.1f} s)")
     registry = label_clips(clips, identity_results, out_dir, cfg.identity) if "identity" in DAG.active(cfg) else None
     say(f"writing shards for {len(clips)} clips ...")
     t_sink = time.perf_counter()
     s = cfg.shards
     manifest, rewritten = write_shards(clips, work, out_dir, s.max_count, s.max_size_mb, s.prefix)
+    if fingerprints is not None:
+        save_fingerprints(fingerprints, out_dir)
     if registry is not None:
         save_registry(registry, out_dir)
         say(f"identities: {len({c.identity for c in clips if c.identity})} in this run's clips, {len(registry.identities)} in {run.path(RunFolder.IDENTITIES)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from pipeline.engine.config import ReleaseConfig
-from pipeline.release.splits import speaker_of
+from pipeline.release.splits import split_keys
 
 
 AUDIO_FIGURES = {"loudness_lufs": "loudness (LUFS)", "snr_db": "SNR (dB)", "music_score": "music score", "clipping_ratio": "clipped share"}
@@ -30,8 +30,9 @@ def make_plots(clips, split_of_speaker: dict[str, str] | None, cfg: ReleaseConfi
     ax.set(xlabel="clip duration (s)", ylabel="clips", title="Clip durations")
     fig.tight_layout(), fig.savefig(folder / "durations.png", dpi=100), plt.close(fig)
     per = defaultdict(float)
+    speaker = split_keys(list(clips.values()), cfg.speaker_keys, cfg.split_by_identity)
     for c in clips.values():
-        per[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += (c.end_s - c.start_s) / 60
+        per[speaker[c.key]] += (c.end_s - c.start_s) / 60
     fig, ax = plt.subplots(figsize=(5, 3))
     names = sorted(per, key=per.get, reverse=True)[:30]
     if split_of_speaker is None:
@@ -56,6 +57,11 @@ def make_plots(clips, split_of_speaker: dict[str, str] | None, cfg: ReleaseConfi
     ax.set(xlabel="mean part confidence per clip", ylabel="clips", title="Part confidences")
     ax.legend(fontsize=7)
     fig.tight_layout(), fig.savefig(folder / "part_confidence.png", dpi=100), plt.close(fig)
+
+
+def curation_rows(stats: dict) -> str:
+    rows = [f"| {k} | {v['p10']:g} | {v['p50']:g} | {v['p90']:g} | {v['max']:g} |" for k, v in stats.get("curation", {}).items()]
+    return "\n".join(rows) or "| (the curate stage did not run) | | | | |"
 
 
 def dataset_card(stats: dict, cfg: ReleaseConfig, version: str) -> str:
@@ -100,6 +106,16 @@ records = mlc.Dataset(jsonld="path/to/this/folder/croissant.json").records(recor
 ![durations](plots/durations.png) ![speakers](plots/speakers.png) ![parts](plots/part_confidence.png) ![audio](plots/audio.png)
 
 Part confidences (mean per clip): {json.dumps(stats['part_confidence'])}
+
+Broadcast curation (docs/curation.md; p10 / p50 / p90 / max over the clips):
+
+| score | p10 | p50 | p90 | max |
+|---|---|---|---|---|
+{curation_rows(stats)}
+
+Flags (kept clips): {json.dumps(stats.get('curation_flags', {}))}. Rebroadcast copies: {stats.get('duplicates', {}).get('dropped_hours', 0):.4f} h
+dropped at ingest, {stats.get('duplicates', {}).get('groups_in_release', 0)} groups kept whole in one split
+({stats.get('duplicates', {}).get('copy_hours_in_release', 0):.4f} h of copies).
 
 ## What was left out, and why
 

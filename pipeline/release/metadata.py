@@ -25,7 +25,7 @@ from pipeline.release.croissant import card_header, write_croissant
 from pipeline.release.card import dataset_card, make_plots
 from pipeline.release.files import ARRAYS_DIR, ARRAY_MEMBERS, CARD, CLIPS_JSONL, PLOTS_DIR, RECIPE, SCHEMAS_DIR, STATS, iter_tar_samples
 from pipeline.release.package import publish, staging_for, release_stats
-from pipeline.release.splits import assign_splits, speaker_of
+from pipeline.release.splits import assign_splits, split_keys
 
 
 
@@ -97,9 +97,10 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
                 clips[key] = ClipRecord.model_validate_json(members["json"])
                 if with_arrays:
                     arrays[key] = {k: v for k, v in members.items() if k in ARRAY_MEMBERS}
+        speaker = split_keys(list(clips.values()), cfg.speaker_keys, cfg.split_by_identity)  # rebroadcast groups kept together
         seconds: dict[str, float] = defaultdict(float)
         for c in clips.values():
-            seconds[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += c.end_s - c.start_s
+            seconds[speaker[c.key]] += c.end_s - c.start_s
         split_of_speaker = assign_splits(seconds, cfg.split_ratios, cfg.seed)
         source_sums = {vid: _source_file_sha256(work, vid) for vid in sorted({c.video_id for c in clips.values()})}
         rows: dict[str, list] = defaultdict(list)
@@ -108,7 +109,7 @@ def package_metadata_release(run_dir: str, version: str, out_dir: str, cfg: Rele
         try:
             for key in sorted(clips):
                 c, m = clips[key], manifest[key]
-                split = split_of_speaker[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)]
+                split = split_of_speaker[speaker[key]]
                 item = sources.get(c.video_id) or SourceItem(video_id=c.video_id, uri=c.source_uri, kind="file", metadata=c.source_metadata)
                 sha, size = source_sums[c.video_id]
                 offset = c.source_media.video_start_s if c.source_media else 0.0

@@ -25,7 +25,7 @@ from pipeline.engine.config import ReleaseConfig
 from pipeline.release.croissant import card_header, write_croissant
 from pipeline.release.card import AUDIO_FIGURES, dataset_card, make_plots
 from pipeline.release.files import CARD, INDEX_SUFFIX, PLOTS_DIR, SCHEMAS_DIR, SPLIT_MANIFEST, STATS, SUMS, iter_tar_samples, sha256_file
-from pipeline.release.splits import assign_splits, speaker_of, split_key_used
+from pipeline.release.splits import assign_splits, split_keys, split_key_used
 
 
 def staging_for(out: Path, cfg: ReleaseConfig) -> Path:
@@ -66,9 +66,10 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
         for shard in sorted({r.shard for r in manifest}):
             for key, members in iter_tar_samples(run.shard_path(shard)):
                 clips[key] = ClipRecord.model_validate_json(members["json"])
+        speaker = split_keys(list(clips.values()), cfg.speaker_keys, cfg.split_by_identity)  # rebroadcast groups kept together
         seconds: dict[str, float] = defaultdict(float)
         for c in clips.values():
-            seconds[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += c.end_s - c.start_s
+            seconds[speaker[c.key]] += c.end_s - c.start_s
         split_of_speaker = assign_splits(seconds, cfg.split_ratios, cfg.seed)
         # pass 2: reshard per split, in key order
         writers, rows = {}, defaultdict(list)
@@ -80,7 +81,7 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
             for shard in sorted({r.shard for r in manifest}):
                 for key, members in iter_tar_samples(run.shard_path(shard)):
                     c = clips[key]
-                    name = split_of_speaker[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)]
+                    name = split_of_speaker[speaker[key]]
                     writers[name].write({"__key__": key, **members})
                     rows[name].append(ManifestRow(
                         key=key, shard=os.path.basename(writers[name].fname), video_id=c.video_id, duration_s=c.end_s - c.start_s,
@@ -116,8 +117,9 @@ def package_release(run_dir: str, version: str, out_dir: str, cfg: ReleaseConfig
 
 def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stats: dict, version: str) -> dict:
     per_speaker = defaultdict(float)
+    speaker = split_keys(list(clips.values()), cfg.speaker_keys, cfg.split_by_identity)
     for c in clips.values():
-        per_speaker[speaker_of(c, cfg.speaker_keys, cfg.split_by_identity)] += (c.end_s - c.start_s) / 3600
+        per_speaker[speaker[c.key]] += (c.end_s - c.start_s) / 3600
     durations = np.array([c.end_s - c.start_s for c in clips.values()])
     hist, edges = np.histogram(durations, bins=np.arange(0, max(12.0, durations.max() + 2), 2.0))
     parts: dict[str, list[float]] = defaultdict(list)
@@ -144,10 +146,32 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
         "part_confidence": {k: {"mean": round(float(np.mean(v)), 4), "p10": round(float(np.percentile(v, 10)), 4),
                                 "p50": round(float(np.percentile(v, 50)), 4), "p90": round(float(np.percentile(v, 90)), 4)}
                             for k, v in sorted(parts.items())},
+        "curation": {k: {"p10": round(float(np.percentile(v, 10)), 5), "p50": round(float(np.percentile(v, 50)), 5),
+                         "p90": round(float(np.percentile(v, 90)), 5), "max": round(float(np.max(v)), 5)}
+                     for k in CURATION_FIGURES if (v := [c.quality[k] for c in clips.values() if k in c.quality])},
+        "curation_flags": dict(sorted(Counter(f for c in clips.values() if c.curation for f in c.curation.flags).items())),
+        "duplicates": duplicate_summary(clips.values(), ingest_stats),
         "rejection_reasons": ingest_stats.get("rejects_by_reason", {}),
         "failure_reasons": ingest_stats.get("failures_by_reason", {}),
         "skipped_stages": ingest_stats.get("skipped_stages", {}),
     }
+
+
+#: Curation scores summarised in the release statistics and card (docs/curation.md).
+CURATION_FIGURES = ("subtitle_cer", "text_in_crop", "head_movement_avg", "head_rotation_avg", "head_jitter", "camera_pan",
+                    "camera_zoom", "camera_shake", "brisque", "brightness", "border_in_crop", "picture_in_picture", "hand_over_mouth")
+
+
+def duplicate_summary(clips, ingest_stats: dict) -> dict:
+    """Rebroadcast hours: dropped at ingest (``duplicate`` rejects) and, with
+    ``curate.duplicates=keep``, the copies beyond the first of each group still in the release."""
+    kept_groups: dict[str, list[float]] = defaultdict(list)
+    for c in clips:
+        if c.curation and c.curation.duplicate_group:
+            kept_groups[c.curation.duplicate_group].append(c.end_s - c.start_s)
+    extra_s = sum(sum(v) - max(v) for v in kept_groups.values())
+    return {"dropped_hours": round(ingest_stats.get("rejected_seconds_by_reason", {}).get("duplicate", 0.0) / 3600, 4),
+            "groups_in_release": len(kept_groups), "copy_hours_in_release": round(extra_s / 3600, 4)}
 
 
 def languages_of(clips) -> dict[str, int]:

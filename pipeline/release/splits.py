@@ -21,6 +21,31 @@ def speaker_of(clip: ClipRecord, keys: list[str], by_identity: bool = True) -> s
     return clip.video_id
 
 
+def split_keys(clips: list[ClipRecord], keys: list[str], by_identity: bool = True) -> dict[str, str]:
+    """Clip key → split key: ``speaker_of``, with the speakers of one rebroadcast group (clips
+    whose ``curation.duplicate_group`` is the same, kept with ``curate.duplicates=keep``) merged
+    into one, so copies of a segment never sit in two splits."""
+    own = {c.key: speaker_of(c, keys, by_identity) for c in clips}
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    first_of: dict[str, str] = {}
+    for c in clips:
+        group = c.curation.duplicate_group if c.curation else None
+        if group:
+            if group in first_of:
+                a, b = find(own[c.key]), find(first_of[group])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            else:
+                first_of[group] = own[c.key]
+    return {k: find(v) for k, v in own.items()}
+
+
 def split_key_used(clips: list[ClipRecord], cfg: ReleaseConfig) -> str:
     """Which key the splits were made disjoint on, for the card."""
     n = len(clips) or 1
