@@ -120,9 +120,13 @@ def score(run: str, fixtures: list[Fixture]) -> dict:
     ocr = []
     for c, f, part in placed:
         if part.drawn_text and c.curation:
-            read = (c.curation.subtitle_text or "").split(" / ") if c.curation.subtitle_text else []
+            read = []  # every line read, consecutive repeats once (a subtitle across the face is not a subtitle line)
+            for b in c.curation.text_boxes:
+                if not read or read[-1] != b.text:
+                    read.append(b.text)
             cer = subtitle_cer(read, part.drawn_text) if read else None
-            ocr.append({"clip": c.key, "read": c.curation.subtitle_text, "cer_of_read": None if cer is None else round(cer, 4),
+            ocr.append({"clip": c.key, "read": " / ".join(read), "subtitle_text": c.curation.subtitle_text,
+                        "cer_of_read": None if cer is None else round(cer, 4),
                         "read_share": round(len(normalise_text("".join(read))) / len(normalise_text(part.drawn_text)), 3)})
     # real recordings: clip seconds lost to the default gates (and to copies among themselves)
     real = {n for n in (*CALIBRATION, *HELD_OUT)}
@@ -167,7 +171,7 @@ def report(s: dict) -> None:
     print("\nOCR of the drawn subtitles:")
     for o in s["ocr"]:
         print(f"  {o['clip']}: read {o['read']!r} ({o['read_share']:.0%} of the drawn characters); CER of what was read "
-              f"against the drawn text {o['cer_of_read']}")
+              f"against the drawn text {o['cer_of_read']}; as subtitle text: {o['subtitle_text']!r}")
     print("\nReal recordings, clip seconds lost to the default curation gates:")
     for grp, v in s["real_loss"].items():
         print(f"  {grp}: {v['lost_s']} of {v['clip_s']} s ({(v['lost_share'] or 0):.1%}) {v['by_reason'] or ''}")
