@@ -108,7 +108,7 @@ def main() -> None:
     (root / "s.csv").write_text("\n".join(lines) + "\n")
     sets = ["clips.window_s=2", "normalize.max_height=360"]
     if args.stages == "file":
-        sets += ["pose.enabled=false", "speech.enabled=false", "flame.enabled=false", "clips.mode=fixed"]
+        sets += ["pose.enabled=false", "speech.enabled=false", "curate.enabled=false", "flame.enabled=false", "clips.mode=fixed"]
     results = {}
     for nodes in (1, 2):
         address, temp = start_cluster(nodes, args.cpus_per_node, f"{os.getpid()}n{nodes}", args.pin)

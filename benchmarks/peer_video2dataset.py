@@ -137,7 +137,7 @@ def main() -> None:
         v2d_wall = time.perf_counter() - t0
         v2d_inner = json.loads(v2d.stdout.strip().splitlines()[-1])["wall_s"]
         (root / "s.txt").write_text("\n".join(r["url"] for r in rows) + "\n")
-        sets = ["shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "flame.enabled=false",
+        sets = ["shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "curate.enabled=false", "flame.enabled=false",
                 "clips.mode=fixed", "clips.window_s=2", f"normalize.max_height={args.max_height}"]
         t0 = time.perf_counter()
         ours = subprocess.run([sys.executable, "-m", "cnas", "ingest", "--sources", str(root / "s.txt"), "--out",

@@ -95,7 +95,7 @@ def main() -> None:
         f.write("\n".join(lines) + "\n")
     sets = ["normalize.max_height=240", "clips.min_clip_s=1", "clips.min_face_px=0"]
     if not args.models:
-        sets += ["clips.mode=fixed", "pose.enabled=false", "speech.enabled=false"]
+        sets += ["clips.mode=fixed", "pose.enabled=false", "speech.enabled=false", "curate.enabled=false"]
     peaks: dict[str, float] = defaultdict(float)
     stop = threading.Event()
     watcher = threading.Thread(target=sample_rss, args=(stop, peaks), daemon=True)

@@ -155,7 +155,7 @@ def run_dir(tmp_path_factory, media_dir, ray_session):
     from pipeline.engine.runner import run_ingest
 
     files_only = ["clips.mode=fixed", "clips.window_s=0.4", "normalize.max_height=120", "shots.enabled=false",
-                  "pose.enabled=false", "speech.enabled=false", "shards.max_count=5"]
+                  "pose.enabled=false", "speech.enabled=false", "curate.enabled=false", "shards.max_count=5"]
     d = tmp_path_factory.mktemp("rel")
     lines = ["path,id,speaker,language"] + [f"{media_dir / ('zh_a.mp4' if i % 2 else 'en_b.mp4')},v{i},anchor{i % 4},zh" for i in range(6)]
     (d / "s.csv").write_text("\n".join(lines) + "\n")

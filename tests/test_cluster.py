@@ -72,7 +72,7 @@ def two_node_cluster(tmp_path):
 
 
 SETS = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=120", "shots.enabled=false", "pose.enabled=false",
-        "speech.enabled=false"]
+        "speech.enabled=false", "curate.enabled=false"]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 

@@ -18,7 +18,7 @@ from pipeline.engine.workdir import WorkDir
 
 # the fast file-stage run of tests/test_ingest.py (no models)
 FILES_ONLY = ["speech.hygiene=false", "clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0",
-              "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false"]
+              "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "curate.enabled=false"]
 NOISE = re.compile(r"UserWarning|DeprecationWarning|FutureWarning|feedback manager|^[WIE]0000|core_worker\.cc|^\[20\d\d-|"
                    r"Traceback|INFO |ray\.data", re.MULTILINE)
 

@@ -23,10 +23,11 @@ from pipeline.engine.runner import run_ingest
 from schemas import ClipRecord, FailureRecord, ManifestRow, RunStats
 
 # speech.hygiene off: Whisper base hears espeak-ng Mandarin as loops, which hygiene rightly flags
-# (tests/test_speech.py covers it); these tests are about ingestion mechanics.
-FAST = ["speech.hygiene=false", "clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0", "download.socket_timeout_s=5"]
+# (tests/test_speech.py covers it); these tests are about ingestion mechanics. They ingest the same
+# files under several ids (local, http, an unsafe id) on purpose: the copies are kept, grouped.
+FAST = ["speech.hygiene=false", "curate.duplicates=keep", "clips.min_clip_s=1", "normalize.max_height=240", "clips.min_face_px=0", "download.retries=0", "download.socket_timeout_s=5"]
 # Resume and shard mechanics need no models: fixed windows, file stages only.
-FILES_ONLY = [*FAST, "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false"]
+FILES_ONLY = [*FAST, "clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "curate.enabled=false"]
 EXPECTED_FAILURES = {
     "empty": ("normalize", "empty_file"),
     "truncated": ("normalize", "unreadable"),

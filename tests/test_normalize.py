@@ -181,7 +181,7 @@ def test_in_the_clips_flash_and_beep_stay_together_and_each_clip_knows_its_sourc
 
     src, _ = catalogue["audio_late"]
     (tmp_path / "s.csv").write_text(f"path,id,licence\n{src},late,CC-BY-4.0\n")
-    sets = ["clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false",
+    sets = ["clips.mode=fixed", "clips.window_s=1", "shots.enabled=false", "pose.enabled=false", "speech.enabled=false", "curate.enabled=false",
             "normalize.min_duration_s=0.5"]
     result = run_ingest(str(tmp_path / "s.csv"), str(tmp_path / "run"), load_config(None, sets), echo=lambda m: None)
     assert result.stats.clips == 4 and not result.failures

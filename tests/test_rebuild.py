@@ -19,7 +19,7 @@ from schemas import ManifestRow
 from schemas.release import ClipSource, RebuildRecipe, RebuildResult
 
 FILES_ONLY = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=120", "shots.enabled=false",
-              "pose.enabled=false", "speech.enabled=false", "shards.max_count=4"]
+              "pose.enabled=false", "speech.enabled=false", "curate.enabled=false", "shards.max_count=4"]
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_skip_reasons_follow_the_declarations(tmp_path):
     reasons = DAG.skip_reasons(cfg)
     assert reasons == {"pose": "disabled in config (pose.enabled=false)", "speech": "disabled in config (speech.enabled=false)",
                        "identity": "needs the pose stage (face tracks)", "sync": "needs the pose stage (face tracks and lips)", "flame": "needs the pose stage (face landmarks for the crops)"}
-    assert DAG.active(cfg) == ("download", "normalize", "shots", "clips")
+    assert DAG.active(cfg) == ("download", "normalize", "shots", "clips", "curate")  # curate uses pose when it ran
     assert DAG.skip_reasons(Config())["flame"] == "missing assets: flame_model, deca_checkpoint (see `cnas assets check`)"
     syncnet = DAG.skip_reasons(load_config(None, ["sync.backend=syncnet"]))["sync"]
     assert syncnet.startswith("missing assets: sync.syncnet_model") and "sync" not in DAG.skip_reasons(Config())
@@ -207,11 +207,12 @@ def test_every_option_invalidates_exactly_its_stage_and_dependants():
         assert changed == expected, f"{stage}.{field}: redone {sorted(changed)}, expected {sorted(expected)}"
         checked += 1
     assert checked == sum(len(s.options.model_fields) for s in DAG)
-    assert DAG.dependents("normalize") == ["shots", "speech", "pose", "identity", "sync", "clips", "flame"]
-    assert DAG.dependents("pose") == ["identity", "sync", "clips", "flame"]
+    assert DAG.dependents("normalize") == ["shots", "speech", "pose", "identity", "sync", "clips", "curate", "flame"]
+    assert DAG.dependents("pose") == ["identity", "sync", "clips", "curate", "flame"]
     # the cascade: pose reads the cheap passes (shots, speech), so they redo it
-    assert DAG.dependents("shots") == ["pose", "identity", "sync", "clips", "flame"] and DAG.dependents("flame") == []
-    assert DAG.dependents("speech") == ["pose", "identity", "sync", "clips", "flame"]
+    assert DAG.dependents("shots") == ["pose", "identity", "sync", "clips", "curate", "flame"] and DAG.dependents("flame") == []
+    assert DAG.dependents("speech") == ["pose", "identity", "sync", "clips", "curate", "flame"]
+    assert DAG.dependents("curate") == ["flame"]  # a curation threshold redoes curation and FLAME, not the cut
 
 
 def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
@@ -220,6 +221,6 @@ def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
     bumped = Registry([dataclasses.replace(s, version=s.version + 1) if s.name == "shots" else s for s in DAG])
     cfg = Config()
     changed = {s for s in DAG.names if DAG.fingerprint(cfg, s) != bumped.fingerprint(cfg, s)}
-    assert changed == {"shots", "pose", "identity", "sync", "clips", "flame"}  # pose reads the shots (cascade)
+    assert changed == {"shots", "pose", "identity", "sync", "clips", "curate", "flame"}  # pose reads the shots (cascade)
     with pytest.raises(ValidationError, match="no stage named"):
         load_config(None, ["ray.resources.speach.actors=2"])

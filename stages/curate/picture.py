@@ -61,8 +61,10 @@ def brisque_score(crop_rgb: np.ndarray) -> float | None:
     f = BRISQUE_SIDE / min(h, w)  # the short side at BRISQUE_SIDE, the aspect kept
     img = cv2.resize(crop_rgb, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
     try:
-        with warnings.catch_warnings():  # brisque 0.2 converts 1-element arrays with float() (numpy's DeprecationWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        # brisque 0.2 converts 1-element arrays with float() (numpy's DeprecationWarning) and divides
+        # by zero on flat patches (RuntimeWarning); a NaN score is handled below
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
             score = float(_brisque().score(img))
     except Exception:  # a flat frame has no statistics to fit
         return None
