@@ -37,6 +37,23 @@ def test_info_nce_learns_a_pairing_well_above_chance():
     assert after > 0.5 and after > before + 0.3, (before, after)  # chance is 1/32
 
 
+def test_info_nce_leaves_same_label_pairs_out_of_the_negatives():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    label = torch.tensor([2, 2, 0, 1])  # clips 0 and 1 share an emotion label
+    same = label[:, None] == label[None, :]
+    logits = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).t() / 0.1
+
+    def one_side(lg: torch.Tensor) -> torch.Tensor:  # -log softmax of the positive over the allowed row
+        return torch.stack([torch.logsumexp(lg[i][~same[i] | (torch.arange(4) == i)], 0) - lg[i, i] for i in range(4)]).mean()
+
+    want = (one_side(logits) + one_side(logits.t())) / 2
+    assert info_nce(a, b, 0.1, same) == pytest.approx(want.item(), rel=1e-5)
+    assert info_nce(a, b, 0.1, same) < info_nce(a, b, 0.1)  # a pair fewer to push apart
+    # a batch of one emotion (a news corpus before pseudo-labels): the label term has nothing to contrast
+    assert info_nce(a, b, 0.1, torch.ones(4, 4, dtype=torch.bool)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_encoders_shapes_and_binding_loss():
     B = 4
     motion = torch.randn(B, 50, 53)

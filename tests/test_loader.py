@@ -77,6 +77,11 @@ def test_facial_and_paha_views(view_shards):
     assert facial["emotion_label"] == 1 and facial["emotion_intensity"] == 2 and facial["emotion_text"] == "a clearly happy face"
     paha = next(iter(make_loader(LoaderConfig(urls=view_shards, view="paha", window_frames=10, image_size=64))))
     assert paha["video"].shape == (10, 3, 64, 64) and paha["reference"].shape == (3, 64, 64)
+    # the reference frame is never inside the window (no PSNR/SSIM leak), over windows of several seeds
+    for seed in range(4):
+        ex = next(iter(make_loader(LoaderConfig(urls=view_shards, view="paha", window_frames=10, image_size=32, seed=seed))))
+        first, last = int(ex["frame_index"].min()), int(ex["frame_index"].max())
+        assert not first <= ex["reference_frame"] <= last, (seed, first, last, ex["reference_frame"])
     assert 0 <= paha["video"].min() and paha["video"].max() <= 1
     assert paha["part_confidences"].shape == (10, 5) and paha["part_masks"].shape == (10, 5, 64, 64)
     face_mask = paha["part_masks"][:, 0]

@@ -526,7 +526,8 @@ def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[in
 
 def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig,
               rng: random.Random) -> dict[str, Any] | None:
-    """The ``paha`` view of a sample's window ``idx``; None without pose data.
+    """The ``paha`` view of a sample's window ``idx``; None without pose data, or when the window
+    covers the whole clip (the reference frame is drawn from the clip's frames outside the window).
 
     Frames are made square without squashing: a clip cut with an ingest ``crop_box`` already is
     square; any other clip is centre-cropped to a square (``centre_square``, the rule generation
@@ -539,7 +540,12 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     if layout.POSE not in sample:
         return None  # PAR needs part confidences
     W, S = len(idx), cfg.image_size
-    ref = rng.randrange(0, clip.num_frames)
+    # the reference frame lies outside the window being generated (inside it, PSNR/SSIM against
+    # the window would reward copying the reference); a clip the window covers whole has none
+    outside = [f for f in range(clip.num_frames) if f < int(idx.min()) or f > int(idx.max())]
+    if not outside:
+        return None
+    ref = rng.choice(outside)
     try:
         frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], S, expect_wh=(clip.width, clip.height))
     except ValueError as e:
@@ -567,6 +573,8 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
         "__key__": sample["__key__"],
         "video": video,  # (W, 3, S, S) in [0, 1]
         "reference": torch.from_numpy(frames[W]).permute(2, 0, 1).float() / 255.0,
+        "frame_index": torch.from_numpy(idx.astype(np.int64)),  # (W,) the window's frames in the clip
+        "reference_frame": ref,  # the reference's frame in the clip, never inside the window
         "audio": audio,
         "part_confidences": torch.from_numpy(conf),
         "part_present": torch.from_numpy(present),

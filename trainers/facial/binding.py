@@ -19,12 +19,18 @@ from trainers.audio import PretrainedSpeechEncoder, Spectrogram  # noqa: F401  (
 from .diffusion import valid_steps
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, same: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between two batches of embeddings (B, D): row i of ``a`` and of ``b``
-    are the positive pair, every other row a negative (CLIP's loss)."""
+    are the positive pair, every other row a negative (CLIP's loss). ``same`` (B, B) bool marks
+    pairs that are not negatives of each other (two clips of one emotion label share its label and
+    template-text embedding: pushing them apart would fight the positive); they are left out of
+    both softmaxes."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.t() / temperature
     target = torch.arange(len(a), device=a.device)
+    if same is not None:
+        off = same.to(torch.bool) & ~torch.eye(len(a), dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(off, float("-inf"))
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
@@ -141,7 +147,10 @@ class LabelEncoder(nn.Module):
         return self.label(label) + self.intensity(intensity)
 
 
-def binding_loss(motion_emb: torch.Tensor, others: dict[str, torch.Tensor], temperature: float = 0.07) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of InfoNCE(motion, modality) over the given modalities, and each term for logging."""
-    terms = {name: info_nce(motion_emb, emb, temperature) for name, emb in others.items()}
+def binding_loss(motion_emb: torch.Tensor, others: dict[str, torch.Tensor], temperature: float = 0.07,
+                 same: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of InfoNCE(motion, modality) over the given modalities (``same[modality]``: pairs that
+    are not negatives for it), and each term for logging."""
+    same = same or {}
+    terms = {name: info_nce(motion_emb, emb, temperature, same.get(name)) for name, emb in others.items()}
     return sum(terms.values()), {k: v.item() for k, v in terms.items()}

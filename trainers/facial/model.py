@@ -60,7 +60,11 @@ class BindingPhase(nn.Module):
         m = self.embed("motion", motion=motion, valid=valid)
         others = {"audio": self.embed("audio", audio_feats=audio_feats), "text": self.embed("text", text=text),
                   "label": self.embed("label", label=label, intensity=intensity)}
-        terms = {f"binding/{k}_nce": info_nce(m, e, temperature) for k, e in others.items()}
+        # a label (and its template text) is shared by every clip of that emotion: those clips are not
+        # negatives of each other for the label and text terms (their audio still differs)
+        same = {"label": (label[:, None] == label[None, :]) & (intensity[:, None] == intensity[None, :]),
+                "text": torch.tensor([[x == y for y in text] for x in text], dtype=torch.bool, device=m.device)}
+        terms = {f"binding/{k}_nce": info_nce(m, e, temperature, same.get(k)) for k, e in others.items()}
         recon = self.autoencoder.decode(self.autoencoder.encode(motion))
         w = valid[..., None].to(motion.dtype)
         terms["ae/recon"] = ((recon - motion) ** 2 * w).sum() / (w.sum() * MOTION_DIM).clamp(min=1)
