@@ -4,6 +4,7 @@ mesh preview, metrics, pretrained backbones by path, the MEAD adapter."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -78,8 +79,29 @@ def test_kill_then_resume_reaches_the_same_parameters(shards, tmp_path):
     assert torch.equal(a["opt2"]["state"][0]["exp_avg"], b["opt2"]["state"][0]["exp_avg"])
 
 
-def test_ray_train_two_workers_checkpoint_and_resume(shards, tmp_path, ray_session):
-    cfg = load_facial_config("tiny", [f"data.urls={json.dumps(shards)}", f"run.storage_path={tmp_path}", "run.num_workers=2",
+def test_relative_paths_are_resolved_in_the_driver(tmp_path, monkeypatch):
+    from trainers.paha.config import load_paha_config
+    from trainers.run_config import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_paha_config("base", ["data.urls=rel/cnas-{000000..000003}.tar", "data.val_urls=[a/val.index.json, s3://b/val.index.json]",
+                                    "run.storage_path=runs"]).model_dump(mode="json")
+    out = resolve_paths(cfg)
+    assert out["data"]["urls"] == f"{tmp_path}/rel/cnas-{{000000..000003}}.tar"  # the brace pattern kept
+    assert out["data"]["val_urls"] == [f"{tmp_path}/a/val.index.json", "s3://b/val.index.json"]  # URIs untouched
+    assert out["run"]["storage_path"] == f"{tmp_path}/runs"
+    # the base preset's model folders (models/sd-vae-ft-mse, models/chinese-hubert-base) are relative too
+    assert all(out["model"][k].startswith(str(tmp_path)) for k in ("vae", "audio_backbone") if cfg["model"][k])
+    assert cfg["run"]["storage_path"] == "runs"  # the caller's dict is not changed
+
+
+def test_ray_train_two_workers_checkpoint_and_resume(shards, tmp_path, ray_session, monkeypatch):
+    # the quick start's way: shards and storage as paths relative to where the command runs; the
+    # Ray Train workers have working directories of their own, so the driver resolves them
+    monkeypatch.chdir(tmp_path)
+    relative = [os.path.relpath(s, tmp_path) for s in shards]
+    assert not any(os.path.isabs(s) for s in relative)
+    cfg = load_facial_config("tiny", [f"data.urls={json.dumps(relative)}", "run.storage_path=.", "run.num_workers=2",
                                       "train.binding_steps=4", "train.diffusion_steps=4", "train.checkpoint_every=4",
                                       "train.log_every=4"])
     result = run_training(cfg)

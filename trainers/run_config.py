@@ -8,6 +8,7 @@ use the same ``section.key=value`` syntax as the ingestion config.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +54,34 @@ class RunSection(Settings):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig: worker-group restarts from the last checkpoint")
     keep_checkpoints: int = Field(3, ge=1)
+
+
+#: Config entries (section, key) that hold local paths or URIs. Ray Train 2.x workers run in a
+#: working directory of their own, so the driver makes every relative local path absolute before
+#: launch (``resolve_paths``); URIs (``s3://…``) and absolute paths are left as they are.
+PATH_KEYS = (("data", "urls"), ("data", "val_urls"), ("run", "storage_path"), ("model", "vae"), ("model", "audio_backbone"),
+             ("model", "text_backbone"), ("model", "init_2d"))
+
+
+def _absolute(value: str, cwd: str) -> str:
+    if "://" in value or not value:
+        return value
+    return os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+
+
+def resolve_paths(config: dict[str, Any], cwd: str | None = None) -> dict[str, Any]:
+    """A copy of a trainer's config dict with the ``PATH_KEYS`` entries resolved against ``cwd``
+    (default: this process's working directory). A list of shard paths is resolved item by item; a
+    brace pattern keeps its braces (``shards/cnas-{000000..000009}.tar`` → ``/abs/shards/…``)."""
+    cwd = cwd or os.getcwd()
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str):
+            out[section][key] = _absolute(value, cwd)
+        elif isinstance(value, list):
+            out[section][key] = [_absolute(v, cwd) if isinstance(v, str) else v for v in value]
+    return out
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,12 @@ def wrap_ddp(module: torch.nn.Module, session: Session) -> torch.nn.Module:
 
 
 def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> Any:
-    """Run ``train_fn(config)`` on ``run.num_workers`` Ray Train workers (DDP), or in this process."""
+    """Run ``train_fn(config)`` on ``run.num_workers`` Ray Train workers (DDP), or in this process.
+    Relative local paths in ``config`` are made absolute here, in the driver (workers have a working
+    directory of their own)."""
+    from trainers.run_config import resolve_paths
+
+    config = resolve_paths(config)
     if not run.use_ray:
         if run.num_workers != 1:
             raise ValueError("run.use_ray=false trains in this process: set run.num_workers=1")
