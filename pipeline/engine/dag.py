@@ -237,8 +237,9 @@ def _run_curate(ctx: StageContext) -> ClipSet:
     work = ctx.work
     with work.fetch(pose_out.path) if pose_out else contextlib.nullcontext() as pose_file, \
             work.fetch(media.video_path) as v, work.fetch(media.audio_path) as a:
-        audio = load_audio(a) if ctx.options.fingerprint else None
-        return curate_clip_set(v, audio, SAMPLE_RATE, media, ctx.inputs["clips"], load_pose(pose_file) if pose_file else None,
+        # the int16 samples memory-mapped: each clip's fingerprint reads its own pages (an hour is not held)
+        audio, sr = map_pcm16(a) if ctx.options.fingerprint else (None, SAMPLE_RATE)
+        return curate_clip_set(v, audio, sr, media, ctx.inputs["clips"], load_pose(pose_file) if pose_file else None,
                                ctx.options)
 
 

@@ -39,7 +39,8 @@ def _offsets_every(num_frames: int, fps: float, every_s: float, phase: float = 0
 def curate_clip(clip: ClipRecord, video_path: str, audio: np.ndarray | None, sr: int, media: NormalizedMedia,
                 view: dict[str, np.ndarray] | None, opts: CurateOptions) -> tuple[dict[str, float], dict[str, GateCheck], ClipCuration]:
     """Scores, gate verdicts and the curation record of one clip. ``view`` is the clip's slice of
-    the pose arrays (the speaker's face), ``audio`` the video's mono samples at ``sr``."""
+    the pose arrays (the speaker's face), ``audio`` the video's mono samples at ``sr`` (float in
+    [-1, 1], or the wav's int16 memory map)."""
     fps, n, w, h = media.fps, clip.num_frames, media.width, media.height
     ocr_at = _offsets_every(n, fps, opts.ocr_every_s) if opts.ocr else []
     hash_at = _offsets_every(n, fps, 1.0 / opts.video_hash_hz, phase=0.0) if opts.fingerprint else []
@@ -60,8 +61,8 @@ def curate_clip(clip: ClipRecord, video_path: str, audio: np.ndarray | None, sr:
                 cur.text_boxes += place_boxes(reader.read(frames[i], opts.ocr_min_score), clip.start_s + i / fps, clip.crop_box, mouth, w, h)
         q["text_lines"] = float(len(cur.text_boxes))
         q["text_in_crop"] = max((b.in_crop for b in cur.text_boxes), default=0.0)
-        q["text_over_mouth"] = float(np.mean([any(b.over_mouth and b.time_s == t for b in cur.text_boxes)
-                                              for t in {b.time_s for b in cur.text_boxes}])) if cur.text_boxes else 0.0
+        read = sum(i in frames for i in ocr_at)  # share of the OCR frames with a line on the mouth
+        q["text_over_mouth"] = round(len({b.time_s for b in cur.text_boxes if b.over_mouth}) / read, 4) if read else 0.0
         lines = subtitle_lines(cur.text_boxes, w, h)
         if lines:
             cur.subtitle_text = " / ".join(lines)
@@ -78,7 +79,8 @@ def curate_clip(clip: ClipRecord, video_path: str, audio: np.ndarray | None, sr:
     if view is not None and "face" in view:
         q.update(head_scores(view["face"], view.get("head_pose"), w, h))
     motions = [pair_motion(frames[a], frames[b], boxes[a, 0] if boxes is not None else None) for a, b in pairs if a in frames and b in frames]
-    q.update(camera_scores(motions, opts.camera_gap_s * 1.0, w, h) if motions else {})
+    if motions:  # the pairs' real gap: camera_gap_s rounded to whole frames
+        q.update(camera_scores(motions, (pairs[0][1] - pairs[0][0]) / fps, w, h))
 
     # picture
     seen = [frames[i] for i in look_at if i in frames]
@@ -106,7 +108,10 @@ def curate_clip(clip: ClipRecord, video_path: str, audio: np.ndarray | None, sr:
     if opts.fingerprint and audio is not None:
         hashes = [video_hash(crop_of(frames[i], clip.crop_box)) for i in hash_at if i in frames]
         a0 = round(clip.start_s * sr)
-        cur.fingerprint = make_fingerprint(hashes, opts.video_hash_hz, audio[a0:a0 + clip.num_audio_samples], sr)
+        samples = np.asarray(audio[a0:a0 + clip.num_audio_samples])
+        if samples.dtype == np.int16:  # the wav's memory map (the pipeline); float samples pass as they are
+            samples = samples.astype(np.float32) / 32768.0
+        cur.fingerprint = make_fingerprint(hashes, opts.video_hash_hz, samples, sr)
     return q, gates(q, opts), cur
 
 
