@@ -36,12 +36,14 @@ $(STAMP): requirements/main.txt requirements/constraints.txt pyproject.toml scri
 demo: setup
 	$(PY) -m cnas demo
 
+# Two pytest workers (pytest-xdist): the tests that share a run, a trained model or a module's fixtures
+# stay on one worker (xdist_group marks set in tests/conftest.py), so nothing is built twice.
 test: setup
-	$(PY) -m pytest -m "not slow and not gpu" -q --durations=15
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not gpu" -q --durations=15
 
 # The inner loop (under 2 minutes here): unit and known-answer tests; no DAG runs, no model loading.
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not gpu and not e2e and not models and not real" -q --durations=10
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not gpu and not e2e and not models and not real" -q --durations=10
 
 test-all: setup
 	$(PY) -m pytest -q

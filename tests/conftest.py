@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes share the 2 cores: two torch/OpenMP pools of 2 threads each spin against each
+    # other (20-40x slower steps, measured). One thread per worker keeps both cores busy without that.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pipeline.demo.inputs import DemoVideo, make_talking_video
 
@@ -24,6 +30,13 @@ MODEL_FIXTURES = frozenset({"pose_models", "models_en", "models_zh", "controllab
                             "trained_pce", "trained_univdm"})
 
 
+#: Session fixtures cheap enough to build once per xdist worker; every other session fixture ties the
+#: test files that use it to one worker (``_share_groups``), so a shared run is built once.
+CHEAP_SESSION_FIXTURES = frozenset({"ray_session", "media_dir", "http_server", "pose_models", "tmp_path_factory",
+                                    "worker_id", "testrun_uid"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into scheduling groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(item.fixturenames)
@@ -31,6 +44,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
         if used & MODEL_FIXTURES:
             item.add_marker(pytest.mark.models)
+    for item, group in _share_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _share_groups(items) -> dict:
+    """For ``pytest -n 2 --dist loadgroup``: each test's group joins its module (module fixtures are built
+    once) with every module that uses one of its costly session fixtures (union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        find(module)
+        for name, defs in item._fixtureinfo.name2fixturedefs.items():
+            if name not in CHEAP_SESSION_FIXTURES and defs and defs[-1].scope == "session":
+                parent[find("fixture:" + name)] = find(module)
+    return {item: find(item.nodeid.split("::")[0]) for item in items}
 
 
 SHORT_VIDEOS = (

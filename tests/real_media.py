@@ -108,7 +108,7 @@ def make_voice_over(out: str, name: str) -> str:
     Image.fromarray(skimage.data.rocket()).save(photo)
     dur = duration_s(real_path(name))
     _ff("-loop", "1", "-framerate", "25", "-i", photo, "-i", real_path(name), "-filter_complex",
-        f"[0:v]scale=1280:-2,zoompan=z='1+0.002*on':d=1:s=640x360:fps=25[v]", "-map", "[v]", "-map", "1:a",
+        "[0:v]scale=1280:-2,zoompan=z='1+0.002*on':d=1:s=640x360:fps=25[v]", "-map", "[v]", "-map", "1:a",
         "-t", f"{dur:.3f}", *_ENC, out)
     os.remove(photo)
     return out

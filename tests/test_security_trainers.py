@@ -8,9 +8,7 @@ that nothing outside the test's own output changed (no marker file written by th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import random
 import shutil
 import tarfile
