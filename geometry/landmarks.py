@@ -8,10 +8,14 @@ part not found is 0 with ``present = False``:
 
 * ``face``      = BlazeFace (full-range) detection score of the tracked face.
 * ``mouth``     = face × mean visibility of the pose's mouth corners (landmarks 9, 10).
-* ``left_hand`` = handedness score of the subject's left hand × visibility of the left wrist
-                  (pose 15) when a body was found; ``right_hand`` likewise (pose 16).
-                  MediaPipe labels hands as seen in a mirror; frames here are not mirrored, so
-                  its "Right" is the subject's left hand.
+* ``left_hand`` = mean visibility the Pose model gives the subject's left-hand landmarks (wrist,
+                  pinky, index, thumb: pose 15, 17, 19, 21) in a frame where the hand landmarker
+                  found that hand; ``right_hand`` likewise (pose 16, 18, 20, 22). The hand
+                  landmarker's own 21 points carry no confidence (their visibility/presence are
+                  unset) and its handedness score says left-or-right, not how reliably the hand
+                  is seen, so it is not used. A hand found without a body pose has no confidence:
+                  0 and absent. MediaPipe labels hands as seen in a mirror; frames here are not
+                  mirrored, so its "Right" is the subject's left hand.
 * ``torso``     = mean visibility of the shoulders (pose 11, 12): the upper torso, which is what
                   a half-body news shot shows (hips are usually out of frame).
 """
@@ -27,6 +31,8 @@ from schemas import PART_NAMES
 # Lip contour of the 478-point face mesh (MediaPipe FACEMESH_LIPS vertices).
 LIPS = sorted({61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
                78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415})
+#: The Pose model's landmarks of each hand (wrist, pinky, index, thumb): their visibility is the hand's confidence.
+POSE_HAND_LANDMARKS = {"left_hand": (15, 17, 19, 21), "right_hand": (16, 18, 20, 22)}
 BACKEND = "mediapipe-0.10.21:pose-full+hands-full+face-mesh-478+blazeface-full-range"
 
 
@@ -205,10 +211,9 @@ def part_arrays(a: dict[str, np.ndarray], face_score: np.ndarray, face_box: np.n
     conf[:, 0] = face_score
     boxes[:, 0] = face_box
     conf[:, 1] = face_score * np.where(body_found, vis[:, [9, 10]].mean(axis=1), 0.0)
-    for p, side, wrist in ((2, "left_hand", 15), (3, "right_hand", 16)):
+    for p, side in ((2, "left_hand"), (3, "right_hand")):
         hand_found = ~np.isnan(a[side][:, 0, 0])
-        score = np.where(hand_found, a[f"{side}_score"], 0.0)
-        conf[:, p] = score * np.where(body_found, vis[:, wrist], 1.0)
+        conf[:, p] = np.where(hand_found & body_found, vis[:, list(POSE_HAND_LANDMARKS[side])].mean(axis=1), 0.0)
     conf[:, 4] = np.where(body_found, vis[:, [11, 12]].mean(axis=1), 0.0)
     for t in range(T):
         if not np.isnan(a["face"][t, 0, 0]):

@@ -32,7 +32,9 @@ def synthetic_clip(rng: np.random.Generator, label: int, frames: int, offsets: n
 
 
 def write_facial_shards(out: Path, clips: int = 16, frames: int = 50, per_shard: int = 4, seed: int = 0,
-                        labels: int = 4) -> list[str]:
+                        labels: int = 4, prefix: str = "clip") -> list[str]:
+    """``clips`` labelled clips in facial shards; ``prefix`` names their videos (sets meant to be disjoint,
+    e.g. a probe's training set and an evaluation set, need different prefixes: clip keys identify clips)."""
     import soundfile as sf
     import webdataset as wds
 
@@ -49,7 +51,7 @@ def write_facial_shards(out: Path, clips: int = 16, frames: int = 50, per_shard:
             # every member of the shard format's flame.npz (schemas.FlameFit), as the FLAME stage writes it
             np.savez(npz, shape=np.zeros(100, np.float32), exp=exp, pose=pose, cam=np.tile(np.float32([8.0, 0.0, 0.0]), (frames, 1)),
                      valid=np.ones(frames, bool))
-            key = f"clip{i:04d}-0000"
+            key = f"{prefix}{i:04d}-0000"
             meta = clip_json(key, frames, ["json", "wav", "flame.npz"], fps=FPS, sample_rate_hz=SR,
                              source_metadata={"emotion": EMOTIONS[label], "emotion_intensity": 1 + i % 3})
             w.write({"__key__": key, "json": meta, "wav": wav.getvalue(), "flame.npz": npz.getvalue()})

@@ -25,8 +25,10 @@ from trainers.validation import val_grid
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cond")
     return {"train": write_facial_shards(root / "train", clips=32, frames=50),
-            "val": write_facial_shards(root / "val", clips=8, frames=50, seed=5),
-            "test": write_facial_shards(root / "test", clips=24, frames=50, seed=9), "root": root}
+            "val": write_facial_shards(root / "val", clips=8, frames=50, seed=5, prefix="val"),
+            "test": write_facial_shards(root / "test", clips=24, frames=50, seed=9, prefix="test"),
+            # the expression probe's own labelled clips: disjoint from the clips it judges
+            "probe": write_facial_shards(root / "probe", clips=24, frames=50, seed=11, prefix="probe"), "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def controllable(data):
 def probe(data):
     out = data["root"] / "probe"
     # `cnas train facial-probe` in process (tests/cli_helpers.py): its report line and files are checked
-    r = cnas("train", "facial-probe", "--data", data["root"] / "test" / "facial-{000000..000005}.tar",
+    r = cnas("train", "facial-probe", "--data", data["root"] / "probe" / "facial-{000000..000005}.tar",
              "--out", out, "--window", "24", "--steps", "300")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "held-out accuracy" in r.stdout and "chance 0.250" in r.stdout
@@ -94,12 +96,22 @@ def test_facial_conditioning_report_and_zeroed_inputs(controllable, probe, data,
     assert abs(no_audio["audio"]["matched"] - no_audio["audio"]["swapped"]) < 0.1  # the audio no longer drives the jaw
 
 
-def test_probe_report_and_errors(probe, data, tmp_path):
-    from trainers.facial.probe import load_probe, train_probe
+def test_probe_report_and_errors(probe, data, controllable, tmp_path):
+    from trainers.facial.probe import clip_digest, load_probe, save_probe, train_probe
 
     model, report = load_probe(probe)
     assert report["held_out_accuracy"] >= 0.9 and report["held_out"] == "every fifth clip by key hash"
     assert json.loads((probe / "probe.json").read_text()) == report
+    # it lists a digest of each clip it trained on: the 24 probe clips but the held-out fifth
+    trained = set(report["train_clips"])
+    keys = [f"probe{i:04d}-0000" for i in range(24)]
+    assert trained == {clip_digest(k) for k in keys if clip_digest(k) in trained} and 15 <= len(trained) < 24
+    # a probe that learned the very clips it is asked to judge is refused before anything is generated
+    seen = tmp_path / "seen"
+    save_probe(*train_probe(data["test"], 24, steps=2), seen)
+    # (test0000 is in its held-out fifth by key hash; test0001 it trained on)
+    with pytest.raises(ValueError, match=r"trained on 1 of the 2 clips being evaluated \(e.g. test0001-0000\)"):
+        evaluate(controllable, data["test"], FacialEvalOptions(max_clips=2, samples=1, steps=2, probe=str(seen)))
     one_label = write_facial_shards(tmp_path / "one", clips=4, frames=50, labels=1)
     with pytest.raises(ValueError, match="at least two emotions"):
         train_probe(one_label, 24, steps=2)
@@ -147,5 +159,5 @@ def test_asking_for_a_gpu_without_one_is_an_error(data, tmp_path, ray_session):
     with pytest.raises(RuntimeError, match="no CUDA device"):
         run_training(cfg)
     cfg = load_facial_config("tiny", [f"data.urls={json.dumps(data['train'])}", f"run.storage_path={tmp_path}", "run.use_gpu=true"])
-    with pytest.raises(RuntimeError, match=r"the Ray cluster has 0 GPU\(s\)"):
+    with pytest.raises(RuntimeError, match=r"need 1 GPU \(the cluster has 0\): not there on an embedded Ray"):
         launch(lambda config: None, {}, cfg.run)

@@ -79,6 +79,36 @@ def test_kill_then_resume_reaches_the_same_parameters(shards, tmp_path):
     assert torch.equal(a["opt2"]["state"][0]["exp_avg"], b["opt2"]["state"][0]["exp_avg"])
 
 
+def test_schedule_accumulation_and_statistics_measured_once(shards, tmp_path):
+    import itertools
+
+    from trainers.data import make_loader
+    from trainers.facial.train import loader_config
+    from trainers.optim import lr_at
+
+    cfg = _tiny(shards, tmp_path, "train.binding_steps=6", "train.diffusion_steps=6", "train.log_every=1",
+                "train.checkpoint_every=12", "train.grad_accum=2", "train.warmup_steps=2", "train.lr_schedule=cosine",
+                "train.stats_batches=3", "train.val_every=0")
+    run_training(cfg)
+    run = tmp_path / cfg.run.name
+    rows = [json.loads(line) for line in (run / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    # warm-up and cosine per phase, from the step alone (nothing to restore on resume)
+    assert lrs == pytest.approx([lr_at(i, 6, cfg.train.lr, cfg.train) for i in range(6)] * 2)
+    assert lrs[0] == pytest.approx(cfg.train.lr / 2) and lrs[5] == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)
+    ckpt = run / "checkpoints" / "step_00000012"
+    lcfg = loader_config(cfg)
+    per_epoch = sum(1 for _ in make_loader(lcfg, epoch=0))
+    position = torch.load(ckpt / "rank_0.pt", weights_only=True)["position"]
+    assert position["epoch"] * per_epoch + position["batches"] == 12 * 2  # two micro-batches per optimiser step
+    # the motion statistics: every valid frame of the first stats_batches batches, saved with the weights
+    frames = torch.cat([b["motion"][b["valid"]] for b in itertools.islice(make_loader(lcfg, epoch=0), 3)])
+    model = torch.load(ckpt / "model.pt", weights_only=True)["model"]
+    assert torch.allclose(model["motion_mean"], frames.mean(0), atol=1e-5)
+    assert torch.allclose(model["motion_std"], frames.std(0).clamp(min=1e-3), atol=1e-5)
+    assert bool(model["stats_ready"]) and float(model["latent_scale"]) != 1.0
+
+
 def test_relative_paths_are_resolved_in_the_driver(tmp_path, monkeypatch):
     from trainers.paha.config import load_paha_config
     from trainers.run_config import resolve_paths

@@ -186,11 +186,12 @@ def test_eval_compare_guidance_cli_scores_each_mode_by_sync_and_mouth(runs):
     compared = report["conditioning"]["guidance"]
     assert set(compared["modes"]) == {"none", "sg", "dg"} and compared["seed"] == 0
     for mode, block in compared["modes"].items():
-        assert block["sync_clips"] == 2 and block["sync_d"] >= 0 and block["sync_c"] >= 0, (mode, block)
+        # each mode's videos on their own face track: the 32-px drawings have none, so SyncNet scores no clip
+        assert block["sync_clips"] == 0 and block["sync_d"] is None, (mode, block)
         assert "mouth_envelope_r" in block and block["mouth_envelope_r"] is None  # no face in 32-px frames
         assert block["frames_with_face"] < 0.5 and block["unguided_clips"] == 0
         assert not any("pce" in key for key in block)  # the guiding classifier is not the judge
     # the "none" block is the main pass (guidance none by default): the same Sync numbers
-    assert compared["modes"]["none"]["sync_d"] == pytest.approx(report["sync_d"])
+    assert compared["modes"]["none"]["sync_clips"] == report["sync_clips"] == 0
     r = cnas("eval", "paha", "--checkpoint", runs["univdm"], "--data", *runs["test"], "--compare-guidance")
     assert r.returncode != 0 and "--compare-guidance needs --pce-checkpoint" in r.stderr

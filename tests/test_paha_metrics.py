@@ -259,3 +259,49 @@ def test_paha_view_refuses_a_video_whose_size_differs_from_its_record(tmp_path):
     shard = _shard(tmp_path / "bad-000000.tar", [("bad00-0000", frames, boxes, {"width": 48, "height": 48})])
     with pytest.raises(ValueError, match="'bad00-0000': the video is 64x48, its clip record says 48x48"):
         list(make_loader(LoaderConfig(urls=[shard], view="paha", window_frames=2, image_size=32)))
+
+
+def test_fvd_takes_real_clips_at_a_seeded_random_offset_and_generated_from_the_start():
+    videos = [np.arange(n)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8) for n in (40, 16, 10)]
+    generated = M.fvd_clips(videos, 16)
+    assert [int(c[0, 0, 0, 0]) for c in generated] == [0, 0] and all(len(c) == 16 for c in generated)  # 10 frames: left out
+    starts = {int(M.fvd_clips(videos, 16, random_offset=True, seed=s)[0][0, 0, 0, 0]) for s in range(200)}
+    assert starts == set(range(0, 25))  # every start from 0 to 40 − 16, and only those
+    again = M.fvd_clips(videos, 16, random_offset=True, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again, M.fvd_clips(videos, 16, random_offset=True, seed=3)))
+    clip = again[0][:, 0, 0, 0].astype(int)
+    assert list(clip) == list(range(clip[0], clip[0] + 16))  # consecutive frames
+    assert int(M.fvd_clips(videos, 16, random_offset=True, seed=3)[1][0, 0, 0, 0]) == 0  # a 16-frame video has one start
+
+
+def _real_frames(name: str, count: int) -> np.ndarray:
+    from pathlib import Path
+
+    cap = cv2.VideoCapture(str(Path(__file__).resolve().parents[1] / "media" / "real" / name))
+    frames = []
+    while len(frames) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+def test_sync_face_track_is_the_scored_videos_own():
+    """Sync-C/D crops the face where the scored video shows it: moving the picture moves the track."""
+    video = _real_frames("vox_00473.mp4", 40)
+    boxes = M.face_boxes(video)
+    found = ~np.isnan(boxes[:, 0])
+    assert found.mean() >= 0.9
+    h, w = video.shape[1:3]
+    x0, y0, x1, y1 = np.nanmedian(boxes, axis=0)
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and (x1 - x0) > 0.15 * w
+    shift = np.float32([[1, 0, 24], [0, 1, -12]])
+    moved = np.stack([cv2.warpAffine(f, shift, (w, h), borderMode=cv2.BORDER_REPLICATE) for f in video])
+    after = M.face_boxes(moved)
+    both = found & ~np.isnan(after[:, 0])
+    centre = lambda b: np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)  # noqa: E731
+    assert both.mean() >= 0.9
+    assert np.allclose(np.median(centre(after[both]) - centre(boxes[both]), axis=0), [24, -12], atol=3)
+    assert np.isnan(M.face_boxes(np.zeros((3, 64, 64, 3), np.uint8))).all()

@@ -54,6 +54,8 @@ class RunSection(Settings):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig: worker-group restarts from the last checkpoint")
     keep_checkpoints: int = Field(3, ge=1)
+    resource_timeout_s: float = Field(900.0, ge=0, description="with run.address: how long to wait for the cluster to "
+                                      "scale up to the workers' CPUs/GPUs before giving up (an embedded Ray never waits)")
 
 
 #: Config entries (section, key) that hold local paths or URIs. Ray Train 2.x workers run in a
@@ -90,6 +92,11 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     for k, v in top.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def with_overrides(preset: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A preset derived from another: ``changes`` merged over a deep copy of ``preset``."""
+    return _merge(copy.deepcopy(preset), changes)
 
 
 def load_preset_config(model_cls: type[ConfigT], presets: dict[str, dict[str, Any]], config: str | None,

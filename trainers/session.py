@@ -6,15 +6,20 @@ What a checkpoint holds and how a run resumes from one: ``trainers/checkpoint.py
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from trainers.run_config import RunSection
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -143,6 +148,43 @@ def wrap_ddp(module: torch.nn.Module, session: Session) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+def worker_resources(run: RunSection) -> dict[str, float]:
+    """What ``run.num_workers`` training workers need from the cluster together (Ray Train also
+    needs its small trainer actor, left out here)."""
+    need = {"CPU": run.num_workers * run.cpus_per_worker}
+    if run.use_gpu:
+        need["GPU"] = float(run.num_workers)
+    return need
+
+
+def wait_for_resources(need: dict[str, float], available: Callable[[], dict[str, float]], timeout_s: float,
+                       poll_s: float = 10.0, echo: Callable[[str], None] | None = None,
+                       clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once ``available()`` (the cluster's total resources) covers ``need``; while an
+    autoscaler brings nodes up, wait up to ``timeout_s`` seconds, saying what is missing every
+    minute. Then a RuntimeError that names what is missing (Ray Train itself would wait forever)."""
+    echo = echo or log.warning
+    start, said = clock(), -math.inf
+    while True:
+        have = available()
+        missing = {k: v for k, v in need.items() if have.get(k, 0.0) < v}
+        if not missing:
+            return
+        waited = clock() - start
+        lacking = ", ".join(f"{need[k]:g} {k} (the cluster has {have.get(k, 0.0):g})" for k in missing)
+        if waited >= timeout_s:
+            hint = (" (set run.use_gpu=false to train on CPU, or fewer run.num_workers)" if "GPU" in missing else
+                    " (fewer run.num_workers or run.cpus_per_worker)")
+            where = f"after waiting {waited:.0f} s" if timeout_s > 0 else "on an embedded Ray (no autoscaler to add nodes)"
+            raise RuntimeError(f"the training workers need {lacking}: not there {where}{hint}; "
+                               "run.resource_timeout_s sets how long a cluster may take to scale up")
+        if waited - said >= 60:
+            echo(f"waiting for the cluster to scale up: the workers need {lacking} "
+                 f"({waited:.0f} of {timeout_s:.0f} s, run.resource_timeout_s)")
+            said = waited
+        sleep(min(poll_s, max(timeout_s - waited, 0.0)))
+
+
 def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> Any:
     """Run ``train_fn(config)`` on ``run.num_workers`` Ray Train workers (DDP), or in this process.
     Relative local paths in ``config`` are made absolute here, in the driver (workers have a working
@@ -160,10 +202,8 @@ def launch(train_fn: Callable[[dict], Any], config: dict, run: RunSection) -> An
 
     if not ray.is_initialized():
         ray.init(address=run.address, log_to_driver=True)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if run.use_gpu and gpus < run.num_workers:  # Ray would wait for them forever; a CPU run is not what was asked
-        raise RuntimeError(f"run.use_gpu is true with {run.num_workers} worker(s), but the Ray cluster has {gpus:g} GPU(s) "
-                           "(set run.use_gpu=false to train on CPU, or fewer run.num_workers)")
+    # an embedded Ray has no autoscaler: what it lacks now it will never get
+    wait_for_resources(worker_resources(run), ray.cluster_resources, run.resource_timeout_s if run.address else 0.0)
     storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).expanduser().resolve())
     trainer = TorchTrainer(
         train_fn,

@@ -272,7 +272,7 @@ DAG = Registry([
               setup=load_speech_models, preflight=check_speech_assets, assets=speech_assets, on_clips=True, version=3),  # v2: spectral speaker clustering; v3: hygiene flags
     StageSpec("pose", PoseOptions, PoseResult, _run_pose, requires={"normalize": "the normalised video"}, uses=("shots", "speech"),
               setup=PoseModels, outputs_exist=_pose_exists, on_clips=True,
-              version=6),  # v6: face sharpness at a fixed face size; v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
+              version=7),  # v7: hand confidence = Pose visibility of the hand's landmarks (not handedness); v6: face sharpness at a fixed face size; v2: head pose; v3: face slots (faces, faces_track, faces_mouth); v4: small faces meshed on crops; v5: cascade (skipped)
     StageSpec("identity", IdentityOptions, IdentityResult, _run_identity,
               requires={"pose": "face tracks", "normalize": "the normalised video"}, resources=Resources(cpus=1)),
     StageSpec("sync", SyncOptions, SyncResult, _run_sync,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,13 +26,59 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, same: 
     pairs that are not negatives of each other (two clips of one emotion label share its label and
     template-text embedding: pushing them apart would fight the positive); they are left out of
     both softmaxes."""
+    return info_nce_global(a, b, a, b, 0, temperature, same)
+
+
+def info_nce_global(a: torch.Tensor, b: torch.Tensor, a_all: torch.Tensor, b_all: torch.Tensor, offset: int,
+                    temperature: float = 0.07, same: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of this worker's rows ``a``, ``b`` (B, D) against every worker's rows ``a_all``,
+    ``b_all`` (N, D; this worker's are rows ``offset … offset+B-1``): the negatives are the whole
+    global batch, as CLIP trains across GPUs. ``same`` (B, N): pairs that are not negatives. The mean
+    of this loss over workers equals ``info_nce`` of the global batch."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.t() / temperature
-    target = torch.arange(len(a), device=a.device)
+    a_all, b_all = F.normalize(a_all, dim=-1), F.normalize(b_all, dim=-1)
+    target = torch.arange(len(a), device=a.device) + offset
+    off = None
     if same is not None:
-        off = same.to(torch.bool) & ~torch.eye(len(a), dtype=torch.bool, device=a.device)
-        logits = logits.masked_fill(off, float("-inf"))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        off = same.to(torch.bool).clone()
+        off[torch.arange(len(a), device=a.device), target] = False  # the positive stays
+    losses = []
+    for q, keys in ((a, b_all), (b, a_all)):
+        logits = q @ keys.t() / temperature
+        if off is not None:
+            logits = logits.masked_fill(off, float("-inf"))
+        losses.append(F.cross_entropy(logits, target))
+    return (losses[0] + losses[1]) / 2
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every worker's rows of ``x`` (B_r, …) concatenated in rank order, and where this worker's
+    start. This worker's rows keep their gradient (``torch.distributed.nn.functional.all_gather``
+    sends the others' gradients back to them); batches of different sizes are padded for the
+    exchange. Without a process group: ``(x, 0)``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    pad = max(sizes) - len(x)
+    padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+    parts = all_gather(padded) if x.requires_grad else _gather_plain(padded)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)]), sum(sizes[: dist.get_rank()])
+
+
+def _gather_plain(x: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return parts
+
+
+def text_ids(texts: list[str]) -> torch.Tensor:
+    """A 63-bit id per text, so workers can compare texts by exchanging tensors."""
+    return torch.tensor([int(hashlib.sha1(t.encode()).hexdigest()[:15], 16) for t in texts], dtype=torch.int64)
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from schemas.settings import Settings
-from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config
+from trainers.optim import OptimSettings
+from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config, with_overrides as _with
 
 
 class FacialData(DataSection):
@@ -40,13 +41,15 @@ class FacialModelConfig(Settings):
     audio_backbone_layer: int | None = None
     text_backbone: str | None = Field(None, description="HF text encoder folder with tokenizer; none: built-in hashed words")
     freeze_backbones: bool = Field(True, description="freeze the text backbone (the speech backbone is always frozen)")
+    grad_checkpointing: bool = Field(False, description="recompute the denoiser blocks' activations in the backward "
+                                                         "pass (less memory, ~30 % more compute)")
     noise_steps: int = Field(1000, ge=10)
     align_slope: float = Field(4.0, ge=0, description="cross-attention bias per second of motion/audio offset")
     p_drop_audio: float = Field(0.1, ge=0, le=1)
     p_drop_emotion: float = Field(0.1, ge=0, le=1)
 
 
-class FacialTrain(ValidationSettings):
+class FacialTrain(ValidationSettings, OptimSettings):
     binding_steps: int = Field(2000, ge=0, description="phase 1: emotion binding + motion autoencoder")
     diffusion_steps: int = Field(20000, ge=0, description="phase 2: latent denoiser (binding and autoencoder frozen)")
     lr: float = 2e-4
@@ -59,6 +62,8 @@ class FacialTrain(ValidationSettings):
     log_every: int = Field(50, ge=1)
     seed: int = 0
     velocity_weight: float = Field(1.0, ge=0, description="autoencoder: weight of the frame-difference loss")
+    gather_negatives: bool = Field(True, description="several workers: every worker's clips are the binding InfoNCE's "
+                                                      "negatives (all-gathered, as CLIP), not only its own batch")
 
     @property
     def total_steps(self) -> int:
@@ -88,10 +93,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"emotion_dim": 256, "encoder_hidden": 512, "latent_dim": 64, "ae_hidden": 512, "dim": 512,
                   "layers": 8, "heads": 8, "audio_hidden": 512, "noise_steps": 1000},
         "train": {"binding_steps": 20000, "diffusion_steps": 200000, "lr": 1e-4, "checkpoint_every": 2000,
-                  "log_every": 100, "ema_decay": 0.9999},
+                  "log_every": 100, "ema_decay": 0.9999, "warmup_steps": 1000, "lr_schedule": "cosine", "stats_batches": 64},
         "run": {"name": "facial-base", "num_workers": 8, "use_gpu": True, "cpus_per_worker": 4},
     },
 }
+
+
+# the base model on one GPU (one 1-GPU node of ray_cluster.yaml, or a workstation): the same
+# effective batch as ``base``'s 8 workers through 8 accumulated micro-batches per step
+PRESETS["base-1gpu"] = _with(PRESETS["base"], {"train": {"grad_accum": 8}, "run": {"name": "facial-base-1gpu", "num_workers": 1}})
 
 
 def load_facial_config(config: str | None = "tiny", overrides: list[str] | None = None) -> FacialConfig:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.optim import checkpointed
 from trainers.schedule import NoiseSchedule, timestep_embedding  # noqa: F401  (NoiseSchedule re-exported)
 
 
@@ -73,6 +74,7 @@ class Denoiser(nn.Module):
         self.null_audio = nn.Parameter(torch.zeros(1, 1, audio_dim))
         self.null_emotion = nn.Parameter(torch.zeros(1, emotion_dim))
         self.blocks = nn.ModuleList(DenoiserBlock(dim, heads) for _ in range(layers))
+        self.grad_checkpointing = False  # model.grad_checkpointing: recompute each block in the backward pass
         self.dim = dim
 
     def alignment_bias(self, n_latent: int, n_audio: int, device) -> torch.Tensor:
@@ -94,7 +96,7 @@ class Denoiser(nn.Module):
         pos = timestep_embedding(torch.arange(N, device=z_t.device), self.dim)
         x = self.inp(z_t) + pos[None]
         for block in self.blocks:
-            x = block(x, cond, audio, bias)
+            x = checkpointed(block, x, cond, audio, bias, enabled=self.grad_checkpointing)
         return self.out(x)
 
 

@@ -37,6 +37,7 @@ from trainers.reporting import device_name
 from . import metrics as M
 from .generate import load_trained
 from .probe import load_probe
+from .probe import overlap as probe_overlap
 
 JAW_OPEN = 50  # motion = 50 expression + jaw pose (3, axis-angle): the x rotation opens the mouth
 
@@ -93,6 +94,15 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], options: FacialEvalO
     examples = _examples(urls, cfg, options.max_clips)
     if not examples:
         raise ValueError(f"no clip in {urls!r} has a {W}-frame window with FLAME parameters")
+    probe_note = None
+    if probe is not None:
+        seen = probe_overlap(probe_report, [ex["__key__"] for ex in examples])
+        if seen:  # a judge that learned these very clips would flatter any generator
+            raise ValueError(f"the expression probe {options.probe} was trained on {len(seen)} of the {len(examples)} clips "
+                             f"being evaluated (e.g. {', '.join(seen[:3])}): train it on clips outside the evaluated split "
+                             "(cnas train facial-probe --data release/val.index.json, or a labelled corpus from cnas adapt mead)")
+        if seen is None:
+            probe_note = "probe: saved without its list of training clips, so its disjointness from these clips was not checked"
     g = torch.Generator().manual_seed(options.seed)
 
     def generate(audio: torch.Tensor, emotion: torch.Tensor, emotion_scale: float) -> np.ndarray:
@@ -152,6 +162,8 @@ def evaluate(checkpoint: str | Path, urls: str | list[str], options: FacialEvalO
         out["emotion_similarity"] = mean_defined(rows["emotion_similarity"])
         out["emotion_similarity_features"] = "expression probe (trainers/facial/probe.py), not the model's binding space"
         out["conditioning"]["emotion"] = label_control(examples, probe, probe_report, generate, label_embedding, options)
+        if probe_note:
+            notes.append(probe_note)
     else:
         out["emotion_similarity"] = None
         notes.append("emotion_similarity and label-control accuracy need --probe (cnas train facial-probe)")

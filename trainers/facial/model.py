@@ -9,8 +9,9 @@ Training runs in two phases inside one run (one checkpoint stream, one command):
    are frozen. The emotion condition of a training clip is one of its bound embeddings (label,
    text or its own audio, picked at random per clip) so that any modality can steer at sampling.
 
-Motion is standardised per dimension with statistics measured on the first phase-1 batch, latents
-by their standard deviation measured at the start of phase 2 (Stable Diffusion's scaling factor).
+Motion is standardised per dimension with statistics measured once before training over
+``train.stats_batches`` batches of every worker, latents by their standard deviation measured the same
+way at the start of phase 2 (Stable Diffusion's scaling factor); both are buffers saved with the model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from torch import nn
 from trainers.data import EMOTIONS
 
 from .binding import (AudioFrameEncoder, LabelEncoder, MotionEncoder, PretrainedSpeechEncoder, PretrainedTextEncoder,
-                      Spectrogram, TextEncoder, info_nce, recall_at_k)
+                      Spectrogram, TextEncoder, gather_rows, info_nce_global, recall_at_k, text_ids)
 from .config import FacialModelConfig
-from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, latent_valid, sample
+from .diffusion import Denoiser, MotionAutoencoder, NoiseSchedule, diffusion_loss, sample
 
 MOTION_DIM = 53  # FLAME expression 50 + jaw 3
 FPS = 25.0
@@ -40,6 +41,7 @@ class BindingPhase(nn.Module):
         self.text = PretrainedTextEncoder(cfg.text_backbone, D, cfg.freeze_backbones) if cfg.text_backbone else TextEncoder(D)
         self.label = LabelEncoder(len(EMOTIONS), 4, D)
         self.autoencoder = MotionAutoencoder(MOTION_DIM, cfg.ae_hidden, cfg.latent_dim)
+        self.gather_negatives = False  # set by the training loop when several workers train
 
     def embed(self, modality: str, *, motion=None, valid=None, audio_feats=None, text=None, label=None,
               intensity=None) -> torch.Tensor:
@@ -60,11 +62,16 @@ class BindingPhase(nn.Module):
         m = self.embed("motion", motion=motion, valid=valid)
         others = {"audio": self.embed("audio", audio_feats=audio_feats), "text": self.embed("text", text=text),
                   "label": self.embed("label", label=label, intensity=intensity)}
+        # several workers: the negatives are every worker's clips (``gather_negatives``), not only this batch's
+        gather = gather_rows if self.gather_negatives else (lambda x: (x, 0))
+        m_all, offset = gather(m)
         # a label (and its template text) is shared by every clip of that emotion: those clips are not
         # negatives of each other for the label and text terms (their audio still differs)
-        same = {"label": (label[:, None] == label[None, :]) & (intensity[:, None] == intensity[None, :]),
-                "text": torch.tensor([[x == y for y in text] for x in text], dtype=torch.bool, device=m.device)}
-        terms = {f"binding/{k}_nce": info_nce(m, e, temperature, same.get(k)) for k, e in others.items()}
+        key = label * 4 + intensity.clamp(0, 3)
+        tid = text_ids(text).to(m.device)
+        same = {"label": key[:, None] == gather(key)[0][None, :], "text": tid[:, None] == gather(tid)[0][None, :]}
+        terms = {f"binding/{k}_nce": info_nce_global(m, e, m_all, gather(e)[0], offset, temperature, same.get(k))
+                 for k, e in others.items()}
         recon = self.autoencoder.decode(self.autoencoder.encode(motion))
         w = valid[..., None].to(motion.dtype)
         terms["ae/recon"] = ((recon - motion) ** 2 * w).sum() / (w.sum() * MOTION_DIM).clamp(min=1)
@@ -85,6 +92,7 @@ class DiffusionPhase(nn.Module):
         self.denoiser = Denoiser(latent=cfg.latent_dim, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
                                  audio_dim=cfg.audio_hidden, emotion_dim=cfg.emotion_dim, latent_fps=FPS / 2,
                                  audio_fps=FPS, align_slope=cfg.align_slope)
+        self.denoiser.grad_checkpointing = cfg.grad_checkpointing
 
     def forward(self, z0, audio_feats, emotion, schedule: NoiseSchedule, p_drop_audio: float, p_drop_emotion: float,
                 mask: torch.Tensor | None = None, t: torch.Tensor | None = None):
@@ -118,19 +126,16 @@ class FacialModel(nn.Module):
         return motion * self.motion_std + self.motion_mean
 
     @torch.no_grad()
-    def measure_motion_stats(self, motion: torch.Tensor, valid: torch.Tensor) -> None:
-        frames = motion[valid] if valid.any() else motion.reshape(-1, MOTION_DIM)
-        self.motion_mean.copy_(frames.mean(0))
-        self.motion_std.copy_(frames.std(0).clamp(min=1e-3) if len(frames) > 1 else torch.ones_like(self.motion_std))
+    def set_motion_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension motion statistics of the training data (``trainers/facial/train.measure_stats``)."""
+        self.motion_mean.copy_(mean)
+        self.motion_std.copy_(std.clamp(min=1e-3))
         self.stats_ready.fill_(True)
 
     @torch.no_grad()
-    def measure_latent_scale(self, motion: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        z = self.binding.autoencoder.encode(self.normalise(motion))
-        keep = latent_valid(valid, z.shape[1]) if valid is not None else None
-        if keep is not None and keep.any():
-            z = z[keep]  # latent frames of fitted motion only
-        self.latent_scale.copy_(z.std().clamp(min=1e-3))
+    def set_latent_scale(self, std: torch.Tensor) -> None:
+        """The latent scale: the std of phase-1 latents of fitted motion, measured at the start of phase 2."""
+        self.latent_scale.copy_(std.clamp(min=1e-3))
 
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:
         return self.binding.autoencoder.encode(self.normalise(motion)) / self.latent_scale

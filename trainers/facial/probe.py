@@ -10,7 +10,10 @@ uses it for label-control accuracy (guided vs unguided) and for the emotion-feat
 between generated and ground-truth sequences.
 
 Its own accuracy is measured on clips it did not train on: ``--val-data`` when given, otherwise
-every fifth clip by a hash of its key (``probe.json`` records which).
+every fifth clip by a hash of its key (``probe.json`` records which). ``probe.json`` also lists a digest
+of every clip the probe trained on, and ``cnas eval facial --probe`` refuses to judge clips the probe
+has seen: train it on another split (``val``) or on a labelled corpus (``cnas adapt mead``) than the
+one evaluated.
 """
 
 from __future__ import annotations
@@ -58,6 +61,20 @@ class ExpressionProbe(nn.Module):
 
 def _held_out(key: str) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 5 == 0
+
+
+def clip_digest(key: str) -> str:
+    """What ``probe.json`` records of a training clip: 16 hex digits of the SHA-1 of its key."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def overlap(report: dict[str, Any], keys: list[str]) -> list[str] | None:
+    """The clips among ``keys`` the probe trained on; None for a probe saved before the list existed."""
+    trained = report.get("train_clips")
+    if trained is None:
+        return None
+    seen = set(trained)
+    return [k for k in keys if clip_digest(k) in seen]
 
 
 def load_windows(urls: str | list[str], window: int, passes: int, min_valid_frames: float = 0.9) -> dict[str, list]:
@@ -115,7 +132,8 @@ def train_probe(urls: str | list[str], window: int, val_urls: str | list[str] | 
     report = {"window_frames": window, "labels": [EMOTIONS[i] for i in present], "chance": 1 / len(present),
               "train_windows": len(train_idx), "train_accuracy": _accuracy(probe, motion[train_idx], labels[train_idx]),
               "held_out": held, "held_out_windows": len(val_labels), "held_out_accuracy": _accuracy(probe, val_motion, val_labels),
-              "data": urls if isinstance(urls, str) else list(urls), "steps": steps, "hidden": hidden}
+              "data": urls if isinstance(urls, str) else list(urls), "steps": steps, "hidden": hidden,
+              "train_clips": sorted({clip_digest(data["key"][i]) for i in train_idx.tolist()})}
     return probe, report
 
 

@@ -11,22 +11,23 @@ optimiser state, EMA, data position and random-number state.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from trainers.checkpoint import restore_checkpoint, seed_everything
-from trainers.data import LoaderConfig, batch_stream
+from trainers.data import LoaderConfig, batch_stream, make_loader
+from trainers.optim import RunningMoments, accumulation, lr_at, set_lr
 from trainers.reporting import Reporter
-from trainers.session import Session, current_session, launch, wrap_ddp
+from trainers.session import current_session, launch, wrap_ddp
 from trainers.validation import Validator
 from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
 from .config import FacialConfig
 from .diffusion import latent_valid
-from .model import FacialModel
+from .model import MOTION_DIM, FacialModel
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,29 @@ def load_model_state(model: FacialModel, state: dict[str, torch.Tensor]) -> None
     load_trainable(model, state, _frozen(model))
 
 
-def _broadcast_buffers(model: FacialModel, session: Session) -> None:
-    if session.world_size > 1:
-        for name in ("motion_mean", "motion_std", "latent_scale", "stats_ready"):
-            dist.broadcast(getattr(model, name), src=0)
+def measure_stats(model: FacialModel, lcfg: LoaderConfig, batches: int, device: torch.device, latent: bool = False) -> None:
+    """Normalisation statistics measured once, over the first ``batches`` batches of this worker's
+    data and summed over all workers (every worker ends with the same values): per-dimension motion
+    mean and std (``latent=False``), or the latent scale at the start of phase 2 (``latent=True``).
+    They are buffers of the model, so they travel with every checkpoint."""
+    moments = RunningMoments(() if latent else MOTION_DIM)
+    for batch in itertools.islice(make_loader(lcfg, epoch=0), batches):
+        motion, valid = batch["motion"].to(device), batch["valid"].to(device)
+        if latent:
+            z = model.binding.autoencoder.encode(model.normalise(motion)).detach()
+            keep = latent_valid(valid, z.shape[1])
+            moments.add((z[keep] if keep.any() else z).reshape(-1))  # latent frames of fitted motion only
+        else:
+            moments.add(motion[valid] if valid.any() else motion.reshape(-1, MOTION_DIM))
+    moments.all_reduce()
+    if moments.n < 2:
+        raise RuntimeError(f"no training window to measure normalisation statistics on ({lcfg.urls!r})")
+    if latent:
+        # one scale for all latent dimensions (Stable Diffusion's scaling factor): the pooled std
+        mean, std = moments.mean_std()
+        model.set_latent_scale(std)
+    else:
+        model.set_motion_stats(*moments.mean_std())
 
 
 def train_facial(config: dict[str, Any]) -> dict[str, float]:
@@ -68,6 +88,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
     device = session.device
     seed_everything(t.seed)  # same initial weights on every worker (DDP also broadcasts rank 0's)
     model = FacialModel(cfg.model).to(device)
+    model.binding.gather_negatives = session.world_size > 1 and t.gather_negatives
     binding, diffusion = wrap_ddp(model.binding, session), wrap_ddp(model.diffusion, session)
     opt1 = torch.optim.AdamW(trainable_params(model.binding), lr=t.lr, weight_decay=t.weight_decay)
     opt2 = torch.optim.AdamW(trainable_params(model.diffusion), lr=t.lr, weight_decay=t.weight_decay)
@@ -79,51 +100,63 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
     reporter = Reporter(session, t.log_every, t.checkpoint_every, t.total_steps, step if restored else None)
     validator = Validator(session, loader_config(cfg, cfg.data.val_urls) if cfg.data.val_urls else None, t,
                           cfg.model.noise_steps, t.seed, cfg.run.storage_path, cfg.run.name)
-    stream = batch_stream(loader_config(cfg), position, session.rank)
+    lcfg = loader_config(cfg)
+    if not bool(model.stats_ready):
+        measure_stats(model, lcfg, t.stats_batches, device)
+    stream = batch_stream(lcfg, position, session.rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
-    last: dict[str, float] = {}
-    while step < t.total_steps:
-        batch = next(stream)
+
+    def micro_step(batch: dict[str, Any], phase: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one micro-batch of ``phase`` (1: binding + autoencoder, 2: latent denoiser)."""
         motion = batch["motion"].to(device)
         valid = batch["valid"].to(device)
         wave = batch["audio"].to(device)
         label = torch.as_tensor(batch["emotion_label"], device=device)
         intensity = torch.as_tensor(batch["emotion_intensity"], device=device)
         text = list(batch["emotion_text"])
-        phase = 1 if step < t.binding_steps else 2
-        if not bool(model.stats_ready):
-            model.measure_motion_stats(motion, valid)
-            _broadcast_buffers(model, session)
         with autocast:
             feats = model.audio_features(wave, motion.shape[1])
         if phase == 1:
             model.train()
             with autocast:
-                loss, terms = binding(model.normalise(motion), valid, feats, text, label, intensity,
-                                      t.temperature, t.velocity_weight)
-            opt, params = opt1, trainable_params(model.binding)
-        else:
-            if step == t.binding_steps:  # entering phase 2: fix the latent scale once
-                model.measure_latent_scale(motion, valid)
-                _broadcast_buffers(model, session)
-            model.binding.eval()
-            model.diffusion.train()
-            with torch.no_grad(), autocast:
-                z0 = model.encode_motion(motion)
-                emotion = model.mixed_emotion(feats, text, label, intensity)
-            with autocast:
-                loss, terms = diffusion(z0.float(), feats, emotion.float(), model.schedule,
-                                        cfg.model.p_drop_audio, cfg.model.p_drop_emotion, latent_valid(valid, z0.shape[1]))
-            opt, params = opt2, trainable_params(model.diffusion)
+                return binding(model.normalise(motion), valid, feats, text, label, intensity, t.temperature, t.velocity_weight)
+        model.binding.eval()
+        model.diffusion.train()
+        with torch.no_grad(), autocast:
+            z0 = model.encode_motion(motion)
+            emotion = model.mixed_emotion(feats, text, label, intensity)
+        with autocast:
+            return diffusion(z0.float(), feats, emotion.float(), model.schedule, cfg.model.p_drop_audio,
+                             cfg.model.p_drop_emotion, latent_valid(valid, z0.shape[1]))
+
+    last: dict[str, float] = {}
+    while step < t.total_steps:
+        phase = 1 if step < t.binding_steps else 2
+        if phase == 2 and step == t.binding_steps:  # entering phase 2: fix the latent scale once
+            measure_stats(model, lcfg, t.stats_batches, device, latent=True)
+        module, opt, params = ((binding, opt1, trainable_params(model.binding)) if phase == 1 else
+                               (diffusion, opt2, trainable_params(model.diffusion)))
+        start, length = (0, t.binding_steps) if phase == 1 else (t.binding_steps, t.diffusion_steps)
+        lr = lr_at(step - start, length, t.lr, t)
+        set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), device=device)
+        for _, context in accumulation(module, t.grad_accum):
+            with context:
+                loss, micro_terms = micro_step(next(stream), phase)
+                (loss / t.grad_accum).backward()
+            loss_sum += loss.detach() / t.grad_accum
+            for k, v in micro_terms.items():
+                terms[k] = terms.get(k, 0) + torch.as_tensor(v).detach() / t.grad_accum
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
         if phase == 2:
             ema.update(model.diffusion)
         step += 1
 
-        terms["loss"] = loss.detach()
+        terms["loss"] = loss_sum
+        terms["lr"] = torch.tensor(lr)
         validate = validator.due(step, t.total_steps)
         if validate:
             terms.update(validate_phase(model, validator, phase, cfg))

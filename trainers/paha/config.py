@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from schemas.settings import Settings
-from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config
+from trainers.optim import OptimSettings
+from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config, with_overrides as _with
 
 from .parts import PARTS, REGIONS
 
@@ -48,6 +49,8 @@ class PahaModel(Settings):
     pce_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     pce_crop: int = Field(8, ge=2)
     pce_hidden: int = 64
+    grad_checkpointing: bool = Field(False, description="recompute UniVDM's res-blocks and video transformers in the "
+                                                         "backward pass (less activation memory, ~30 % more compute)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -58,7 +61,7 @@ class PahaModel(Settings):
         return self
 
 
-class PahaTrain(ValidationSettings):
+class PahaTrain(ValidationSettings, OptimSettings):
     target: str = Field("univdm", pattern=r"^(univdm|pce)$")
     steps: int = Field(100000, ge=0)
     lr: float = 1e-4
@@ -108,11 +111,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"window_frames": 16, "image_size": 512, "batch_size": 1, "loader_workers": 4, "shuffle_buffer": 200},
         "model": {"vae": "models/sd-vae-ft-mse", "channels": [320, 640, 1280, 1280], "attn_levels": [1, 2, 3],
                   "heads": 8, "audio_backbone": "models/chinese-hubert-base", "audio_dim": 768, "motion_frames": 4,
-                  "noise_steps": 1000, "pce_crop": 16, "pce_hidden": 256},
-        "train": {"steps": 100000, "lr": 1e-5, "checkpoint_every": 1000, "log_every": 50, "ema_decay": 0.9999},
+                  "noise_steps": 1000, "pce_crop": 16, "pce_hidden": 256, "grad_checkpointing": True},
+        "train": {"steps": 100000, "lr": 1e-5, "checkpoint_every": 1000, "log_every": 50, "ema_decay": 0.9999,
+                  "warmup_steps": 500, "lr_schedule": "cosine", "grad_accum": 4},
         "run": {"name": "paha-base", "num_workers": 8, "use_gpu": True, "cpus_per_worker": 6},
     },
 }
+
+
+# the base model on one GPU (one 1-GPU node of ray_cluster.yaml, or a workstation): the same
+# effective batch as ``base``'s 8 workers × 4 micro-batches through 32 accumulated micro-batches per step
+PRESETS["base-1gpu"] = _with(PRESETS["base"], {"train": {"grad_accum": 32}, "run": {"name": "paha-base-1gpu", "num_workers": 1}})
 
 
 def load_paha_config(config: str | None = "tiny", overrides: list[str] | None = None) -> PahaConfig:

@@ -38,10 +38,9 @@ from trainers.reporting import device_name
 
 from . import metrics as M
 from .generate import generate_video, load_checkpoint
-from .parts import PARTS, REGIONS
+from .parts import REGIONS
 from .sampling import GUIDANCE
 
-FACE = PARTS.index("face")
 #: the mouth measure is reported when MediaPipe finds a face in at least this share of the frames
 MIN_FACE_SHARE = 0.5
 
@@ -206,10 +205,10 @@ def _first_frame_regions(part_masks: torch.Tensor) -> dict[str, list[float]]:
     return regions
 
 
-def _sync(videos: list[np.ndarray], faces: list[np.ndarray], waves: list[np.ndarray], weights: str,
-          device: str) -> dict[str, Any]:
-    """Mean Sync-C / Sync-D, median offset and the number of clips scored (a face track of 6+ frames)."""
-    scored = [M.sync_scores(v, f, w, weights, device=device) for v, f, w in zip(videos, faces, waves)]
+def _sync(videos: list[np.ndarray], waves: list[np.ndarray], weights: str, device: str) -> dict[str, Any]:
+    """Mean Sync-C / Sync-D, median offset and the number of clips scored: each video on its own face
+    track (``metrics.face_boxes``), never on the real clip's boxes (a face track of 6+ frames)."""
+    scored = [M.sync_scores(v, M.face_boxes(v), w, weights, device=device) for v, w in zip(videos, waves)]
     s = [x for x in scored if x is not None]
     out: dict[str, Any] = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_clips": len(s)}
     if s:
@@ -240,8 +239,6 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
         if len(clips) >= options.max_clips:
             break
         clips.append({"ref": _uint8(ex["reference"][None])[0], "wave": ex["audio"], "real": _uint8(ex["video"]),
-                      # the clip's face track, in view pixels (NaN: no face)
-                      "faces": ex["part_boxes"][:, FACE].numpy(),
                       "regions": _first_frame_regions(ex["part_masks"]) if need_regions else None})
     if not clips:
         raise ValueError(f"no clip in {urls!r} has a {W}-frame window with pose data")
@@ -254,7 +251,7 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
                                 1.0, options.steps, options.audio_scale, options.guidance_scale, options.seed)
         return frames, used != mode
 
-    gen, real, faces = [], [c["real"] for c in clips], [c["faces"] for c in clips]
+    gen, real = [], [c["real"] for c in clips]
     waves = [c["wave"].numpy() for c in clips]
     rows: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
     unguided = 0
@@ -285,11 +282,12 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
         out["notes"].append(f"fvd: {clip_frames}-frame clips (StyleGAN-V's FVD uses {M.FVD_FRAMES}): not comparable with published values")
     clips_per_set = min(len(M.fvd_clips(gen, clip_frames)), len(M.fvd_clips(real, clip_frames)))
     _frechet(out, "fvd", clips_per_set, M.I3D_DIMS, "clips", fvd_weights, "i3d_torchscript.pt", allow,
-             lambda: M.fvd(gen, real, fvd_weights, clip_frames=clip_frames, allow_few_samples=True, device=device))
+             lambda: M.fvd(gen, real, fvd_weights, clip_frames=clip_frames, allow_few_samples=True, device=device,
+                           seed=options.seed))
 
     out["sync_c"] = out["sync_d"] = out["sync_offset"] = None
     if options.syncnet_weights:
-        out.update(_sync(gen, faces, waves, options.syncnet_weights, device))
+        out.update(_sync(gen, waves, options.syncnet_weights, device))
         if out["sync_clips"] < len(gen):
             out["notes"].append(f"sync: {len(gen) - out['sync_clips']} clip(s) without a face track of 6+ frames were not scored")
     else:
@@ -318,13 +316,13 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
             swapped = [generate(clip, guidance, clips[(i + 1) % len(clips)]["wave"])[0] for i, clip in enumerate(clips)]
         out["conditioning"]["audio"] = audio_conditioning(mouths, waves, swapped, real, options.min_face_share)
     if options.compare_guidance:
-        out["conditioning"]["guidance"] = _compare_guidance(gen if mouths is None else mouths, gen, unguided, clips, faces,
-                                                            waves, generate, options)
+        out["conditioning"]["guidance"] = _compare_guidance(gen if mouths is None else mouths, gen, unguided, clips, waves,
+                                                            generate, options)
     return out
 
 
 def _compare_guidance(main_mouths: list[np.ndarray], main_videos: list[np.ndarray], main_unguided: int,
-                      clips: list[dict[str, Any]], faces: list[np.ndarray], waves: list[np.ndarray], generate,
+                      clips: list[dict[str, Any]], waves: list[np.ndarray], generate,
                       options: PahaEvalOptions) -> dict[str, Any]:
     """Per PCE guidance mode (none, sg, dg): every clip generated from the same seed (the main
     pass's videos reused for its own mode), scored by Sync-C/D and the mouth–envelope correlation."""
@@ -338,7 +336,7 @@ def _compare_guidance(main_mouths: list[np.ndarray], main_videos: list[np.ndarra
             fell_back = sum(f for _, f in results)
         block: dict[str, Any] = {"sync_c": None, "sync_d": None, "sync_offset": None, "sync_clips": None}
         if options.syncnet_weights:
-            block.update(_sync(videos, faces, waves, options.syncnet_weights, options.device))
+            block.update(_sync(videos, waves, options.syncnet_weights, options.device))
         audio = audio_conditioning(mouths, waves, min_face_share=options.min_face_share)
         block.update(mouth_envelope_r=audio["matched"], mouth_clips=audio["clips"]["matched"],
                      frames_with_face=audio["frames_with_face"], unguided_clips=fell_back,

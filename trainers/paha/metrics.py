@@ -6,8 +6,8 @@
 | PSNR, SSIM | scikit-image ``structural_similarity`` | frames | — |
 | LPIPS | richzhang/PerceptualSimilarity (the ``lpips`` wheel) | frames in [−1, 1] | torchvision ``alexnet-owt-7be5be79.pth`` |
 | FID | mseitzer/pytorch-fid: ``fid_score.py`` ``calculate_frechet_distance`` (+ ``calculate_activation_statistics``) | every frame, 2048-d pool3 | ``pt_inception-2015-12-05-6726825d.pth`` |
-| FVD | universome/stylegan-v: ``src/metrics/frechet_video_distance.py`` ``compute_fvd`` + ``metric_utils.FeatureStats`` | one 16-frame clip per video, 400-d I3D features | ``i3d_torchscript.pt`` |
-| Sync-C/D (LSE-C/D), offset | joonson/syncnet_python: ``SyncNetInstance.py`` ``evaluate`` / ``calc_pdist``, ``run_pipeline.py`` ``crop_video`` | face-track crops + 16 kHz audio | ``syncnet_v2.model`` |
+| FVD | universome/stylegan-v: ``src/metrics/frechet_video_distance.py`` ``compute_fvd`` + ``metric_utils.FeatureStats`` | one 16-frame clip per video (real: at a random offset; generated: from frame 0), 400-d I3D features | ``i3d_torchscript.pt`` |
+| Sync-C/D (LSE-C/D), offset | joonson/syncnet_python: ``SyncNetInstance.py`` ``evaluate`` / ``calc_pdist``, ``run_pipeline.py`` ``crop_video`` | crops of the scored video's own face track (``face_boxes``: BlazeFace where syncnet_python runs S3FD) + 16 kHz audio | ``syncnet_v2.model`` |
 | HKC, HKV | CyberHost (arXiv 2409.01876) — no code released, no formula found; see ``hand_keypoints`` | frames | MediaPipe (in its wheel) |
 | mouth opening (conditioning) | ``geometry.landmarks.mouth_opening`` on MediaPipe FaceMesh; see ``mouth_series`` | frames | MediaPipe (in its wheel) |
 
@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from geometry.landmarks import POSE_HAND_LANDMARKS
 
 FID_DIMS = 2048  # pytorch-fid's default block: pool3 of the FID Inception
 I3D_DIMS = 400  # StyleGAN-V's I3D with return_features=True: the logits layer before the softmax
@@ -61,7 +63,7 @@ def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 #: MediaPipe Pose landmarks of each hand (wrist, pinky, index and thumb knuckles), subject's side
-POSE_HAND_KEYPOINTS = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
+POSE_HAND_KEYPOINTS = {"left": POSE_HAND_LANDMARKS["left_hand"], "right": POSE_HAND_LANDMARKS["right_hand"]}
 
 
 def hand_keypoints(video: np.ndarray) -> dict[str, Any]:
@@ -201,6 +203,30 @@ def mouth_series(video: np.ndarray, min_side: int = MOUTH_MIN_SIDE) -> np.ndarra
     return out
 
 
+def face_boxes(video: np.ndarray, min_side: int = MOUTH_MIN_SIDE) -> np.ndarray:
+    """(T, 4) [x0, y0, x1, y1] pixel box of the most confident face BlazeFace (full range, confidence
+    0.5) detects in each frame of ``video`` (T, H, W, 3) uint8 RGB; NaN where it finds none. The
+    scored video's own face track for Sync-C/D: syncnet_python's ``run_pipeline.py`` detects the faces
+    (S3FD) in the very video it scores, so a generated face that moves elsewhere than the real one is
+    cropped where it is. Frames under ``min_side`` px are upscaled first, as in ``mouth_series``."""
+    import cv2
+    import mediapipe as mp
+
+    out = np.full((len(video), 4), np.nan, np.float32)
+    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
+        for t, frame in enumerate(video):
+            h, w = frame.shape[:2]
+            big = np.ascontiguousarray(frame)
+            if min(h, w) < min_side:
+                scale = min_side / min(h, w)
+                big = cv2.resize(big, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+            found = sorted(detector.process(big).detections or [], key=lambda d: -d.score[0])
+            if found:
+                b = found[0].location_data.relative_bounding_box
+                out[t] = [max(b.xmin, 0) * w, max(b.ymin, 0) * h, min(b.xmin + b.width, 1) * w, min(b.ymin + b.height, 1) * h]
+    return out
+
+
 # --- Fréchet distances -----------------------------------------------------------------------
 def check_sample_count(n: int, dims: int, what: str, allow_few_samples: bool = False) -> bool:
     """Whether ``n`` samples of ``dims``-dimensional features give a full-rank covariance
@@ -298,21 +324,34 @@ def fid(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None
     return frechet_distance(g, r, allow_few_samples=allow_few_samples)
 
 
-def fvd_clips(videos: list[np.ndarray], clip_frames: int = FVD_FRAMES) -> list[np.ndarray]:
-    """One clip per video, its first ``clip_frames`` frames (StyleGAN-V loads ``num_frames``
-    consecutive frames per video and discards shorter videos)."""
-    return [v[:clip_frames] for v in videos if len(v) >= clip_frames]
+def fvd_clips(videos: list[np.ndarray], clip_frames: int = FVD_FRAMES, random_offset: bool = False,
+              seed: int = 0) -> list[np.ndarray]:
+    """One ``clip_frames`` clip per video, videos shorter than that left out (StyleGAN-V's
+    ``discard_short_videos``). ``random_offset``: the clip starts at a random frame, as StyleGAN-V
+    loads real videos (``load_n_consecutive_random_offset`` defaults to True in its video dataset;
+    ``compute_fvd`` turns it off only for generated videos, which start at frame 0). The draw is
+    seeded so a report can be reproduced."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in videos:
+        if len(v) < clip_frames:
+            continue
+        start = int(rng.integers(0, len(v) - clip_frames + 1)) if random_offset else 0
+        out.append(v[start: start + clip_frames])
+    return out
 
 
 @torch.no_grad()
 def fvd(generated: list[np.ndarray], real: list[np.ndarray], weights: str | None, clip_frames: int = FVD_FRAMES,
-        allow_few_samples: bool = False, device: str = "cpu", batch: int = 8) -> float:
+        allow_few_samples: bool = False, device: str = "cpu", batch: int = 8, seed: int = 0) -> float:
     """FVD as StyleGAN-V's ``compute_fvd``: the TorchScript I3D called with its ``detector_kwargs``
     ``rescale=True, resize=True, return_features=True`` on (B, 3, T, H, W) videos of 0–255 values
     (the detector rescales to [−1, 1] and resizes to 224² itself), one ``clip_frames`` clip per
-    video, then ``fvd_distance``. Refuses ≤ 400 clips per set unless ``allow_few_samples``."""
+    video — the generated ones from their first frame, the real ones from a random offset (seeded by
+    ``seed``), as ``compute_fvd`` takes them — then ``fvd_distance``. Refuses ≤ 400 clips per set
+    unless ``allow_few_samples``."""
     path = str(need_weights(weights, "FVD"))
-    g_clips, r_clips = fvd_clips(generated, clip_frames), fvd_clips(real, clip_frames)
+    g_clips, r_clips = fvd_clips(generated, clip_frames), fvd_clips(real, clip_frames, random_offset=True, seed=seed)
     check_sample_count(min(len(g_clips), len(r_clips)), I3D_DIMS, "FVD", allow_few_samples)
     det = torch.jit.load(path, map_location=device).eval()
 

@@ -37,6 +37,7 @@ class VideoModel(nn.Module):
         self.audio_proj = nn.Sequential(nn.Linear(self.frontend.out_dim, cfg.audio_dim), nn.SiLU(), nn.Linear(cfg.audio_dim, cfg.audio_dim))
         self.unet = UniVDM(self.latent.channels, tuple(cfg.channels), tuple(cfg.attn_levels), cfg.heads, cfg.audio_dim,
                            cfg.audio_context)
+        self.unet.grad_checkpointing = cfg.grad_checkpointing
         self.schedule = NoiseSchedule(cfg.noise_steps)
         self.register_buffer("par_lambdas", torch.tensor(cfg.par_lambdas, dtype=torch.float32))
 

@@ -14,6 +14,7 @@ import torch
 
 from trainers.checkpoint import restore_checkpoint, seed_everything
 from trainers.data import LoaderConfig, batch_stream
+from trainers.optim import accumulation, lr_at, set_lr
 from trainers.reporting import Reporter
 from trainers.session import current_session, launch, wrap_ddp
 from trainers.validation import Validator
@@ -98,18 +99,29 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     last: dict[str, float] = {}
     model.train()
     while step < t.steps:
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in next(stream).items()}
-        # the same draw on every worker keeps DDP's graphs alike (motion frames change the sequence)
-        use_motion = bool(torch.rand((), generator=torch.Generator().manual_seed(t.seed * 7919 + step)) < cfg.model.p_motion)
-        with autocast:
-            loss, terms = step_fn(batch, use_motion and cfg.model.motion_frames > 0)
+        lr = lr_at(step, t.steps, t.lr, t)
+        set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), device=device)
+        for micro, context in accumulation(step_fn, t.grad_accum):
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in next(stream).items()}
+            # the same draw on every worker keeps DDP's graphs alike (motion frames change the sequence)
+            draw = t.seed * 7919 + step if t.grad_accum == 1 else (t.seed * 7919 + step) * 64 + micro
+            use_motion = bool(torch.rand((), generator=torch.Generator().manual_seed(draw)) < cfg.model.p_motion)
+            with context:
+                with autocast:
+                    loss, micro_terms = step_fn(batch, use_motion and cfg.model.motion_frames > 0)
+                (loss / t.grad_accum).backward()
+            loss_sum += loss.detach() / t.grad_accum
+            for k, v in micro_terms.items():
+                terms[k] = terms.get(k, 0) + torch.as_tensor(v).detach() / t.grad_accum
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
         ema.update(model)
         step += 1
-        terms["loss"] = loss.detach()
+        terms["loss"] = loss_sum
+        terms["lr"] = torch.tensor(lr)
         validate = validator.due(step, t.steps)
         if validate:
             terms.update(validate_model(model, validator, cfg))

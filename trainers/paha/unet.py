@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.optim import checkpointed
 from trainers.schedule import timestep_embedding
 
 FRAME_REF, FRAME_MOTION, FRAME_NOISY = 0, 1, 2
@@ -122,6 +123,7 @@ class UniVDM(nn.Module):
                  heads: int = 4, audio_dim: int = 64, audio_context: int = 2, max_frames: int = 64):
         super().__init__()
         self.audio_context = audio_context
+        self.grad_checkpointing = False  # model.grad_checkpointing: recompute blocks in the backward pass
         temb = channels[0] * 4
         self.temb_dim = channels[0]
         self.time = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
@@ -175,16 +177,21 @@ class UniVDM(nn.Module):
         ref = z[:, :1].expand(B, Fr, C, h, w)
         x = self.inp(torch.cat([z, ref], dim=2).reshape(B * Fr, 2 * C, h, w))
         skips = []
+        ckpt = self.grad_checkpointing
+
+        def attend(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            if not isinstance(attn, VideoTransformer):
+                return x
+            return checkpointed(lambda h, a: attn(h, B, Fr, a), x, win, enabled=ckpt)
+
         for res, attn, down in zip(self.down, self.down_attn, self.downsample):
-            x = res(x, temb)
-            x = attn(x, B, Fr, win) if isinstance(attn, VideoTransformer) else x
+            x = attend(attn, checkpointed(res, x, temb, enabled=ckpt))
             skips.append(x)
             x = down(x)
-        x = self.mid_attn(self.mid(x, temb), B, Fr, win)
+        x = attend(self.mid_attn, checkpointed(self.mid, x, temb, enabled=ckpt))
         for res, attn, up in zip(self.up, self.up_attn, self.upsample):
             skip = skips.pop()
-            x = res(torch.cat([x, skip], dim=1), temb)
-            x = attn(x, B, Fr, win) if isinstance(attn, VideoTransformer) else x
+            x = attend(attn, checkpointed(res, torch.cat([x, skip], dim=1), temb, enabled=ckpt))
             if skips:  # upsample to the next skip's size (handles odd encoder sizes)
                 x = up(x, skips[-1].shape[-2:])
         return self.out(x).reshape(B, Fr, C, h, w)
