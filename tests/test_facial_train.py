@@ -144,6 +144,33 @@ def test_ray_train_two_workers_checkpoint_and_resume(shards, tmp_path, ray_sessi
     more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"diffusion_steps": 8})})
     result = run_training(more)
     assert result.error is None and result.metrics["step"] == 12 and (run_dir / "step_00000012" / "model.pt").exists()
+    # uploaded in the background (Ray's async checkpoint upload), fetched once per node on resume; both timed
+    rows = [json.loads(line) for line in (run_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] == 8 and resumed[0]["restore_s"] > 0
+    assert [r["step"] for r in rows if "checkpoint/save_s" in r] == [4, 8, 12]
+
+
+def test_a_worker_fetches_only_its_own_files_of_a_checkpoint(tmp_path):
+    import types
+
+    import pyarrow.fs as pafs
+
+    from trainers.session import _exists, _fetch, _wait_for
+
+    stored = tmp_path / "storage" / "step_00000004"
+    stored.mkdir(parents=True)
+    for name in ("model.pt", "rank_0.pt", "rank_1.pt"):
+        (stored / name).write_bytes(name.encode())
+    ckpt = types.SimpleNamespace(path=str(stored), filesystem=pafs.LocalFileSystem())
+    node = tmp_path / "node"
+    _fetch(ckpt, "model.pt", node)
+    _fetch(ckpt, "rank_1.pt", node)
+    assert sorted(p.name for p in node.iterdir()) == ["model.pt", "rank_1.pt"]  # rank 0's file stays where it is
+    assert (node / "rank_1.pt").read_bytes() == b"rank_1.pt" and _exists(ckpt, "rank_0.pt") and not _exists(ckpt, "rank_7.pt")
+    _wait_for(node / "model.pt", 1)  # there: no wait
+    with pytest.raises(TimeoutError, match="did not fetch the checkpoint within 0 s"):
+        _wait_for(node / "absent.pt", 0.1, poll_s=0.02)
 
 
 def test_generate_cli_sequence_preview_and_errors(trained, tmp_path):

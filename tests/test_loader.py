@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -102,3 +103,59 @@ def test_huggingface_datasets_loads_the_shards(view_shards):
     assert len(ds) == sum(1 for _ in wds.WebDataset(view_shards, shardshuffle=False))
     row = ds[0]
     assert "json" in row and row["json"]["num_frames"] > 0
+
+
+def _reference_masks(boxes: np.ndarray, size: int) -> np.ndarray:
+    """The masks as the loader drew them before they were built from boxes after the DataLoader."""
+    out = np.zeros((*boxes.shape[:-1], size, size), np.float32)
+    for index in np.ndindex(*boxes.shape[:-1]):
+        if not np.isnan(boxes[index][0]):
+            xa, ya, xb, yb = np.clip(np.round(boxes[index]).astype(int), 0, size)
+            out[index][ya:yb, xa:xb] = 1.0
+    return out
+
+
+def test_paha_samples_travel_compact_and_expand_to_the_same_tensors(tmp_path):
+    from paha_data import write_paha_shards
+    from trainers.data import expand_paha, masks_from_boxes
+
+    shards = write_paha_shards(tmp_path / "s", clips=4, frames=12, size=32)
+    cfg = LoaderConfig(urls=shards, view="paha", window_frames=4, image_size=32, batch_size=2)
+    compact = next(iter(make_loader(cfg, compact=True)))
+    assert compact["video_u8"].dtype == torch.uint8 and compact["video_u8"].shape == (2, 4, 3, 32, 32)
+    assert "part_masks" not in compact and "video" not in compact
+    full = expand_paha(compact)
+    assert torch.equal(full["video"], compact["video_u8"].float() / 255) and full["reference"].shape == (2, 3, 32, 32)
+    assert torch.equal(full["part_masks"], torch.from_numpy(_reference_masks(compact["part_boxes"].numpy(), 32)))
+    assert full["part_masks"].sum() > 0
+    nbytes = lambda b: sum(v.numel() * v.element_size() for v in b.values() if torch.is_tensor(v))  # noqa: E731
+    assert nbytes(compact) * 4 < nbytes(full)  # what crosses the workers' shared memory
+    # boxes at fractions of a pixel, past the frame's edges, and absent (NaN)
+    boxes = torch.tensor([[[2.5, 3.5, 9.49, 31.7], [-4.0, 10.0, 40.0, 12.0], [float("nan")] * 4, [5.0, 5.0, 5.0, 9.0]]])
+    assert torch.equal(masks_from_boxes(boxes, 16), torch.from_numpy(_reference_masks(boxes.numpy(), 16)))
+    assert torch.equal(next(iter(make_loader(cfg)))["part_masks"], full["part_masks"])  # make_loader expands by default
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_paha_stream_continues_exactly_and_decodes_nothing_it_skips(tmp_path, monkeypatch, workers):
+    import copy
+
+    from paha_data import write_paha_shards
+    from trainers import data as D
+
+    shards = write_paha_shards(tmp_path / "s", clips=8, frames=12, size=32, per_shard=2)
+    cfg = LoaderConfig(urls=shards, view="paha", window_frames=4, image_size=32, batch_size=2, shuffle_buffer=4,
+                       shuffle_shards=True, seed=3, num_workers=workers)
+    position = {"epoch": 0, "batches": 0}
+    stream = D.batch_stream(cfg, position, 0)
+    seen = [next(stream)["__key__"] for _ in range(3)]
+    saved = copy.deepcopy(position)  # what a checkpoint after 3 batches holds
+    seen += [next(stream)["__key__"] for _ in range(4)]  # into the next epoch (4 batches an epoch)
+    assert sum(saved["worker_batches"]) == saved["batches"] == 3
+    decoded = []
+    real = D.decode_frames
+    monkeypatch.setattr(D, "decode_frames", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    resumed = D.batch_stream(cfg, saved, 0)
+    assert [next(resumed)["__key__"] for _ in range(4)] == seen[3:]
+    if workers == 0:  # (in worker processes the counter is theirs)
+        assert len(decoded) == 4 * 2  # the resumed batches' samples only: the 3 skipped batches decoded nothing

@@ -13,8 +13,10 @@ Ray Train every worker reports its own files and Ray merges them into one folder
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,6 +101,7 @@ def _numpy_array_globals() -> list[Any]:
 def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, dict[str, int], dict[str, Any] | None]:
     """Load the newest checkpoint into ``targets`` (name → optimiser, ``EMA``, or (module, loader)
     pair) and this worker's RNG states. Returns (step, data position, the rank-0 payload or None)."""
+    tic = time.perf_counter()
     ckpt = session.latest_checkpoint()
     if ckpt is None:
         return 0, {"epoch": 0, "batches": 0}, None
@@ -117,19 +120,23 @@ def restore_checkpoint(session: Session, targets: dict[str, Any]) -> tuple[int, 
         set_rng_state(rank_state["rng"], session.device)
     else:  # another number of workers: the data split changed, start the next epoch afresh
         position = {"epoch": state.get("epoch", 0) + 1, "batches": 0}
+    session.restore_s = time.perf_counter() - tic
     if session.rank == 0:
-        log.warning("resumed from %s at step %d", ckpt.name, state["step"])
+        log.warning("resumed from %s at step %d (%.1f s to fetch and load)", ckpt.name, state["step"], session.restore_s)
     return state["step"], position, state
 
 
-def save_checkpoint(session: Session, step: int, position: dict[str, int], metrics: dict[str, float],
-                    payload: Callable[[], dict[str, Any]]) -> None:
+def save_checkpoint(session: Session, step: int, position: dict[str, Any], metrics: dict[str, float],
+                    payload: Callable[[], dict[str, Any]]) -> float:
     """Checkpoint ``step``: every worker writes its data position and RNG states, rank 0 also
-    ``payload()`` (weights, optimisers, …) with the step, world size and epoch."""
-    files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": dict(position), "rng": rng_state(session.device)}}
+    ``payload()`` (weights, optimisers, …) with the step, world size and epoch. Returns the seconds
+    the step was held (with asynchronous uploads: the local write only)."""
+    tic = time.perf_counter()
+    files: dict[str, Any] = {f"rank_{session.rank}.pt": {"position": copy.deepcopy(position), "rng": rng_state(session.device)}}
     if session.rank == 0:
         files["model.pt"] = {"step": step, "world_size": session.world_size, "epoch": position["epoch"], **payload()}
     session.save(step, files, metrics)
+    return time.perf_counter() - tic
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -75,6 +75,7 @@ class LoaderConfig:
     batch_size: int | None = None
     num_workers: int = 0
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # a larger (or a sparse) tar member fails its shard unread
+    pin_memory: bool = False  # page-locked batches for a fast (non-blocking) copy to a GPU
 
 
 @dataclass
@@ -306,8 +307,10 @@ def node_info() -> tuple[int, int]:
     return rank, world
 
 
-def build_dataset(cfg: LoaderConfig, epoch: int = 0):
+def build_dataset(cfg: LoaderConfig, epoch: int = 0, worker_skips: list[int] | tuple[int, ...] = ()):
     """The WebDataset pipeline (an IterableDataset) for one node; wrap it in a DataLoader.
+    ``worker_skips[w]``: batches DataLoader worker ``w`` (0 without workers) already gave this epoch —
+    skipped without decoding their media (``_decode_stream``), so a resumed run starts where it was.
 
     WebDataset's stages split, group and shuffle; the shards are opened and expanded here
     (``open_shard``, ``tar_members``), never by WebDataset's URL opener."""
@@ -322,7 +325,7 @@ def build_dataset(cfg: LoaderConfig, epoch: int = 0):
               functools.partial(_shard_files, cfg.max_member_bytes), group_by_keys]
     if cfg.shuffle_buffer:
         stages.append(wds.shuffle(cfg.shuffle_buffer, rng=random.Random(_seed(cfg.seed, epoch, rank, "samples"))))
-    stages += [wds.map(functools.partial(decode_sample, cfg, epoch)), wds.select(_not_none)]
+    stages.append(functools.partial(_decode_stream, cfg, epoch, tuple(worker_skips)))
     ds = wds.DataPipeline(*stages)
     if cfg.epoch_samples is not None:
         ds = ds.with_epoch(cfg.epoch_samples)  # shards repeat as needed
@@ -339,23 +342,64 @@ class _ShardList:
         return iter(self.shards)
 
 
-def _not_none(sample) -> bool:
-    return sample is not None
+def _decode_stream(cfg: LoaderConfig, epoch: int, worker_skips: tuple[int, ...], samples: Iterator[dict[str, Any]]):
+    """Decode the samples of this DataLoader worker, leaving out those that cannot serve the view.
+    The first ``worker_skips[w]`` batches' worth of usable samples are only checked (``dry``: record,
+    window and RNG draws, no media decoded) and dropped: resuming mid-epoch costs no decoding. With
+    DataLoader workers each sample carries ``__worker__`` so ``batch_stream`` counts each worker's batches."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    worker = info.id if info is not None else 0
+    per_batch = cfg.batch_size or 1
+    to_skip = (worker_skips[worker] if worker < len(worker_skips) else 0) * per_batch
+    for sample in samples:
+        if to_skip:
+            if decode_sample(cfg, epoch, sample, dry=True) is not None:
+                to_skip -= 1
+            continue
+        out = decode_sample(cfg, epoch, sample)
+        if out is not None:
+            if info is not None:
+                out["__worker__"] = worker
+            yield out
 
 
-def make_loader(cfg: LoaderConfig, epoch: int = 0, skip: int = 0):
-    """A ``torch.utils.data.DataLoader`` over ``build_dataset``; ``skip`` resumes mid-epoch."""
+def make_loader(cfg: LoaderConfig, epoch: int = 0, skip: int = 0, worker_skips: list[int] | None = None,
+                compact: bool = False):
+    """A ``torch.utils.data.DataLoader`` over ``build_dataset``. Resuming mid-epoch: ``worker_skips``
+    (each DataLoader worker's batches so far, as ``batch_stream`` records them) skips without
+    decoding; ``skip`` (batches in all, a position saved before that existed) decodes and drops them.
+    ``paha`` batches come out with float frames and part masks (``expand_paha``, in this process);
+    ``compact``: as the workers sent them (uint8 frames, boxes, ``__worker__``), for ``batch_stream``
+    to count and to expand on its device."""
     import torch
 
     # a generator of its own: creating an iterator draws a base seed, which must not consume the
     # global RNG (a resumed run creates iterators at other points than an uninterrupted one)
     generator = torch.Generator().manual_seed(_seed(cfg.seed, epoch, "loader") % 2**63)
-    loader = torch.utils.data.DataLoader(build_dataset(cfg, epoch), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+    dataset = build_dataset(cfg, epoch, worker_skips or ())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                          collate_fn=None if cfg.batch_size else _identity, generator=generator,
-                                         worker_init_fn=_secure_worker if cfg.num_workers else None)
-    if skip:
-        return _Skipping(loader, skip)
-    return loader
+                                         worker_init_fn=_secure_worker if cfg.num_workers else None,
+                                         pin_memory=cfg.pin_memory)
+    out = _Skipping(loader, skip) if skip and not worker_skips else loader
+    return out if compact else _Expanded(out)
+
+
+class _Expanded:
+    """A loader's batches as the models read them: ``paha`` ones expanded (``expand_paha``), the
+    worker tag dropped."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if isinstance(batch, dict):
+                batch.pop("__worker__", None)
+                batch = expand_paha(batch)
+            yield batch
 
 
 def _identity(x):
@@ -374,20 +418,38 @@ class _Skipping:
         return itertools.islice(iter(self.loader), self.skip, None)
 
 
-def batch_stream(lcfg: LoaderConfig, position: dict[str, int], rank: int) -> Iterator[dict[str, Any]]:
-    """Endless batches from ``make_loader``, epoch after epoch; ``position`` (epoch, batches) is
-    kept current so a checkpoint can resume the data exactly where it was."""
+def batch_stream(lcfg: LoaderConfig, position: dict[str, Any], rank: int, device=None) -> Iterator[dict[str, Any]]:
+    """Endless batches from ``make_loader``, epoch after epoch; ``position`` (epoch, batches, and each
+    DataLoader worker's batches) is kept current so a checkpoint resumes the data exactly where it
+    was, without decoding what it skips. ``device``: ``paha`` batches arrive compact and are
+    expanded there (frames to float, part masks from boxes: ``expand_paha``)."""
+    import torch
+
+    non_blocking = lcfg.pin_memory and device is not None and torch.device(device).type == "cuda"
     while True:
         got = 0
-        for batch in make_loader(lcfg, epoch=position["epoch"], skip=position["batches"]):
+        workers = position.setdefault("worker_batches", [])
+        if position["batches"] and not workers:  # a position saved before per-worker counts: decode to skip
+            loader = make_loader(lcfg, epoch=position["epoch"], skip=position["batches"], compact=True)
+            # the DataLoader hands out its workers' batches in turn: their shares of what was skipped
+            n = max(lcfg.num_workers, 1)
+            workers.extend(len(range(w, position["batches"], n)) for w in range(n))
+        else:
+            loader = make_loader(lcfg, epoch=position["epoch"], worker_skips=list(workers), compact=True)
+        for batch in loader:
+            worker = batch.pop("__worker__", None)
+            w = int(worker[0]) if torch.is_tensor(worker) else int(worker or 0)
+            workers.extend([0] * (w + 1 - len(workers)))
+            workers[w] += 1
             got += 1
             position["batches"] += 1
-            yield batch
+            yield expand_paha(batch, device, non_blocking) if "video_u8" in batch else batch
         if got == 0 and position["batches"] == 0:
             raise RuntimeError(f"training worker {rank} got no usable {lcfg.window_frames}-frame windows ({lcfg.view} view) "
                                f"from the shards {lcfg.urls!r}: every worker needs at least one shard with such clips")
         position["epoch"] += 1
         position["batches"] = 0
+        position["worker_batches"] = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,12 +468,16 @@ def clip_record(sample: dict[str, Any]) -> ClipRecord:
         raise ValueError(f"{where}: its json does not match the clip record (schemas.ClipRecord): {e}") from e
 
 
-def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any]) -> dict[str, Any] | None:
-    """Raw tar members → tensors of the configured view; None when the sample cannot serve it."""
+def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any], dry: bool = False) -> dict[str, Any] | None:
+    """Raw tar members → tensors of the configured view; None when the sample cannot serve it.
+    ``dry``: decide only whether it can (an empty dict when it can), decoding no audio or video:
+    the decision and the sample's random draws are the same as the full decode's."""
     clip = clip_record(sample)
     key = sample["__key__"]
     rng = random.Random(_seed(cfg.seed, epoch, key))
     if cfg.view == "raw":  # the record as a plain dict: the DataLoader's default collate batches dicts, not models
+        if dry:
+            return {}
         return {"__key__": key, "json": clip.model_dump(mode="json"),
                 **{k: v for k, v in sample.items() if k in layout.ALL_MEMBERS and k != layout.JSON}}
     # the window is counted in frames at cfg.fps; clips at another rate are resampled by index
@@ -422,11 +488,12 @@ def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any]) -> dict
         return None
     start = rng.randrange(0, available - W + 1) if cfg.random_window else 0
     idx = np.minimum(np.floor((start + np.arange(W)) * src_fps / cfg.fps + 1e-6).astype(int), T - 1)
-    audio = _audio_window(sample[layout.WAV], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
+    audio = None if dry else _audio_window(sample[layout.WAV], start / cfg.fps, W / cfg.fps, cfg.sample_rate_hz)
     if cfg.view == "facial":
-        return facial_view(clip, sample, idx, audio, cfg)
+        out = facial_view(clip, sample, idx, audio, cfg)  # no media: its FLAME arrays decide
+        return None if out is None else ({} if dry else out)
     if cfg.view == "paha":
-        return paha_view(clip, sample, idx, audio, cfg, rng)
+        return paha_view(clip, sample, idx, audio, cfg, rng, dry)
     raise ValueError(f"unknown view {cfg.view!r}")
 
 
@@ -525,7 +592,7 @@ def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[in
 
 
 def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig,
-              rng: random.Random) -> dict[str, Any] | None:
+              rng: random.Random, dry: bool = False) -> dict[str, Any] | None:
     """The ``paha`` view of a sample's window ``idx``; None without pose data, or when the window
     covers the whole clip (the reference frame is drawn from the clip's frames outside the window).
 
@@ -533,8 +600,13 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     square; any other clip is centre-cropped to a square (``centre_square``, the rule generation
     applies to its reference image). Part boxes go through the same crop and scale: ``part_boxes``
     (W, P, 4) in view pixels (NaN where absent; not clipped to the frame, so a face track can run
-    past the edge), ``part_masks`` the boxes clipped to the frame. A part whose box lies wholly
-    outside the square is not in the view: ``part_present`` False, confidence 0."""
+    past the edge). A part whose box lies wholly outside the square is not in the view:
+    ``part_present`` False, confidence 0.
+
+    The sample is compact — ``video_u8`` (W, 3, S, S) and ``reference_u8`` (3, S, S) uint8, boxes
+    but no masks — because it crosses the DataLoader's worker processes; ``expand_paha`` (applied by
+    ``make_loader`` or on the training device by ``batch_stream``) adds ``video`` / ``reference`` in
+    [0, 1] and ``part_masks`` (W, P, S, S), the boxes clipped to the frame."""
     import torch
 
     if layout.POSE not in sample:
@@ -546,6 +618,8 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     if not outside:
         return None
     ref = rng.choice(outside)
+    if dry:
+        return {}
     try:
         frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], S, expect_wh=(clip.width, clip.height))
     except ValueError as e:
@@ -564,20 +638,48 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     present &= inside
     conf = np.where(present, conf, 0.0).astype(np.float32)
     b[~present] = np.nan
-    masks = np.zeros((W, conf.shape[1], S, S), np.float32)
-    for t, p in zip(*np.nonzero(present)):
-        xa, ya, xb, yb = np.clip(np.round(b[t, p]).astype(int), 0, S)
-        masks[t, p, ya:yb, xa:xb] = 1.0
-    video = torch.from_numpy(frames[:W]).permute(0, 3, 1, 2).float() / 255.0
+    # compact: uint8 frames and boxes cross the DataLoader's shared memory; ``expand_paha`` makes the
+    # float frames and the part masks after it (on the training device), ~10x fewer bytes per sample
     return {
         "__key__": sample["__key__"],
-        "video": video,  # (W, 3, S, S) in [0, 1]
-        "reference": torch.from_numpy(frames[W]).permute(2, 0, 1).float() / 255.0,
+        "video_u8": torch.from_numpy(np.ascontiguousarray(frames[:W])).permute(0, 3, 1, 2),  # (W, 3, S, S) uint8
+        "reference_u8": torch.from_numpy(np.ascontiguousarray(frames[W])).permute(2, 0, 1),
         "frame_index": torch.from_numpy(idx.astype(np.int64)),  # (W,) the window's frames in the clip
         "reference_frame": ref,  # the reference's frame in the clip, never inside the window
         "audio": audio,
         "part_confidences": torch.from_numpy(conf),
         "part_present": torch.from_numpy(present),
         "part_boxes": torch.from_numpy(b),  # (W, P, 4) [x0, y0, x1, y1] in view pixels, NaN = absent
-        "part_masks": torch.from_numpy(masks),
     }
+
+
+def masks_from_boxes(boxes, size: int):
+    """(…, P, 4) [x0, y0, x1, y1] view-pixel boxes (NaN = absent) → (…, P, size, size) float masks:
+    1 on the pixels of each box rounded to whole pixels and clipped to the frame, 0 elsewhere. Built
+    on the boxes' device (a 512² × 5-part mask stack is 5 MB a frame: never worth shipping)."""
+    import torch
+
+    b = torch.nan_to_num(boxes.float(), nan=0.0).round().clamp(0, size)  # NaN → an empty box
+    grid = torch.arange(size, device=boxes.device, dtype=torch.float32)
+    cols = (grid >= b[..., 0:1]) & (grid < b[..., 2:3])  # (…, P, size)
+    rows = (grid >= b[..., 1:2]) & (grid < b[..., 3:4])
+    return (rows[..., :, None] & cols[..., None, :]).float()
+
+
+def expand_paha(batch: dict[str, Any], device=None, non_blocking: bool = False) -> dict[str, Any]:
+    """A compact ``paha`` sample or batch (``paha_view``) moved to ``device`` (default: where it is)
+    with what the models read: ``video`` (…, W, 3, S, S) and ``reference`` (…, 3, S, S) as floats
+    in [0, 1], ``part_masks`` (…, W, P, S, S) from ``part_boxes``. Anything else is left as it is
+    (tensors moved). A batch without ``video_u8`` is returned unchanged."""
+    import torch
+
+    if "video_u8" not in batch:
+        return batch
+    out = {k: (v.to(device, non_blocking=non_blocking) if device is not None and torch.is_tensor(v) else v)
+           for k, v in batch.items() if k not in ("video_u8", "reference_u8")}
+    video = batch["video_u8"].to(device, non_blocking=non_blocking) if device is not None else batch["video_u8"]
+    ref = batch["reference_u8"].to(device, non_blocking=non_blocking) if device is not None else batch["reference_u8"]
+    out["video"] = video.float() / 255.0
+    out["reference"] = ref.float() / 255.0
+    out["part_masks"] = masks_from_boxes(out["part_boxes"], video.shape[-1])
+    return out

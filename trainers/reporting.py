@@ -83,9 +83,10 @@ class Reporter:
         self.session, self.log_every, self.checkpoint_every, self.total = session, log_every, checkpoint_every, total_steps
         self.metrics_log = MetricLog(session)
         # where the numbers were measured: a "GPU" run that fell back to CPU shows here
+        restored = {} if session.restore_s is None else {"restore_s": round(session.restore_s, 3)}
         self.metrics_log.event("resumed" if resumed_from is not None else "started", resumed_from or 0,
                                device=device_name(session.device), world_size=session.world_size, torch=torch.__version__,
-                               **(info or {}))
+                               **restored, **(info or {}))
         self.tic, self.tic_step = time.perf_counter(), resumed_from or 0
 
     def after_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float], position: dict[str, int],
@@ -100,14 +101,14 @@ class Reporter:
         done = step - self.tic_step
         metrics.update(step=step, epoch=position["epoch"], **extra,
                        steps_per_s=done / max(time.perf_counter() - self.tic, 1e-9))
+        if ckpt:  # the checkpoint first, so its row says how long it held the step
+            metrics["checkpoint/save_s"] = save_checkpoint(self.session, step, position, dict(metrics), payload)
+        else:
+            self.session.report(metrics)
         self.tic, self.tic_step = time.perf_counter(), step
         self.metrics_log.write(step, metrics)
         if self.session.rank == 0:
             log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "step"))
-        if ckpt:
-            save_checkpoint(self.session, step, position, metrics, payload)
-        else:
-            self.session.report(metrics)
         return metrics
 
     def close(self) -> None:

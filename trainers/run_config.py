@@ -54,6 +54,10 @@ class RunSection(Settings):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig: worker-group restarts from the last checkpoint")
     keep_checkpoints: int = Field(3, ge=1)
+    async_checkpoints: bool = Field(True, description="Ray Train: upload checkpoints to storage_path in the background "
+                                    "(the step waits only for the local write)")
+    restore_timeout_s: float = Field(1800.0, gt=0, description="Ray Train: how long a worker waits for its node's first "
+                                     "worker to fetch the checkpoint it resumes from")
     resource_timeout_s: float = Field(900.0, ge=0, description="with run.address: how long to wait for the cluster to "
                                       "scale up to the workers' CPUs/GPUs before giving up (an embedded Ray never waits)")
 

@@ -6,6 +6,7 @@ What a checkpoint holds and how a run resumes from one: ``trainers/checkpoint.py
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ class Session:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    restore_s: float | None = None  # seconds the restore took (fetch + load; set by ``restore_checkpoint``)
 
     def latest_checkpoint(self) -> Path | None:
         """The folder of the newest checkpoint of this run, or None for a fresh run."""
@@ -101,21 +103,46 @@ class RaySession(Session):
         self._restored: tempfile.TemporaryDirectory | None = None
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint as a local folder holding ``model.pt`` and this worker's own
+        ``rank_<r>.pt`` only: the other workers' files are not fetched, and ``model.pt`` is fetched
+        once per node (by the node's first worker, into a folder the node's workers share; the others
+        wait for it and link it), not once per worker."""
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        self._restored = tempfile.TemporaryDirectory(prefix="cnas-restore-")
+        local_rank = ray.train.get_context().get_local_rank()
         name = os.path.basename(ckpt.path.rstrip("/")) or "checkpoint"
-        return Path(ckpt.to_directory(os.path.join(self._restored.name, name)))
+        digest = hashlib.sha1(f"{ckpt.path}|{self.run.name}".encode()).hexdigest()[:12]
+        shared = Path(tempfile.gettempdir()) / "cnas-restore" / f"{name}-{digest}"
+        if local_rank == 0:
+            _fetch(ckpt, "model.pt", shared)
+        else:
+            _wait_for(shared / "model.pt", self.run.restore_timeout_s)
+        self._restored = tempfile.TemporaryDirectory(prefix="cnas-restore-")
+        mine = Path(self._restored.name) / name
+        mine.mkdir()
+        os.link(shared / "model.pt", mine / "model.pt")
+        own = f"rank_{self.rank}.pt"
+        if _exists(ckpt, own):
+            _fetch(ckpt, own, mine)
+        self._shared = shared if local_rank == 0 else None
+        return mine
 
     def save(self, step: int, files: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write this worker's files, then hand them to Ray Train: with ``run.async_checkpoints`` the
+        upload to ``run.storage_path`` runs in the background (Ray's ``CheckpointUploadMode.ASYNC``,
+        the local copy deleted once uploaded) and training goes on; the step waits only for the
+        local write."""
         import ray.train
+        from ray.train import CheckpointUploadMode
 
-        with tempfile.TemporaryDirectory(prefix="cnas-ckpt-") as tmp:
-            _write_files(Path(tmp), files)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:08d}")
+        tmp = tempfile.mkdtemp(prefix="cnas-ckpt-")
+        _write_files(Path(tmp), files)
+        mode = CheckpointUploadMode.ASYNC if self.run.async_checkpoints else CheckpointUploadMode.SYNC
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:08d}",
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
 
     def report(self, metrics: dict[str, float]) -> None:
         import ray.train
@@ -131,6 +158,36 @@ class RaySession(Session):
     def close(self) -> None:
         if self._restored is not None:
             self._restored.cleanup()
+        if getattr(self, "_shared", None) is not None:  # the node's copy: every worker has long read it
+            shutil.rmtree(self._shared, ignore_errors=True)
+
+
+def _exists(ckpt: Any, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return ckpt.filesystem.get_file_info(f"{ckpt.path.rstrip('/')}/{name}").type == pafs.FileType.File
+
+
+def _fetch(ckpt: Any, name: str, folder: Path) -> None:
+    """Copy one file of a Ray checkpoint (any storage Ray Train writes to) into ``folder``, atomically."""
+    import pyarrow.fs as pafs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / name).exists():
+        return
+    part = folder / f".{name}.{os.getpid()}.part"
+    pafs.copy_files(f"{ckpt.path.rstrip('/')}/{name}", str(part), source_filesystem=ckpt.filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())
+    os.replace(part, folder / name)
+
+
+def _wait_for(path: Path, timeout_s: float, poll_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: the node's first worker did not fetch the checkpoint within {timeout_s:.0f} s "
+                               "(run.restore_timeout_s)")
+        time.sleep(poll_s)
 
 
 def current_session(run: RunSection) -> Session:

@@ -11,6 +11,7 @@ optimiser state, EMA, data position and random-number state.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from typing import Any
@@ -103,7 +104,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
     lcfg = loader_config(cfg)
     if not bool(model.stats_ready):
         measure_stats(model, lcfg, t.stats_batches, device)
-    stream = batch_stream(lcfg, position, session.rank)
+    stream = batch_stream(dataclasses.replace(lcfg, pin_memory=device.type == "cuda"), position, session.rank, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
 
     def micro_step(batch: dict[str, Any], phase: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -7,6 +7,7 @@ Ray Train worker (or in-process), resumable exactly like trainer 1 (see ``traine
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -94,7 +95,9 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
                         info={"init_2d": getattr(model, "init_2d_record", None)})
     validator = Validator(session, loader_config(cfg, cfg.data.val_urls) if cfg.data.val_urls else None, t,
                           cfg.model.noise_steps, t.seed, cfg.run.storage_path, cfg.run.name)
-    stream = batch_stream(loader_config(cfg), position, session.rank)
+    # page-locked batches on a GPU; compact batches are expanded on the device (frames to float, part masks)
+    stream = batch_stream(dataclasses.replace(loader_config(cfg), pin_memory=device.type == "cuda"), position, session.rank,
+                          device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda")
     last: dict[str, float] = {}
     model.train()

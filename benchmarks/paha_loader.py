@@ -1,0 +1,107 @@
+"""The ``paha`` training loader at the ``base`` preset's sample size (16 frames of 512²): bytes per
+sample through the DataLoader's worker processes, samples per second, and the time to resume
+mid-epoch — each against the way it was done before, in the same command.
+
+    .venv/bin/python benchmarks/paha_loader.py [--videos 4] [--image-size 512] [--workers 2] [--resume-at 6]
+
+Before (emulated with today's code, same decode): every worker built float frames and the
+P×S×S float part masks and sent them through shared memory; a resumed run decoded every batch it
+skipped. Now: workers send uint8 frames and boxes (``expand_paha`` makes the floats and masks in the
+training process, on its device), and a resume skips without decoding (``worker_skips``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT]
+
+import torch  # noqa: E402
+
+from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video  # noqa: E402
+from pipeline.engine.config import load_config  # noqa: E402
+from pipeline.engine.runner import run_ingest  # noqa: E402
+from trainers.data import LoaderConfig, build_dataset, expand_paha, make_loader  # noqa: E402
+
+
+def nbytes(sample: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in sample.values() if torch.is_tensor(v))
+
+
+def shards_with_pose(d: str, videos: int) -> list[str]:
+    lines = ["path,id"]
+    for i in range(videos):
+        v = DEMO_VIDEOS[i % 2]  # the astronaut videos: a face in every frame
+        path = os.path.join(d, f"{v.name}.mp4")
+        if not os.path.exists(path):
+            make_talking_video(path, v)
+        lines.append(f"{path},bench{i}")
+    with open(os.path.join(d, "s.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    sets = ["speech.enabled=false", "curate.enabled=false", "normalize.max_height=720", "clips.max_clip_s=4",
+            "clips.min_face_px=0", "clips.min_clip_s=1"]
+    run_ingest(os.path.join(d, "s.csv"), os.path.join(d, "run"), load_config(None, sets), echo=lambda m: None)
+    return sorted(os.path.join(d, "run", "shards", s) for s in os.listdir(os.path.join(d, "run", "shards")))
+
+
+class _ExpandInWorker(torch.utils.data.IterableDataset):
+    """The earlier transport: samples expanded inside the DataLoader worker."""
+
+    def __init__(self, cfg: LoaderConfig):
+        self.cfg = cfg
+
+    def __iter__(self):
+        return (expand_paha(s) for s in build_dataset(self.cfg))
+
+
+def throughput(make, repeats: int) -> tuple[float, int]:
+    n, t = 0, time.perf_counter()
+    for _ in range(repeats):
+        for batch in make():
+            n += len(batch["__key__"]) if isinstance(batch["__key__"], list) else 1
+    return n / (time.perf_counter() - t), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--resume-at", type=int, default=6, help="batches into the epoch the resumed loader starts at")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="cnas-paha-loader-")
+    shards = shards_with_pose(d, args.videos)
+    cfg = LoaderConfig(urls=shards, view="paha", window_frames=args.window, image_size=args.image_size, batch_size=1,
+                       num_workers=args.workers)
+    compact = next(iter(build_dataset(cfg)))
+    print(f"{len(shards)} shards; paha view, {args.window} frames of {args.image_size}², batch 1, {args.workers} loader workers")
+    print("| | bytes per sample through the DataLoader | samples/s |")
+    print("|---|---:|---:|")
+    before = throughput(lambda: torch.utils.data.DataLoader(_ExpandInWorker(cfg), batch_size=1, num_workers=args.workers),
+                        args.repeats)
+    after = throughput(lambda: make_loader(cfg), args.repeats)  # expanded in this process, as batch_stream does
+    print(f"| before: float frames + masks made in the workers | {nbytes(expand_paha(compact)):,} | {before[0]:.2f} |")
+    print(f"| now: uint8 frames + boxes, expanded after | {nbytes(compact):,} | {after[0]:.2f} |")
+    total = after[1] // args.repeats
+    k = min(args.resume_at, total - 1)
+    per_worker = [len(range(w, k, max(args.workers, 1))) for w in range(max(args.workers, 1))]
+    rows = []
+    for name, kw in (("decode and drop (before)", {"skip": k}), ("skip without decoding (now)", {"worker_skips": per_worker})):
+        t = time.perf_counter()
+        first = next(iter(make_loader(cfg, **kw)))
+        rows.append((name, time.perf_counter() - t, first["__key__"]))
+    assert rows[0][2] == rows[1][2], "both resumes must start at the same sample"
+    print(f"\nresume at batch {k} of {total} (time to the first batch; both give {rows[0][2]}):")
+    for name, dt, _ in rows:
+        print(f"| {name} | {dt:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()
