@@ -22,6 +22,22 @@ from pipeline.engine.runner import run_ingest
 from trainers.data import LoaderConfig, make_loader  # noqa: E402
 
 
+def write_demo_sources(d: str, videos: int, emotion: str | None = None) -> str:
+    """``d/s.csv`` listing ``videos`` rows over the two astronaut demo videos (a face in every frame),
+    made in ``d`` when missing; ``emotion``: a column every row gets."""
+    lines = ["path,id" + (",emotion" if emotion else "")]
+    for i in range(videos):
+        v = DEMO_VIDEOS[i % 2]
+        path = os.path.join(d, f"{v.name}.mp4")
+        if not os.path.exists(path):
+            make_talking_video(path, v)
+        lines.append(f"{path},bench{i}" + (f",{emotion}" if emotion else ""))
+    out = os.path.join(d, "s.csv")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=4)
@@ -30,15 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="cnas-loader-")
     assets = build_flame_files(os.path.join(d, "assets"))
-    lines = ["path,id,emotion"]
-    for i in range(args.videos):
-        v = DEMO_VIDEOS[i % 2]  # the astronaut videos: a face in every frame
-        path = os.path.join(d, f"{v.name}.mp4")
-        if not os.path.exists(path):
-            make_talking_video(path, v)
-        lines.append(f"{path},bench{i},happy")
-    with open(os.path.join(d, "s.csv"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_demo_sources(d, args.videos, emotion="happy")
     sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", "speech.enabled=false", "normalize.max_height=480", "clips.max_clip_s=4", "clips.min_face_px=0"]
     result = run_ingest(os.path.join(d, "s.csv"), os.path.join(d, "run"), load_config(None, sets), echo=lambda m: None)
     shards = sorted(os.path.join(d, "run", "shards", s) for s in os.listdir(os.path.join(d, "run", "shards")))

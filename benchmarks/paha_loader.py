@@ -23,7 +23,7 @@ sys.path[:0] = [ROOT]
 
 import torch  # noqa: E402
 
-from pipeline.demo.inputs import DEMO_VIDEOS, make_talking_video  # noqa: E402
+from loader import write_demo_sources  # noqa: E402  (benchmarks/loader.py)
 from pipeline.engine.config import load_config  # noqa: E402
 from pipeline.engine.runner import run_ingest  # noqa: E402
 from trainers.data import LoaderConfig, build_dataset, expand_paha, make_loader  # noqa: E402
@@ -34,17 +34,9 @@ def nbytes(sample: dict) -> int:
 
 
 def shards_with_pose(d: str, videos: int) -> list[str]:
-    lines = ["path,id"]
-    for i in range(videos):
-        v = DEMO_VIDEOS[i % 2]  # the astronaut videos: a face in every frame
-        path = os.path.join(d, f"{v.name}.mp4")
-        if not os.path.exists(path):
-            make_talking_video(path, v)
-        lines.append(f"{path},bench{i}")
-    with open(os.path.join(d, "s.csv"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_demo_sources(d, videos)
     sets = ["speech.enabled=false", "curate.enabled=false", "normalize.max_height=720", "clips.max_clip_s=4",
-            "clips.min_face_px=0", "clips.min_clip_s=1"]
+            "clips.min_face_px=0", "clips.min_clip_s=1", "shards.max_count=2"]
     run_ingest(os.path.join(d, "s.csv"), os.path.join(d, "run"), load_config(None, sets), echo=lambda m: None)
     return sorted(os.path.join(d, "run", "shards", s) for s in os.listdir(os.path.join(d, "run", "shards")))
 
@@ -91,7 +83,11 @@ def main() -> None:
     print(f"| now: uint8 frames + boxes, expanded after | {nbytes(compact):,} | {after[0]:.2f} |")
     total = after[1] // args.repeats
     k = min(args.resume_at, total - 1)
-    per_worker = [len(range(w, k, max(args.workers, 1))) for w in range(max(args.workers, 1))]
+    per_worker = [0] * max(args.workers, 1)  # what batch_stream records: each worker's batches so far
+    for i, batch in enumerate(make_loader(cfg, compact=True)):
+        if i == k:
+            break
+        per_worker[int(batch["__worker__"][0]) if "__worker__" in batch else 0] += 1
     rows = []
     for name, kw in (("decode and drop (before)", {"skip": k}), ("skip without decoding (now)", {"worker_skips": per_worker})):
         t = time.perf_counter()
