@@ -14,7 +14,7 @@ part not found is 0 with ``present = False``:
                   landmarker's own 21 points carry no confidence (their visibility/presence are
                   unset) and its handedness score says left-or-right, not how reliably the hand
                   is seen, so it is not used. A hand found without a body pose has no confidence:
-                  0 and absent. MediaPipe labels hands as seen in a mirror; frames here are not
+                  0, but it is present (its box is kept). MediaPipe labels hands as seen in a mirror; frames here are not
                   mirrored, so its "Right" is the subject's left hand.
 * ``torso``     = mean visibility of the shoulders (pose 11, 12): the upper torso, which is what
                   a half-body news shot shows (hips are usually out of frame).
@@ -224,6 +224,10 @@ def part_arrays(a: dict[str, np.ndarray], face_score: np.ndarray, face_box: np.n
             boxes[t, 4] = _box(a["body"][t, [11, 12, 23, 24]], w, h)
     conf = np.clip(conf, 0.0, 1.0)
     present = (conf > 0) & ~np.isnan(boxes[..., 0])
+    # a hand the hand landmarker found is there even without a body pose to give it a confidence:
+    # its box stays (occlusion of the mouth, PCE's hands region); PAR gives it no extra weight (conf 0)
+    for p, side in ((2, "left_hand"), (3, "right_hand")):
+        present[:, p] = ~np.isnan(a[side][:, 0, 0]) & ~np.isnan(boxes[:, p, 0])
     conf[~present] = 0.0
     boxes[~present] = np.nan
     return {"part_confidences": conf, "part_present": present, "part_boxes": boxes}

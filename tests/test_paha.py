@@ -119,7 +119,9 @@ def test_par_hand_weight_comes_from_pose_visibility_not_handedness():
     expected = vis[0, [15, 17, 19, 21]].mean()
     assert scores[0.99][0] == pytest.approx(expected) and scores[0.99][1] == pytest.approx(0.75)
     assert scores[0.99][2] == 0 and scores[0.99][3] == 0  # no hand; a hand but no body pose
-    assert out["part_present"][:, 2].tolist() == [True, True, False, False]
+    # a hand without a body pose is there (its box serves occlusion and PCE), with no PAR weight
+    assert out["part_present"][:, 2].tolist() == [True, True, False, True]
+    assert not np.isnan(out["part_boxes"][3, 2]).any() and np.isnan(out["part_boxes"][2, 2]).all()
     assert not out["part_present"][:, 3].any()  # no right hand anywhere
 
 
