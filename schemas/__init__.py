@@ -4,6 +4,7 @@ from .base import SAFE_ID_PATTERN, SCHEMA_VERSION, Record
 from . import shard
 from .curation import ClipCuration, FingerprintEntry
 from .clip import CLIP_KEY_PATTERN, ClipRecord, GateCheck, ClipSet, RejectSpan
+from .emotion import EMOTIONS, EmotionEstimate
 from .flame import FlameFit
 from .media import NormalizedMedia, ProbeInfo, Shot, ShotList
 from .pose import PART_NAMES, PoseResult, PoseTrack
@@ -31,6 +32,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
     "flame_fit": FlameFit,
     "clip": ClipRecord,
     "clip_curation": ClipCuration,
+    "emotion_estimate": EmotionEstimate,
     "fingerprint_entry": FingerprintEntry,
     "clip_set": ClipSet,
     "manifest_row": ManifestRow,
@@ -43,7 +45,7 @@ ALL_RECORDS: dict[str, type[Record]] = {
 }
 
 __all__ = [
-    "ALL_RECORDS", "CLIP_KEY_PATTERN", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
+    "ALL_RECORDS", "CLIP_KEY_PATTERN", "EMOTIONS", "EmotionEstimate", "PART_NAMES", "SAFE_ID_PATTERN", "SCHEMA_VERSION",
     "ClipRecord", "ClipSet", "GateCheck", "RejectSpan", "ClipSource", "RebuildRecipe", "RebuildResult", "ClipSync", "SyncResult", "Identity", "IdentityRegistry", "IdentityResult", "TrackEmbedding", "DownloadResult", "FailureRecord", "LedgerEntry", "FlameFit", "ManifestRow", "NormalizedMedia",
     "PoseResult", "PoseTrack", "ProbeInfo", "Shot", "ShotList", "Record", "RunStats", "Segment", "SourceItem", "StageTiming",
     "Transcript", "Word", "export_json_schemas", "shard",

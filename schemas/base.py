@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model
 
 #: Version of the record layout. Bump the minor part for added optional fields, the major part
 #: for anything a consumer would read differently (2.0.0: pose.npz layout 2 and ``schema_version``
-#: only at the top of a record; 2.1.0: the clip's ``curation`` record; docs/shard_format.md "Layout versions").
-SCHEMA_VERSION = "2.1.0"
+#: only at the top of a record; 2.1.0: the clip's ``curation`` record; 2.2.0: the clip's
+#: ``emotion_estimate``; docs/shard_format.md "Layout versions").
+SCHEMA_VERSION = "2.2.0"
 
 #: Characters allowed in ids that become file names and WebDataset keys (no dots: WebDataset
 #: splits the key from the member suffix at the first dot).

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import SAFE_ID_PATTERN, Record
 from .curation import ClipCuration
+from .emotion import EmotionEstimate
 from .source import SourceProvenance
 from .speech import Transcript
 from .sync import ClipSync
@@ -92,6 +93,8 @@ class ClipRecord(Record):
     identity_name: str | None = Field(None, description="the identity's name from identities.csv")
     identity_distance: float | None = Field(None, description="distance of the face track's embedding to the identity centroid (dlib 128-d; ≤ 0.6 = same person)")
     curation: ClipCuration | None = Field(None, description="burned-in text, subtitles, fingerprints and duplicate group (curate stage)")
+    emotion_estimate: EmotionEstimate | None = Field(None, description="emotion pseudo-label with its confidence and source (emotion stage); "
+                                                                       "a human label stays in source_metadata.emotion")
     provenance: SourceProvenance | None = Field(None, description="where the source came from (platform, channel, date, licence)")
     source_media: SourceMedia | None = None
     clip_to_source: list[list[float]] | None = Field(

@@ -139,10 +139,22 @@ FLAME_RUN_SETTINGS = ("clips.min_clip_s=1", "speech.enabled=false", "normalize.m
 
 
 @pytest.fixture(scope="session")
-def flame_run(tmp_path_factory, media_dir, ray_session):
-    """A real run over zh_a with pose and FLAME (on built assets), shared by the FLAME stage's DAG test
-    and the model views (``view_shards``). Read it, don't change it (copy it to change it).
-    Returns (run folder, the FLAME files, the settings)."""
+def emotion_classifier(tmp_path_factory):
+    """An expression classifier (``cnas train facial-probe``'s probe.pt) trained on labelled synthetic
+    FLAME sequences (tests/facial_data.py, four emotions): (its path, its report)."""
+    from facial_data import write_facial_shards
+    from trainers.facial.probe import save_probe, train_probe
+
+    d = tmp_path_factory.mktemp("emotion")
+    probe, report = train_probe(write_facial_shards(d / "labelled", clips=16, labels=4, prefix="mead"), 24, steps=200)
+    return save_probe(probe, report, d / "probe"), report
+
+
+@pytest.fixture(scope="session")
+def flame_run(tmp_path_factory, media_dir, ray_session, emotion_classifier):
+    """A real run over zh_a with pose, FLAME (on built assets) and emotion pseudo-labels, shared by the
+    FLAME stage's DAG test and the model views (``view_shards``). Read it, don't change it (copy it to
+    change it). Returns (run folder, the FLAME files, the settings)."""
     from model_builders import build_flame_files
     from pipeline.engine.config import load_config
     from pipeline.engine.runner import run_ingest
@@ -151,7 +163,8 @@ def flame_run(tmp_path_factory, media_dir, ray_session):
     assets = build_flame_files(str(d / "assets"))
     (d / "s.csv").write_text(f"path,id,emotion,emotion_intensity\n{media_dir / 'zh_a.mp4'},zh_a,happy,2\n")
     # the built FLAME has random shape directions: no landmark fit is close, so the fit filter is off
-    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", *FLAME_RUN_SETTINGS]
+    sets = [f"flame.{k}={v}" for k, v in assets.items()] + ["flame.max_landmark_error_px=1000", *FLAME_RUN_SETTINGS,
+                                                             f"emotion.classifier={emotion_classifier[0]}"]
     run_ingest(str(d / "s.csv"), str(d / "run"), load_config(None, sets), echo=lambda m: None)
     return d / "run", assets, sets
 

@@ -60,7 +60,8 @@ def encode_mp4(frames: np.ndarray) -> bytes:
     return proc.stdout
 
 
-def write_paha_shards(out: Path, clips: int = 8, frames: int = 24, size: int = 64, per_shard: int = 4, seed: int = 0) -> list[str]:
+def write_paha_shards(out: Path, clips: int = 8, frames: int = 24, size: int = 64, per_shard: int = 4, seed: int = 0,
+                      identities: list[str | None] | None = None) -> list[str]:
     import soundfile as sf
     import webdataset as wds
 
@@ -77,6 +78,7 @@ def write_paha_shards(out: Path, clips: int = 8, frames: int = 24, size: int = 6
             npz = io.BytesIO()
             np.savez(npz, part_confidences=conf, part_present=conf > 0, part_boxes=boxes)
             key = f"body{i:04d}-0000"
-            meta = clip_json(key, frames, ["json", "mp4", "wav", "pose.npz"], fps=FPS, sample_rate_hz=SR, width=size, height=size)
+            who = {"identity": identities[i]} if identities else {}
+            meta = clip_json(key, frames, ["json", "mp4", "wav", "pose.npz"], fps=FPS, sample_rate_hz=SR, width=size, height=size, **who)
             w.write({"__key__": key, "json": meta, "mp4": encode_mp4(video), "wav": wav.getvalue(), "pose.npz": npz.getvalue()})
     return sorted(str(p) for p in out.glob("*.tar"))

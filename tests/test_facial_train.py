@@ -327,3 +327,32 @@ def test_unknown_emotion_label_is_an_error_not_neutral():
     assert emotion_of(ClipRecord(**base), "neutral")[0] == "neutral"
     with pytest.raises(ValueError, match="emotion 'hapy' is not one of"):
         emotion_of(ClipRecord(**base, source_metadata={"emotion": "hapy"}), "neutral")
+
+
+def test_a_pseudo_label_trains_above_its_confidence_and_a_human_label_wins():
+    from schemas import ClipRecord, EmotionEstimate
+    from trainers.data import emotion_of
+
+    base = dict(key="v-0000", clip_uid="u", video_id="v", index=0, source_uri="x", start_s=0.0, end_s=1.0, source_duration_s=2.0,
+                fps=25.0, num_frames=25, sample_rate_hz=16000, num_audio_samples=16000, width=64, height=64, members=["json"])
+    est = EmotionEstimate(label="sad", confidence=0.7, probabilities={"sad": 0.7, "neutral": 0.3}, windows=3, source="flame-probe:ab")
+    assert emotion_of(ClipRecord(**base, emotion_estimate=est), "neutral", 0.6) == ("sad", 1, "a slightly sad face", "estimate")
+    assert emotion_of(ClipRecord(**base, emotion_estimate=est), "neutral", 0.8)[::3] == ("neutral", "default")
+    labelled = ClipRecord(**base, emotion_estimate=est, source_metadata={"emotion": "happy", "emotion_intensity": 3})
+    assert emotion_of(labelled, "neutral", 0.0)[::3] == ("happy", "metadata")
+    # the template text in Chinese for a Chinese clip (auto) or when asked
+    assert emotion_of(ClipRecord(**base, emotion_estimate=est, language="zh"), "neutral", 0.6, "auto")[2] == "略显悲伤的表情"
+    assert emotion_of(labelled, "neutral", 0.6, "zh")[2] == "非常开心的表情"
+    assert emotion_of(labelled, "neutral", 0.6, "auto")[2] == "a very happy face"
+    with pytest.raises(ValueError, match="emotion 'glad' is not one of"):
+        EmotionEstimate(label="glad", confidence=0.5, windows=1, source="x")
+
+
+def test_the_text_encoder_reads_chinese_per_character():
+    from trainers.facial.binding import TextEncoder
+
+    enc = TextEncoder(dim=8, buckets=1 << 20)
+    ids, offsets = enc.tokens(["明显开心的表情", "a clearly happy face"])
+    assert offsets.tolist() == [0, 7] and len(ids) == 11
+    same, _ = enc.tokens(["明显悲伤的表情"])
+    assert len(set(same.tolist()) & set(ids[:7].tolist())) == 5  # 明 显 的 表 情 shared, 悲 伤 ≠ 开 心

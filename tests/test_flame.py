@@ -173,6 +173,11 @@ def test_flame_stage_in_the_dag_writes_flame_npz(tmp_path, media_dir, flame_run,
     assert fit["valid"].shape == (T,) and fit["valid"].mean() > 0.8 and "flame" in clip["stages"] and "flame" not in clip["skipped_stages"]
     assert clip["members"] == ["json", "mp4", "wav", "pose.npz", "flame.npz"]
     assert clip["quality"]["flame_landmark_error_px"] < clip["quality"]["flame_landmark_error_px_deca"]
+    # the emotion stage labelled the clip from its FLAME fit; the sources file's human label stays
+    est = clip["emotion_estimate"]
+    assert est["source"].startswith("flame-probe:") and est["label"] in est["probabilities"] and est["windows"] >= 1
+    assert est["confidence"] == max(est["probabilities"].values()) and "emotion" in clip["stages"]
+    assert clip["source_metadata"]["emotion"] == "happy"
 
 
 def test_missing_assets_are_reported_as_skipped(tmp_path, media_dir, ray_session):

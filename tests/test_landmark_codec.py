@@ -288,7 +288,7 @@ def _transcript() -> Transcript:
 def test_schema_version_only_at_the_top_of_a_record():
     t = _transcript()
     top = json.loads(t.to_json())  # the speech stage's ledger output: a top-level record
-    assert top["schema_version"] == SCHEMA_VERSION == "2.1.0"
+    assert top["schema_version"] == SCHEMA_VERSION == "2.2.0"
     assert "schema_version" not in top["segments"][0] and "schema_version" not in top["segments"][0]["words"][0]
     clip = ClipRecord.model_validate_json(clip_json("v-0000", 25, ["json"], transcript=t))  # nested in a clip
     text = clip.model_dump_json()

@@ -159,3 +159,48 @@ def test_a_resumed_paha_stream_continues_exactly_and_decodes_nothing_it_skips(tm
     assert [next(resumed)["__key__"] for _ in range(4)] == seen[3:]
     if workers == 0:  # (in worker processes the counter is theirs)
         assert len(decoded) == 4 * 2  # the resumed batches' samples only: the 3 skipped batches decoded nothing
+
+
+def test_paha_reference_comes_from_another_clip_of_the_same_identity(tmp_path):
+    """The PAHA reference is a frame of another clip of the same person when the worker has met one
+    (never a frame of the window being generated), decoded from that clip; without one, a frame of
+    the clip outside the window. Resumed mid-epoch, the references are those of an unbroken pass."""
+    import io
+
+    import av
+
+    from paha_data import write_paha_shards
+    from trainers import data as D
+
+    people = ["p0", "p0", "p1", "p0", None, "p1"]
+    shards = write_paha_shards(tmp_path / "s", clips=6, frames=12, size=32, per_shard=6, identities=people)
+    cfg = LoaderConfig(urls=shards, view="paha", window_frames=4, image_size=32)
+    got = list(make_loader(cfg, compact=True))
+    keys = [f"body{i:04d}-0000" for i in range(6)]
+    assert [g["__key__"] for g in got] == keys
+    refs = [g["reference_key"] for g in got]
+    assert refs[0] == keys[0] and refs[1] == keys[0] and refs[2] == keys[2] and refs[3] in keys[:2]
+    assert refs[4] == keys[4] and refs[5] == keys[2]  # no identity: its own clip; p1 again: clip 2
+    mp4 = {s["__key__"]: s["mp4"] for s in wds.WebDataset(shards, shardshuffle=False)}
+    for g in got:
+        with av.open(io.BytesIO(mp4[g["reference_key"]])) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert torch.equal(g["reference_u8"].permute(1, 2, 0), torch.from_numpy(frames[g["reference_frame"]]))
+        if g["reference_key"] == g["__key__"]:
+            assert not int(g["frame_index"].min()) <= g["reference_frame"] <= int(g["frame_index"].max())
+    # a window the size of the clip: only the clips with an earlier clip of their identity serve
+    whole = list(make_loader(LoaderConfig(urls=shards, view="paha", window_frames=12, image_size=32)))
+    assert [(w["__key__"], w["reference_key"]) for w in whole] == [(keys[1], keys[0]), (keys[3], refs[3]), (keys[5], keys[2])]
+    # off: always the clip's own frame
+    own = list(make_loader(LoaderConfig(urls=shards, view="paha", window_frames=4, image_size=32, reference_bank_clips=0)))
+    assert [o["reference_key"] for o in own] == keys
+    # resumed after 4 samples (dry: nothing decoded), the last two draw the same references
+    resumed = list(make_loader(LoaderConfig(urls=shards, view="paha", window_frames=4, image_size=32, batch_size=1),
+                               worker_skips=[4], compact=True))
+    assert [r["reference_key"][0] for r in resumed] == refs[4:]
+    assert all(torch.equal(r["reference_u8"][0], g["reference_u8"]) for r, g in zip(resumed, got[4:]))
+    bank = D.ReferenceBank(clips=1, identities=2)
+    import random
+    for i, who in enumerate(["a", "b", "c", "a"]):
+        bank.add(who, f"k{i}", b"", 10, (32, 32), random.Random(i))
+    assert bank.pick("a", "k9", random.Random(0)).key == "k3" and bank.pick("b", "k9", random.Random(0)) is None

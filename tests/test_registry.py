@@ -127,9 +127,12 @@ def test_skip_reasons_follow_the_declarations(tmp_path):
     cfg = load_config(None, ["pose.enabled=false", "speech.enabled=false"])
     reasons = DAG.skip_reasons(cfg)
     assert reasons == {"pose": "disabled in config (pose.enabled=false)", "speech": "disabled in config (speech.enabled=false)",
-                       "identity": "needs the pose stage (face tracks)", "sync": "needs the pose stage (face tracks and lips)", "flame": "needs the pose stage (face landmarks for the crops)"}
+                       "identity": "needs the pose stage (face tracks)", "sync": "needs the pose stage (face tracks and lips)", "flame": "needs the pose stage (face landmarks for the crops)",
+                       "emotion": "needs the flame stage (FLAME fits of the clips)"}
     assert DAG.active(cfg) == ("download", "normalize", "shots", "clips", "curate")  # curate uses pose when it ran
     assert DAG.skip_reasons(Config())["flame"] == "missing assets: flame_model, deca_checkpoint (see `cnas assets check`)"
+    assert DAG.skip_reasons(load_config(None, ["flame.flame_model=" + __file__, "flame.deca_checkpoint=" + __file__]))["emotion"].startswith(
+        "no classifier (emotion.classifier: a probe.pt trained on labelled FLAME sequences")
     syncnet = DAG.skip_reasons(load_config(None, ["sync.backend=syncnet"]))["sync"]
     assert syncnet.startswith("missing assets: sync.syncnet_model") and "sync" not in DAG.skip_reasons(Config())
 
@@ -207,12 +210,13 @@ def test_every_option_invalidates_exactly_its_stage_and_dependants():
         assert changed == expected, f"{stage}.{field}: redone {sorted(changed)}, expected {sorted(expected)}"
         checked += 1
     assert checked == sum(len(s.options.model_fields) for s in DAG)
-    assert DAG.dependents("normalize") == ["shots", "speech", "pose", "identity", "sync", "clips", "curate", "flame"]
-    assert DAG.dependents("pose") == ["identity", "sync", "clips", "curate", "flame"]
+    assert DAG.dependents("normalize") == ["shots", "speech", "pose", "identity", "sync", "clips", "curate", "flame", "emotion"]
+    assert DAG.dependents("pose") == ["identity", "sync", "clips", "curate", "flame", "emotion"]
     # the cascade: pose reads the cheap passes (shots, speech), so they redo it
-    assert DAG.dependents("shots") == ["pose", "identity", "sync", "clips", "curate", "flame"] and DAG.dependents("flame") == []
-    assert DAG.dependents("speech") == ["pose", "identity", "sync", "clips", "curate", "flame"]
-    assert DAG.dependents("curate") == ["flame"]  # a curation threshold redoes curation and FLAME, not the cut
+    assert DAG.dependents("shots") == ["pose", "identity", "sync", "clips", "curate", "flame", "emotion"]
+    assert DAG.dependents("flame") == ["emotion"] and DAG.dependents("emotion") == []
+    assert DAG.dependents("speech") == ["pose", "identity", "sync", "clips", "curate", "flame", "emotion"]
+    assert DAG.dependents("curate") == ["flame", "emotion"]  # a curation threshold redoes curation and FLAME, not the cut
 
 
 def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
@@ -221,6 +225,6 @@ def test_a_stage_version_bump_redoes_that_stage_and_its_dependants():
     bumped = Registry([dataclasses.replace(s, version=s.version + 1) if s.name == "shots" else s for s in DAG])
     cfg = Config()
     changed = {s for s in DAG.names if DAG.fingerprint(cfg, s) != bumped.fingerprint(cfg, s)}
-    assert changed == {"shots", "pose", "identity", "sync", "clips", "curate", "flame"}  # pose reads the shots (cascade)
+    assert changed == {"shots", "pose", "identity", "sync", "clips", "curate", "flame", "emotion"}  # pose reads the shots (cascade)
     with pytest.raises(ValidationError, match="no stage named"):
         load_config(None, ["ray.resources.speach.actors=2"])

@@ -165,7 +165,7 @@ def add_commands(sub) -> None:
     _config_args(f, "tiny")
     f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     f.set_defaults(func=cmd_train_facial)
-    f = models.add_parser("facial-probe", help="an expression classifier on labelled held-out FLAME sequences (for eval facial --probe)")
+    f = models.add_parser("facial-probe", help="an expression classifier on labelled FLAME sequences (eval facial --probe; the ingest's emotion stage)")
     f.add_argument("--data", required=True, help="labelled held-out shards (e.g. release/test.index.json)")
     f.add_argument("--val-data", help="shards to measure the probe's own accuracy on (default: every fifth clip of --data)")
     f.add_argument("--out", required=True, help="folder for probe.pt and probe.json")

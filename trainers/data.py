@@ -24,8 +24,9 @@
 
 Views: ``facial`` — FLAME expression + jaw sequence (T,53), audio window, emotion label/intensity/
 text; ``paha`` — video frames (T,3,S,S) in [0,1] (square by crop, never squashed), audio window, part
-confidences/presence (T,5), part boxes (T,5,4) and box masks (T,5,S,S), a reference frame from the
-same clip; ``raw`` — decoded members as they are.
+confidences/presence (T,5), part boxes (T,5,4) and box masks (T,5,S,S), a reference frame from another
+clip of the same identity when the worker has met one (``ReferenceBank``), else from the same clip outside
+the window; ``raw`` — decoded members as they are.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from geometry.landmark_codec import decode_pose_member
-from schemas import ClipRecord, FlameFit
+from schemas import EMOTIONS, ClipRecord, FlameFit
 from schemas import shard as layout
 from schemas.flame import NPZ_MEMBERS
 
-EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt")
 _INTENSITY_WORDS = {1: "slightly", 2: "clearly", 3: "very"}
+# the Chinese templates: "<degree><emotion>的表情" ("a <degree> <emotion> face")
+_INTENSITY_WORDS_ZH = {1: "略显", 2: "明显", 3: "非常"}
+_EMOTION_WORDS_ZH = {"neutral": "平静", "happy": "开心", "sad": "悲伤", "angry": "愤怒", "surprised": "惊讶",
+                     "fear": "恐惧", "disgusted": "厌恶", "contempt": "轻蔑"}
 DEFAULT_MAX_MEMBER_BYTES = 512 * 2**20  # the largest tar member the loader reads into memory
 REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 
@@ -71,11 +75,19 @@ class LoaderConfig:
     epoch_samples: int | None = None  # per worker; None: one pass over the worker's shards
     random_window: bool = True
     default_emotion: str = "neutral"
+    # facial view: a clip without a human label (source metadata ``emotion``) takes its emotion
+    # stage pseudo-label when the estimate's confidence reaches this; 1.01: never
+    min_emotion_confidence: float = 0.6
+    emotion_text_language: str = "auto"  # en | zh | auto (the clip's language: zh… → Chinese, else English)
     min_valid_frames: float = 0.0  # facial view: drop windows where a smaller share of frames has a FLAME fit
     batch_size: int | None = None
     num_workers: int = 0
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # a larger (or a sparse) tar member fails its shard unread
     pin_memory: bool = False  # page-locked batches for a fast (non-blocking) copy to a GPU
+    # paha view: take the reference frame from another clip of the clip's identity when the worker
+    # has met one (``ReferenceBank``); it remembers this many clips per identity, of this many identities
+    reference_bank_clips: int = 2  # 0: always a frame of the same clip, outside the window
+    reference_bank_identities: int = 64
 
 
 @dataclass
@@ -353,12 +365,15 @@ def _decode_stream(cfg: LoaderConfig, epoch: int, worker_skips: tuple[int, ...],
     worker = info.id if info is not None else 0
     per_batch = cfg.batch_size or 1
     to_skip = (worker_skips[worker] if worker < len(worker_skips) else 0) * per_batch
+    # one bank per worker and epoch; dry samples fill it as decoded ones do, so a resumed run draws
+    # the same references as an uninterrupted one
+    bank = ReferenceBank(cfg.reference_bank_clips, cfg.reference_bank_identities)
     for sample in samples:
         if to_skip:
-            if decode_sample(cfg, epoch, sample, dry=True) is not None:
+            if decode_sample(cfg, epoch, sample, dry=True, bank=bank) is not None:
                 to_skip -= 1
             continue
-        out = decode_sample(cfg, epoch, sample)
+        out = decode_sample(cfg, epoch, sample, bank=bank)
         if out is not None:
             if info is not None:
                 out["__worker__"] = worker
@@ -468,10 +483,12 @@ def clip_record(sample: dict[str, Any]) -> ClipRecord:
         raise ValueError(f"{where}: its json does not match the clip record (schemas.ClipRecord): {e}") from e
 
 
-def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any], dry: bool = False) -> dict[str, Any] | None:
+def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any], dry: bool = False,
+                  bank: ReferenceBank | None = None) -> dict[str, Any] | None:
     """Raw tar members → tensors of the configured view; None when the sample cannot serve it.
     ``dry``: decide only whether it can (an empty dict when it can), decoding no audio or video:
-    the decision and the sample's random draws are the same as the full decode's."""
+    the decision and the sample's random draws are the same as the full decode's. ``bank``: the
+    worker's clips so far, where the ``paha`` view finds a reference of the same identity."""
     clip = clip_record(sample)
     key = sample["__key__"]
     rng = random.Random(_seed(cfg.seed, epoch, key))
@@ -493,7 +510,7 @@ def decode_sample(cfg: LoaderConfig, epoch: int, sample: dict[str, Any], dry: bo
         out = facial_view(clip, sample, idx, audio, cfg)  # no media: its FLAME arrays decide
         return None if out is None else ({} if dry else out)
     if cfg.view == "paha":
-        return paha_view(clip, sample, idx, audio, cfg, rng, dry)
+        return paha_view(clip, sample, idx, audio, cfg, rng, dry, bank)
     raise ValueError(f"unknown view {cfg.view!r}")
 
 
@@ -516,15 +533,33 @@ def _audio_window(wav: bytes, start_s: float, length_s: float, sr: int):
     return torch.from_numpy(out)
 
 
-def emotion_of(clip: ClipRecord, default: str) -> tuple[str, int, str]:
-    """(label, intensity 1-3, text) of a clip from its source metadata, ``default`` when unlabelled."""
+def emotion_text(label: str, intensity: int, language: str) -> str:
+    """The template text of an emotion: ``en`` "a clearly happy face", ``zh`` "明显开心的表情"."""
+    if language == "zh":
+        return f"{_INTENSITY_WORDS_ZH.get(intensity, '明显')}{_EMOTION_WORDS_ZH[label]}的表情"
+    return f"a {_INTENSITY_WORDS.get(intensity, 'clearly')} {label} face"
+
+
+def emotion_of(clip: ClipRecord, default: str, min_confidence: float = 1.01, language: str = "en") -> tuple[str, int, str, str]:
+    """(label, intensity 1-3, text, source) of a clip. ``source``: ``metadata`` (a human label in the
+    sources file), ``estimate`` (the emotion stage's pseudo-label, used when its confidence is at
+    least ``min_confidence``) or ``default``. ``language``: of the template text (en | zh | auto:
+    the clip's); a text in the metadata is used as it is."""
     m = clip.source_metadata
-    label = str(m.get("emotion") or default).lower()
+    est = clip.emotion_estimate
+    if m.get("emotion"):
+        label, source = str(m["emotion"]).lower(), "metadata"
+    elif est is not None and est.confidence >= min_confidence:
+        label, source = est.label, "estimate"
+    else:
+        label, source = str(default).lower(), "default"
     if label not in EMOTIONS:  # a typo would otherwise train as another emotion
         raise ValueError(f"clip {clip.key}: emotion {label!r} is not one of {', '.join(EMOTIONS)}")
     intensity = int(m.get("emotion_intensity") or 1)
-    text = m.get("emotion_text") or f"a {_INTENSITY_WORDS.get(intensity, 'clearly')} {label} face"
-    return label, intensity, text
+    if language == "auto":
+        language = "zh" if (clip.language or "").lower().startswith("zh") else "en"
+    text = m.get("emotion_text") or emotion_text(label, intensity, language)
+    return label, intensity, text, source
 
 
 def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig) -> dict[str, Any] | None:
@@ -544,7 +579,7 @@ def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio
     exp, pose, valid = fit["exp"][idx], fit["pose"][idx], fit["valid"][idx]
     if valid.mean() < cfg.min_valid_frames:
         return None
-    label, intensity, text = emotion_of(clip, cfg.default_emotion)
+    label, intensity, text, source = emotion_of(clip, cfg.default_emotion, cfg.min_emotion_confidence, cfg.emotion_text_language)
     return {
         "__key__": sample["__key__"],
         "motion": torch.from_numpy(np.concatenate([exp, pose[:, 3:6]], axis=1).astype(np.float32)),  # (W, 50 + 3 jaw)
@@ -554,6 +589,7 @@ def facial_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio
         "emotion_label": EMOTIONS.index(label),
         "emotion_intensity": intensity,
         "emotion_text": text,
+        "emotion_source": source,  # metadata | estimate | default
     }
 
 
@@ -591,10 +627,57 @@ def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[in
     return np.stack([got[i] for i in indices])
 
 
+@dataclass
+class _BankClip:
+    key: str
+    mp4: bytes
+    frame: int  # the frame it offers as a reference, drawn when it was banked
+    wh: tuple[int, int]
+    decoded: Any = None  # (S, S, 3) uint8 once a sample used it
+
+
+class ReferenceBank:
+    """The clips a loader worker has met, by identity: where a ``paha`` sample finds its reference
+    frame in *another* clip of the same person (the paper's setting: one image of the person, new
+    audio), so the model learns to animate a reference rather than copy a frame of the clip it
+    generates. Holds the mp4 bytes and one drawn frame index per clip (no decoding until a sample
+    uses it, so a dry, resumed pass fills it the same way); ``clips`` per identity (the newest), of
+    at most ``identities`` identities (the least recently met dropped first)."""
+
+    def __init__(self, clips: int = 2, identities: int = 64):
+        self.clips, self.identities = clips, identities
+        self._by_identity: dict[str, list[_BankClip]] = {}
+
+    def pick(self, identity: str | None, key: str, rng: random.Random) -> _BankClip | None:
+        """A banked clip of ``identity`` other than ``key`` (drawn with ``rng``), or None."""
+        others = [c for c in self._by_identity.get(identity or "", []) if c.key != key]
+        return rng.choice(others) if others else None
+
+    def add(self, identity: str | None, key: str, mp4: bytes, num_frames: int, wh: tuple[int, int],
+            rng: random.Random) -> None:
+        if not identity or self.clips <= 0:
+            return
+        held = self._by_identity.pop(identity, [])  # re-inserted last: the most recently met
+        held = [c for c in held if c.key != key] + [_BankClip(key, mp4, rng.randrange(num_frames), tuple(wh))]
+        self._by_identity[identity] = held[-self.clips:]
+        while len(self._by_identity) > self.identities:
+            self._by_identity.pop(next(iter(self._by_identity)))
+
+    def frame(self, clip: _BankClip, size: int) -> np.ndarray:
+        """The banked clip's reference frame, square ``size``×``size`` RGB (decoded once)."""
+        if clip.decoded is None or clip.decoded.shape[0] != size:
+            clip.decoded = decode_frames(clip.mp4, [clip.frame], size, expect_wh=clip.wh)[0]
+        return clip.decoded
+
+
 def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, cfg: LoaderConfig,
-              rng: random.Random, dry: bool = False) -> dict[str, Any] | None:
+              rng: random.Random, dry: bool = False, bank: ReferenceBank | None = None) -> dict[str, Any] | None:
     """The ``paha`` view of a sample's window ``idx``; None without pose data, or when the window
-    covers the whole clip (the reference frame is drawn from the clip's frames outside the window).
+    covers the whole clip and no other clip of its identity is banked.
+
+    The reference frame comes from another clip of the same identity when ``bank`` holds one
+    (``reference_key`` names it), else from this clip's frames outside the window
+    (``reference_key`` is the sample's own key): never a frame of the window being generated.
 
     Frames are made square without squashing: a clip cut with an ingest ``crop_box`` already is
     square; any other clip is centre-cropped to a square (``centre_square``, the rule generation
@@ -612,18 +695,26 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     if layout.POSE not in sample:
         return None  # PAR needs part confidences
     W, S = len(idx), cfg.image_size
-    # the reference frame lies outside the window being generated (inside it, PSNR/SSIM against
-    # the window would reward copying the reference); a clip the window covers whole has none
-    outside = [f for f in range(clip.num_frames) if f < int(idx.min()) or f > int(idx.max())]
-    if not outside:
-        return None
-    ref = rng.choice(outside)
+    key = sample["__key__"]
+    other = bank.pick(clip.identity, key, rng) if bank is not None else None
+    if bank is not None and layout.MP4 in sample:
+        bank.add(clip.identity, key, sample[layout.MP4], clip.num_frames, (clip.width, clip.height), rng)
+    ref = None
+    if other is None:
+        # the reference frame lies outside the window being generated (inside it, PSNR/SSIM against
+        # the window would reward copying the reference); a clip the window covers whole has none
+        outside = [f for f in range(clip.num_frames) if f < int(idx.min()) or f > int(idx.max())]
+        if not outside:
+            return None
+        ref = rng.choice(outside)
     if dry:
         return {}
     try:
-        frames = decode_frames(sample[layout.MP4], idx.tolist() + [ref], S, expect_wh=(clip.width, clip.height))
+        frames = decode_frames(sample[layout.MP4], idx.tolist() + ([ref] if other is None else []), S,
+                               expect_wh=(clip.width, clip.height))
+        reference = frames[W] if other is None else bank.frame(other, S)
     except ValueError as e:
-        raise ValueError(f"sample {sample['__key__']!r}: {e}") from None
+        raise ValueError(f"sample {key!r}: {e}") from None
     # either pose.npz layout (docs/shard_format.md "Layout versions"); only the part arrays are decoded
     pose = decode_pose_member(sample[layout.POSE], keys=("part_confidences", "part_present", "part_boxes"))
     conf, present, boxes = pose["part_confidences"][idx], pose["part_present"][idx], pose["part_boxes"][idx]
@@ -641,11 +732,12 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     # compact: uint8 frames and boxes cross the DataLoader's shared memory; ``expand_paha`` makes the
     # float frames and the part masks after it (on the training device), ~10x fewer bytes per sample
     return {
-        "__key__": sample["__key__"],
+        "__key__": key,
         "video_u8": torch.from_numpy(np.ascontiguousarray(frames[:W])).permute(0, 3, 1, 2),  # (W, 3, S, S) uint8
-        "reference_u8": torch.from_numpy(np.ascontiguousarray(frames[W])).permute(2, 0, 1),
+        "reference_u8": torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1),
         "frame_index": torch.from_numpy(idx.astype(np.int64)),  # (W,) the window's frames in the clip
-        "reference_frame": ref,  # the reference's frame in the clip, never inside the window
+        "reference_key": key if other is None else other.key,  # the clip the reference comes from
+        "reference_frame": ref if other is None else other.frame,  # its frame there; never inside the window
         "audio": audio,
         "part_confidences": torch.from_numpy(conf),
         "part_present": torch.from_numpy(present),

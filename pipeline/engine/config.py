@@ -17,6 +17,7 @@ from schemas.settings import Settings, apply_overrides
 from stages.clips import ClipOptions
 from stages.curate import CurateOptions
 from stages.download import DownloadOptions
+from stages.emotion import EmotionOptions
 from stages.flame import FlameOptions
 from stages.normalize import NormalizeOptions
 from stages.pose import PoseOptions
@@ -103,6 +104,7 @@ class Config(Settings):
     clips: ClipOptions = Field(default_factory=ClipOptions)
     curate: CurateOptions = Field(default_factory=CurateOptions)
     flame: FlameOptions = Field(default_factory=FlameOptions)
+    emotion: EmotionOptions = Field(default_factory=EmotionOptions)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

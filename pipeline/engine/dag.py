@@ -26,6 +26,7 @@ from stages.assemble import ClipInputs, assemble_clips
 from stages.clips import ClipOptions
 from stages.curate import CurateOptions, curate_clip_set
 from stages.download import MEDIA_BASENAME, DownloadOptions, download, forget_archived
+from stages.emotion import EmotionOptions, emotion_assets, emotion_unavailable, estimates_current, label_clip_set
 from stages.errors import StageError
 from stages.files import write_npz
 from stages.flame import FlameOptions, fit_clip_set, flame_assets, flame_unavailable, setup_flame
@@ -259,6 +260,21 @@ def _run_flame(ctx: StageContext) -> ClipSet:
                             ctx.options.max_landmark_error_px)
 
 
+def _run_emotion(ctx: StageContext) -> ClipSet:
+    """Emotion pseudo-labels from each clip's FLAME fit (``stages.emotion.label_clip_set``)."""
+    work, video_id = ctx.work, ctx.item.video_id
+    return label_clip_set(ctx.inputs["flame"], lambda key: work.fetch(work.path(*layout.clip_member_parts(video_id, key, layout.FLAME))),
+                          ctx.options)
+
+
+def _emotion_outputs_current(out: ClipSet, ctx: StageContext) -> bool:
+    return _clip_files_exist(out, ctx) and estimates_current(out, ctx.options)
+
+
+def _estimated(clip) -> bool:
+    return clip.emotion_estimate is not None
+
+
 # ---------------------------------------------------------------------------------------------
 # the registry: every stage, in execution order
 
@@ -288,4 +304,7 @@ DAG = Registry([
               requires={"clips": "the clips to fit", "pose": "face landmarks for the crops"}, uses=("normalize", "curate"),
               setup=setup_flame, unavailable=flame_unavailable, assets=flame_assets, outputs_exist=_clip_files_exist, emits_clips=True, on_clips=True,
               version=2),  # v2: landmark refinement (dlib 68 iBUG points), flame_fit_poor
+    StageSpec("emotion", EmotionOptions, ClipSet, _run_emotion, requires={"flame": "FLAME fits of the clips"},
+              unavailable=emotion_unavailable, assets=emotion_assets, outputs_exist=_emotion_outputs_current,
+              emits_clips=True, on_clips=_estimated),
 ])

@@ -64,6 +64,17 @@ def curation_rows(stats: dict) -> str:
     return "\n".join(rows) or "| (the curate stage did not run) | | | | |"
 
 
+def emotion_line(stats: dict) -> str:
+    e = stats.get("emotions") or {}
+    if not e:
+        return "(not recorded)"
+    conf = e.get("estimated_confidence") or {}
+    est = (f"pseudo-labels {json.dumps(e['estimated'])} (confidence p10 / p50 / p90 {conf['p10']:g} / {conf['p50']:g} / "
+           f"{conf['p90']:g}; {', '.join(e['estimate_sources'])})") if e.get("estimated") else "no pseudo-labels (the emotion stage did not run)"
+    return (f"human labels {json.dumps(e.get('labelled', {}))}; {est}; {e.get('unlabelled', 0)} clips with neither "
+            "(the facial trainer gives them its default_emotion, and a pseudo-label under its min_emotion_confidence).")
+
+
 def dataset_card(stats: dict, cfg: ReleaseConfig, version: str) -> str:
     split_rows = "\n".join(f"| {n} | {s['clips']} | {s['hours']:.3f} | {len(s['speakers'])} | {s['shards']} |" for n, s in stats["splits"].items())
     rejects = "\n".join(f"| {k} | {v} |" for k, v in {**stats["failure_reasons"], **stats["rejection_reasons"]}.items()) or "| (none) | |"
@@ -116,6 +127,8 @@ Broadcast curation (docs/curation.md; p10 / p50 / p90 / max over the clips):
 Flags (kept clips): {json.dumps(stats.get('curation_flags', {}))}. Rebroadcast copies: {stats.get('duplicates', {}).get('dropped_hours', 0):.4f} h
 dropped at ingest, {stats.get('duplicates', {}).get('groups_in_release', 0)} groups kept whole in one split
 ({stats.get('duplicates', {}).get('copy_hours_in_release', 0):.4f} h of copies).
+
+Emotion labels (docs/emotion.md): {emotion_line(stats)}
 
 ## What was left out, and why
 

@@ -134,6 +134,8 @@ NESTED_FIELDS = [
     ("language", "sc:Text", "clip", "$.language", "the clip's language tag"),
     ("transcript", "sc:Text", "clip", "$.transcript.text", "the clip's transcript (normalised text); null without speech"),
     ("identity", "sc:Text", "clip", "$.identity", "face identity id (the same person in every video)"),
+    ("emotion_estimate", "sc:Text", "clip", "$.emotion_estimate.label", "emotion pseudo-label (emotion stage); null without one"),
+    ("emotion_confidence", "sc:Float", "clip", "$.emotion_estimate.confidence", "the pseudo-label's probability"),
 ]
 
 

@@ -151,6 +151,7 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
                      for k in CURATION_FIGURES if (v := [c.quality[k] for c in clips.values() if k in c.quality])},
         "curation_flags": dict(sorted(Counter(f for c in clips.values() if c.curation for f in c.curation.flags).items())),
         "duplicates": duplicate_summary(clips.values(), ingest_stats),
+        "emotions": emotion_summary(clips.values()),
         "rejection_reasons": ingest_stats.get("rejects_by_reason", {}),
         "failure_reasons": ingest_stats.get("failures_by_reason", {}),
         "skipped_stages": ingest_stats.get("skipped_stages", {}),
@@ -160,6 +161,20 @@ def release_stats(clips, split_of_speaker, rows, cfg: ReleaseConfig, ingest_stat
 #: Curation scores summarised in the release statistics and card (docs/curation.md).
 CURATION_FIGURES = ("subtitle_cer", "text_in_crop", "head_movement_avg", "head_rotation_avg", "head_jitter", "camera_pan",
                     "camera_zoom", "camera_shake", "brisque", "brightness", "border_in_crop", "picture_in_picture", "hand_over_mouth")
+
+
+def emotion_summary(clips) -> dict:
+    """The emotion label distribution: human labels (the sources file's ``emotion``), the emotion
+    stage's pseudo-labels of the other clips (with their confidence and source), and how many clips
+    have neither (they train as the trainer's ``default_emotion``)."""
+    clips = list(clips)
+    human = Counter(str(c.source_metadata["emotion"]).lower() for c in clips if c.source_metadata.get("emotion"))
+    est = [c.emotion_estimate for c in clips if not c.source_metadata.get("emotion") and c.emotion_estimate is not None]
+    conf = [e.confidence for e in est]
+    return {"labelled": dict(sorted(human.items())), "estimated": dict(sorted(Counter(e.label for e in est).items())),
+            "estimated_confidence": {"p10": round(float(np.percentile(conf, 10)), 4), "p50": round(float(np.percentile(conf, 50)), 4),
+                                     "p90": round(float(np.percentile(conf, 90)), 4)} if conf else {},
+            "estimate_sources": sorted({e.source for e in est}), "unlabelled": len(clips) - sum(human.values()) - len(est)}
 
 
 def duplicate_summary(clips, ingest_stats: dict) -> dict:

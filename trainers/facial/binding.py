@@ -9,6 +9,7 @@ backbones plug in through the same interface (an ``nn.Module`` mapping a batch t
 from __future__ import annotations
 
 import hashlib
+import re
 
 import torch
 import torch.distributed as dist
@@ -129,6 +130,11 @@ class AudioFrameEncoder(nn.Module):
         return self.proj(self.frame_features(feats).mean(dim=1))
 
 
+# a token: one CJK character (Chinese has no spaces between words) or a run of anything else up to
+# whitespace (an English word as ``split`` gives it)
+_WORDS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+
+
 class TextEncoder(nn.Module):
     """Emotion text → (B, D): hashed word embeddings averaged (the tiny config's stand-in for a
     pretrained sentence encoder, which a path in the config replaces)."""
@@ -143,7 +149,7 @@ class TextEncoder(nn.Module):
         ids, offsets = [], []
         for t in texts:
             offsets.append(len(ids))
-            words = t.lower().split() or [""]
+            words = _WORDS.findall(t.lower()) or [""]
             ids += [int(hashlib.md5(w.encode()).hexdigest()[:8], 16) % self.buckets for w in words]
         return torch.tensor(ids), torch.tensor(offsets)
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +20,11 @@ class FacialData(DataSection):
     window_frames: int = Field(50, ge=8, description="frames per training window at 25 fps (even: the latent halves it)")
     default_emotion: str = "neutral"
     min_valid_frames: float = Field(0.9, ge=0, le=1, description="drop windows where fewer frames have a FLAME fit")
+    min_emotion_confidence: float = Field(0.6, ge=0, le=1.01, description="a clip without a human label (source metadata "
+                                          "emotion) trains with its emotion-stage pseudo-label when the estimate's confidence "
+                                          "reaches this, else with default_emotion; 1.01: never")
+    emotion_text_language: Literal["auto", "en", "zh"] = Field("auto", description="language of the template emotion text: "
+                                                                "auto = the clip's (zh… Chinese, else English)")
 
     @model_validator(mode="after")
     def _even(self):

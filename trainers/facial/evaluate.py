@@ -67,7 +67,8 @@ class FacialEvalOptions(Settings):
 def _examples(urls: str | list[str], cfg, max_clips: int) -> list[dict[str, Any]]:
     lcfg = LoaderConfig(urls=urls, view="facial", window_frames=cfg.data.window_frames, random_window=False,
                         default_emotion=cfg.data.default_emotion, min_valid_frames=cfg.data.min_valid_frames,
-                        max_member_bytes=cfg.data.max_member_mb * 2**20)
+                        max_member_bytes=cfg.data.max_member_mb * 2**20,
+                        min_emotion_confidence=cfg.data.min_emotion_confidence, emotion_text_language=cfg.data.emotion_text_language)
     out = []
     for ex in make_loader(lcfg):
         if len(out) >= max_clips:

@@ -27,36 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from trainers.checkpoint import load_checkpoint_file
+from geometry.expression import MOTION_DIM, ExpressionProbe, load_expression_classifier
 from trainers.data import EMOTIONS, LoaderConfig, make_loader
 
 log = logging.getLogger(__name__)
-MOTION_DIM = 53
-
-
-class ExpressionProbe(nn.Module):
-    """FLAME motion (B, T, 53) → emotion logits (B, len(EMOTIONS)); ``features`` is the pooled
-    representation before the classifier head (the probe's "emotion features")."""
-
-    def __init__(self, hidden: int = 64):
-        super().__init__()
-        self.hidden = hidden
-        self.net = nn.Sequential(nn.Conv1d(MOTION_DIM, hidden, 3, padding=1), nn.GELU(),
-                                 nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU())
-        self.embed = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU())
-        self.head = nn.Linear(hidden, len(EMOTIONS))
-        self.register_buffer("mean", torch.zeros(MOTION_DIM))
-        self.register_buffer("std", torch.ones(MOTION_DIM))
-
-    def features(self, motion: torch.Tensor) -> torch.Tensor:
-        """(B, T, 53) → (B, hidden): mean and spread over time of the convolved, standardised motion."""
-        h = self.net(((motion - self.mean) / self.std).transpose(1, 2))
-        return self.embed(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))
-
-    def forward(self, motion: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(motion))
 
 
 def _held_out(key: str) -> bool:
@@ -82,7 +57,8 @@ def load_windows(urls: str | list[str], window: int, passes: int, min_valid_fram
     out: dict[str, list] = {"motion": [], "label": [], "key": []}
     for epoch in range(passes):
         cfg = LoaderConfig(urls=urls, view="facial", window_frames=window, random_window=True, seed=7,
-                           min_valid_frames=min_valid_frames, default_emotion="neutral")
+                           min_valid_frames=min_valid_frames, default_emotion="neutral",
+                           min_emotion_confidence=2.0)  # human labels only: never its own kind's pseudo-labels
         for ex in make_loader(cfg, epoch=epoch):
             out["motion"].append(ex["motion"])
             out["label"].append(int(ex["emotion_label"]))
@@ -148,14 +124,7 @@ def save_probe(probe: ExpressionProbe, report: dict[str, Any], out: str | Path) 
 
 def load_probe(path: str | Path, device: str = "cpu") -> tuple[ExpressionProbe, dict[str, Any]]:
     """A probe saved by ``save_probe`` (its folder or ``probe.pt``) and its report."""
-    p = Path(path).expanduser()
-    p = p / "probe.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"no expression probe at {p} (train one: cnas train facial-probe --data … --out …)")
-    saved = load_checkpoint_file(p, map_location=device)
-    probe = ExpressionProbe(saved["report"]["hidden"]).to(device)
-    probe.load_state_dict(saved["state"])
-    return probe.eval(), saved["report"]
+    return load_expression_classifier(path, device)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -41,7 +41,8 @@ def loader_config(cfg: FacialConfig, urls: str | list[str] | None = None) -> Loa
     return LoaderConfig(urls=urls or d.urls, view="facial", window_frames=d.window_frames, batch_size=d.batch_size,
                         num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer, shuffle_shards=True,
                         seed=cfg.train.seed, default_emotion=d.default_emotion, min_valid_frames=d.min_valid_frames,
-                        max_member_bytes=d.max_member_mb * 2**20)
+                        max_member_bytes=d.max_member_mb * 2**20,
+                        min_emotion_confidence=d.min_emotion_confidence, emotion_text_language=d.emotion_text_language)
 
 
 # weights loaded from a path are not saved in checkpoints (they are reloaded from the same path)

@@ -1,4 +1,5 @@
-"""``cnas eval paha``: generate each held-out clip from its own reference frame and audio, then
+"""``cnas eval paha``: generate each held-out clip from its reference frame (``paha_view``: another clip of
+the same identity, else its own frames outside the window) and audio, then
 score generated against real with ``metrics.py``. The same functions score the real clips where a
 metric takes one video (hand keypoints), so their levels can be compared.
 
@@ -232,7 +233,7 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
     pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     W = options.frames or cfg.data.window_frames
     lcfg = LoaderConfig(urls=urls, view="paha", window_frames=W, image_size=cfg.data.image_size, random_window=False,
-                        max_member_bytes=cfg.data.max_member_mb * 2**20)
+                        max_member_bytes=cfg.data.max_member_mb * 2**20, reference_bank_clips=cfg.data.reference_bank_clips)
     need_regions = guidance != "none" or options.compare_guidance
     clips: list[dict[str, Any]] = []
     for ex in make_loader(lcfg):

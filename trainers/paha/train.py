@@ -61,7 +61,8 @@ def loader_config(cfg: PahaConfig, urls: str | list[str] | None = None) -> Loade
         raise ValueError("data.urls is not set: give the training shards (paths, brace pattern or <split>.index.json)")
     return LoaderConfig(urls=urls or d.urls, view="paha", window_frames=d.window_frames, image_size=d.image_size,
                         batch_size=d.batch_size, num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
-                        shuffle_shards=True, seed=cfg.train.seed, max_member_bytes=d.max_member_mb * 2**20)
+                        shuffle_shards=True, seed=cfg.train.seed, max_member_bytes=d.max_member_mb * 2**20,
+                        reference_bank_clips=d.reference_bank_clips)
 
 
 class _Loss(torch.nn.Module):
