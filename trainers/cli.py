@@ -55,6 +55,17 @@ def cmd_train_paha(args) -> int:
     return _train(args, load_paha_config, run_training)
 
 
+def cmd_features_paha(args) -> int:
+    from trainers.paha.config import load_paha_config
+    from trainers.paha.features import write_features
+
+    cfg = load_paha_config(args.config, list(args.overrides))
+    got = write_features(cfg, args.out, device=_device(args.device))
+    print(f"features of {got['computed']} clips computed, {got['kept']} kept from before: {got['index']} "
+          f"(train with --set data.features={args.out})")
+    return 0
+
+
 def cmd_generate_paha(args) -> int:
     from trainers.paha.generate import generate_to_file
 
@@ -177,6 +188,16 @@ def add_commands(sub) -> None:
     _config_args(f, "tiny")
     f.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     f.set_defaults(func=cmd_train_paha)
+
+    models = _models(sub, "features", "compute a trainer's frozen inputs once into a feature store")
+    f = models.add_parser("paha", help="VAE latents of every frame and audio-backbone features of every clip (data.features)")
+    f.add_argument("--config", default="tiny", help="preset name (tiny, base) or YAML file: its model.vae, "
+                   "model.audio_backbone and data.image_size decide the features (default: tiny)")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set data.urls=release/train.index.json (repeatable)")
+    f.add_argument("--out", required=True, help="the store folder (added to when it exists with the same settings)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the VAE and audio model run")
+    f.set_defaults(func=cmd_features_paha)
 
     models = _models(sub, "generate", "sample from a trained model")
     f = models.add_parser("facial", help="FLAME expression + jaw sequence for an audio file and an emotion")

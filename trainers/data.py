@@ -88,6 +88,9 @@ class LoaderConfig:
     # has met one (``ReferenceBank``); it remembers this many clips per identity, of this many identities
     reference_bank_clips: int = 2  # 0: always a frame of the same clip, outside the window
     reference_bank_identities: int = 64
+    # paha view: a feature store (trainers/features.py, ``cnas features paha``): the window's VAE latents
+    # and audio features are read from it and no video is decoded
+    features: str | None = None
 
 
 @dataclass
@@ -458,7 +461,7 @@ def batch_stream(lcfg: LoaderConfig, position: dict[str, Any], rank: int, device
             workers[w] += 1
             got += 1
             position["batches"] += 1
-            yield expand_paha(batch, device, non_blocking) if "video_u8" in batch else batch
+            yield expand_paha(batch, device, non_blocking)
         if got == 0 and position["batches"] == 0:
             raise RuntimeError(f"training worker {rank} got no usable {lcfg.window_frames}-frame windows ({lcfg.view} view) "
                                f"from the shards {lcfg.urls!r}: every worker needs at least one shard with such clips")
@@ -709,12 +712,22 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
         ref = rng.choice(outside)
     if dry:
         return {}
-    try:
-        frames = decode_frames(sample[layout.MP4], idx.tolist() + ([ref] if other is None else []), S,
-                               expect_wh=(clip.width, clip.height))
-        reference = frames[W] if other is None else bank.frame(other, S)
-    except ValueError as e:
-        raise ValueError(f"sample {key!r}: {e}") from None
+    if cfg.features:  # latents and audio features from the store: no decoding, no VAE, no audio backbone
+        store = _feature_store(cfg.features)
+        feats = store.load(key, sample)
+        ref_latent = feats["latents"][ref] if other is None else store.load(other.key, {"mp4": other.mp4})["latents"][other.frame]
+        media = {"latents": torch.from_numpy(feats["latents"][idx].astype(np.float32)),
+                 "reference_latent": torch.from_numpy(ref_latent.astype(np.float32)),
+                 "audio_features": torch.from_numpy(feats["audio"][idx].astype(np.float32)), "view_size": S}
+    else:
+        try:
+            frames = decode_frames(sample[layout.MP4], idx.tolist() + ([ref] if other is None else []), S,
+                                   expect_wh=(clip.width, clip.height))
+            reference = frames[W] if other is None else bank.frame(other, S)
+        except ValueError as e:
+            raise ValueError(f"sample {key!r}: {e}") from None
+        media = {"video_u8": torch.from_numpy(np.ascontiguousarray(frames[:W])).permute(0, 3, 1, 2),  # (W, 3, S, S) uint8
+                 "reference_u8": torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1)}
     # either pose.npz layout (docs/shard_format.md "Layout versions"); only the part arrays are decoded
     pose = decode_pose_member(sample[layout.POSE], keys=("part_confidences", "part_present", "part_boxes"))
     conf, present, boxes = pose["part_confidences"][idx], pose["part_present"][idx], pose["part_boxes"][idx]
@@ -733,8 +746,7 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
     # float frames and the part masks after it (on the training device), ~10x fewer bytes per sample
     return {
         "__key__": key,
-        "video_u8": torch.from_numpy(np.ascontiguousarray(frames[:W])).permute(0, 3, 1, 2),  # (W, 3, S, S) uint8
-        "reference_u8": torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1),
+        **media,
         "frame_index": torch.from_numpy(idx.astype(np.int64)),  # (W,) the window's frames in the clip
         "reference_key": key if other is None else other.key,  # the clip the reference comes from
         "reference_frame": ref if other is None else other.frame,  # its frame there; never inside the window
@@ -743,6 +755,13 @@ def paha_view(clip: ClipRecord, sample: dict[str, Any], idx: np.ndarray, audio, 
         "part_present": torch.from_numpy(present),
         "part_boxes": torch.from_numpy(b),  # (W, P, 4) [x0, y0, x1, y1] in view pixels, NaN = absent
     }
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_store(path: str):
+    from trainers.features import FeatureStore
+
+    return FeatureStore(path)
 
 
 def masks_from_boxes(boxes, size: int):
@@ -765,10 +784,14 @@ def expand_paha(batch: dict[str, Any], device=None, non_blocking: bool = False) 
     (tensors moved). A batch without ``video_u8`` is returned unchanged."""
     import torch
 
-    if "video_u8" not in batch:
+    if "video_u8" not in batch and "latents" not in batch:
         return batch
     out = {k: (v.to(device, non_blocking=non_blocking) if device is not None and torch.is_tensor(v) else v)
            for k, v in batch.items() if k not in ("video_u8", "reference_u8")}
+    if "latents" in batch:  # from a feature store: latents as they are, masks at the view's size
+        size = batch["view_size"]
+        out["part_masks"] = masks_from_boxes(out["part_boxes"], int(size.flatten()[0]) if torch.is_tensor(size) else int(size))
+        return out
     video = batch["video_u8"].to(device, non_blocking=non_blocking) if device is not None else batch["video_u8"]
     ref = batch["reference_u8"].to(device, non_blocking=non_blocking) if device is not None else batch["reference_u8"]
     out["video"] = video.float() / 255.0

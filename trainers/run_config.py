@@ -65,8 +65,8 @@ class RunSection(Settings):
 #: Config entries (section, key) that hold local paths or URIs. Ray Train 2.x workers run in a
 #: working directory of their own, so the driver makes every relative local path absolute before
 #: launch (``resolve_paths``); URIs (``s3://…``) and absolute paths are left as they are.
-PATH_KEYS = (("data", "urls"), ("data", "val_urls"), ("run", "storage_path"), ("model", "vae"), ("model", "audio_backbone"),
-             ("model", "text_backbone"), ("model", "init_2d"))
+PATH_KEYS = (("data", "urls"), ("data", "val_urls"), ("data", "features"), ("run", "storage_path"), ("model", "vae"),
+             ("model", "audio_backbone"), ("model", "text_backbone"), ("model", "init_2d"))
 
 
 def _absolute(value: str, cwd: str) -> str:

@@ -23,6 +23,9 @@ class PahaData(DataSection):
     image_size: int = Field(512, ge=16, description="square crop side in pixels")
     batch_size: int = Field(1, ge=1, description="per worker")
     shuffle_buffer: int = Field(64, ge=0)
+    features: str | None = Field(None, description="a feature store (cnas features paha) with every training clip's VAE "
+                                                   "latents and audio features: no frame decoding, no VAE or audio backbone "
+                                                   "per step; none: computed on every step")
     reference_bank_clips: int = Field(2, ge=0, description="the reference frame comes from another clip of the same identity "
                                                            "(up to this many clips per identity remembered by each loader "
                                                            "worker); 0 or none met yet: a frame of the clip outside the window")

@@ -78,12 +78,15 @@ class VideoModel(nn.Module):
              p_drop_audio: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training step's loss; ``t`` (B,) fixes the timesteps and ``p_drop_audio`` the audio
         dropout (validation: its timestep grid, audio always given)."""
-        video, ref = batch["video"], batch["reference"]
-        z = self.encode_frames(video)
-        zr = self.encode_frames(ref[:, None])[:, 0]
+        if "latents" in batch:  # a feature store's (cnas features paha): computed once, not per step
+            z, zr = batch["latents"], batch["reference_latent"]
+        else:
+            z = self.encode_frames(batch["video"])
+            zr = self.encode_frames(batch["reference"][:, None])[:, 0]
         B, T = z.shape[:2]
         M = self.cfg.motion_frames if use_motion else 0
-        audio = self.audio_features(batch["audio"], T)
+        audio = (self.audio_proj(batch["audio_features"]) if "audio_features" in batch
+                 else self.audio_features(batch["audio"], T))
         if t is None:
             t = torch.randint(0, self.schedule.steps, (B,), device=z.device)
         noise = torch.randn_like(z[:, M:])
@@ -119,12 +122,17 @@ class ClassifierModel(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor], min_shift: int, buckets: int,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One PCE step's loss and accuracies; ``t`` (B,) fixes the timesteps (validation)."""
-        video = batch["video"]
-        B, T = video.shape[:2]
-        with torch.no_grad():
-            z = self.latent.encode(video.reshape(B * T, *video.shape[2:]))
-            z = z.reshape(B, T, *z.shape[1:])
-        audio = self.raw_audio(batch["audio"], T)
+        if "latents" in batch:  # a feature store's
+            z = batch["latents"]
+            B, T = z.shape[:2]
+            audio = batch["audio_features"]
+        else:
+            video = batch["video"]
+            B, T = video.shape[:2]
+            with torch.no_grad():
+                z = self.latent.encode(video.reshape(B * T, *video.shape[2:]))
+                z = z.reshape(B, T, *z.shape[1:])
+            audio = self.raw_audio(batch["audio"], T)
         negative = mismatched_audio(audio, min_shift=min_shift)
         if t is None:
             t = torch.randint(0, self.schedule.steps, (B,), device=z.device)

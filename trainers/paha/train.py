@@ -55,14 +55,15 @@ def build_model(cfg: PahaConfig) -> torch.nn.Module:
 
 
 def loader_config(cfg: PahaConfig, urls: str | list[str] | None = None) -> LoaderConfig:
-    """The paha view of the training shards (or of ``urls``, e.g. the validation shards)."""
+    """The paha view of the training shards (or of ``urls``, e.g. the validation shards, which are
+    computed, not read from ``data.features``)."""
     d = cfg.data
     if not d.urls:
         raise ValueError("data.urls is not set: give the training shards (paths, brace pattern or <split>.index.json)")
     return LoaderConfig(urls=urls or d.urls, view="paha", window_frames=d.window_frames, image_size=d.image_size,
                         batch_size=d.batch_size, num_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
                         shuffle_shards=True, seed=cfg.train.seed, max_member_bytes=d.max_member_mb * 2**20,
-                        reference_bank_clips=d.reference_bank_clips)
+                        reference_bank_clips=d.reference_bank_clips, features=None if urls else d.features)
 
 
 class _Loss(torch.nn.Module):
@@ -85,6 +86,12 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     session = current_session(cfg.run)
     device = session.device
     seed_everything(t.seed)
+    if cfg.data.features:  # a store made with another VAE, audio model or size would train on wrong inputs
+        from trainers.features import FeatureStore
+
+        from .features import feature_meta
+
+        FeatureStore(cfg.data.features).check_meta(feature_meta(cfg.model, cfg.data.image_size))
     model = build_model(cfg).to(device)
     step_fn = wrap_ddp(_Loss(model, cfg), session)
     params = trainable_params(model)
