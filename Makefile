@@ -36,14 +36,13 @@ $(STAMP): requirements/main.txt requirements/constraints.txt pyproject.toml scri
 demo: setup
 	$(PY) -m cnas demo
 
-# In two passes. 1: every test that starts no Ray (unit, known-answer, in-process training), on two
-# pytest-xdist workers; tests sharing a module's fixtures or a trained model stay on one worker
-# (xdist_group marks set in tests/conftest.py). 2: the end-to-end tests (`e2e`: the DAG on the
-# session's embedded Ray, Ray Train, CLIs) in one process, one Ray at a time: with two Ray instances
+# One pass on two pytest-xdist workers. Every test that starts Ray (the DAG on the session's embedded
+# Ray, a `cnas ingest` subprocess, Ray Train, the two-node cluster) is in the `ray` group, run one after
+# another on one worker, first; the other worker runs the rest meanwhile (tests sharing a costly fixture
+# stay together: xdist_group marks set in tests/conftest.py). One Ray at a time: with two Ray instances
 # side by side an ingest's actor pool once waited forever for an actor Ray had created (docs/BENCHMARKS.md).
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not gpu and not e2e" -q --durations=10
-	$(PY) -m pytest -m "not slow and not gpu and e2e" -q --durations=15
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not gpu" -q --durations=15
 
 # The inner loop (under 2 minutes here): unit and known-answer tests; no DAG runs, no model loading.
 test-fast: setup

@@ -30,10 +30,16 @@ MODEL_FIXTURES = frozenset({"pose_models", "models_en", "models_zh", "controllab
                             "trained_pce", "trained_univdm"})
 
 
+#: Fixtures that start Ray (in this process, in a ``cnas`` subprocess, or as a cluster). Every test that
+#: uses one runs in the one ``ray`` xdist group, one after another on one worker: two Ray instances side
+#: by side once left an ingest's actor pool waiting forever for an actor Ray had created
+#: (docs/BENCHMARKS.md "Test suite time"). The other worker runs everything else meanwhile.
+RAY_FIXTURES = frozenset({"ray_session", "quiet_run", "two_node_cluster"})
+
 #: Session fixtures cheap enough to build once per xdist worker; every other session fixture ties the
-#: test files that use it to one worker (``_share_groups``), so a shared run is built once.
+#: tests that use it to one worker (``_share_groups``), so a shared run is built once.
 CHEAP_SESSION_FIXTURES = frozenset({"ray_session", "media_dir", "http_server", "pose_models", "tmp_path_factory",
-                                    "worker_id", "testrun_uid"})
+                                    "worker_id", "testrun_uid", "emotion_classifier"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into scheduling groups
@@ -44,13 +50,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
         if used & MODEL_FIXTURES:
             item.add_marker(pytest.mark.models)
-    for item, group in _share_groups(items).items():
+        if used & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+    groups = _share_groups(items)
+    for item, group in groups.items():
         item.add_marker(pytest.mark.xdist_group(group))
+    # the Ray group is the longest: first in the queue, so its worker starts on it at once
+    items.sort(key=lambda item: groups.get(item) != "ray")
 
 
 def _share_groups(items) -> dict:
-    """For ``pytest -n 2 --dist loadgroup``: each test's group joins its module (module fixtures are built
-    once) with every module that uses one of its costly session fixtures (union-find)."""
+    """For ``pytest -n 2 --dist loadgroup``: tests that share a costly fixture run on one worker (union-find
+    over the tests, their module- and class-scoped fixtures and their costly session fixtures), so it
+    is built once; every test that starts Ray joins the group ``ray`` (its module-scoped fixtures do
+    not pull other tests in). Tests sharing nothing get no group and are spread one by one."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -60,13 +73,33 @@ def _share_groups(items) -> dict:
             x = parent[x]
         return x
 
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            return
+        if ra == "ray":  # "ray" stays a root, so the group keeps its name
+            parent[rb] = ra
+        else:
+            parent[ra] = rb
+
+    shared: dict = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        find(module)
+        ray = bool(set(item.fixturenames) & RAY_FIXTURES)
+        nodes = ["ray"] if ray else []
         for name, defs in item._fixtureinfo.name2fixturedefs.items():
-            if name not in CHEAP_SESSION_FIXTURES and defs and defs[-1].scope == "session":
-                parent[find("fixture:" + name)] = find(module)
-    return {item: find(item.nodeid.split("::")[0]) for item in items}
+            scope = defs[-1].scope if defs else "function"
+            # a Ray test does not pull its module's other tests into the (serial) Ray group: a module
+            # fixture they share is built on each worker instead (seconds, against minutes of waiting)
+            if scope in ("module", "class", "package") and not ray:
+                nodes.append(f"{scope}:{module}:{name}")
+            elif scope == "session" and name not in CHEAP_SESSION_FIXTURES:
+                nodes.append("fixture:" + name)
+        for n in nodes[1:]:
+            union(n, nodes[0])
+        if nodes:
+            shared[item] = nodes[0]
+    return {item: find(node) for item, node in shared.items()}
 
 
 SHORT_VIDEOS = (
