@@ -4,6 +4,7 @@ its jaw opens with the loudness of its audio; tests/paha_data.py: a drawn face w
 with the loudness). Prints markdown for docs/facial.md and docs/paha.md.
 
     .venv/bin/python benchmarks/conditioning.py facial --binding-steps 500 --diffusion-steps 1000
+    .venv/bin/python benchmarks/conditioning.py facial --data speech   # the second, differently made set
     .venv/bin/python benchmarks/conditioning.py paha --steps 200
 
 The facial run also scores two controls built from the trained checkpoint: the denoiser's emotion
@@ -37,24 +38,36 @@ def facial(args, work: Path) -> None:
     from trainers.facial.probe import save_probe, train_probe
     from trainers.facial.train import run_training
 
-    train = write_facial_shards(work / "train", clips=args.clips, frames=50)
-    val = write_facial_shards(work / "val", clips=8, frames=50, seed=5)
-    test = write_facial_shards(work / "test", clips=24, frames=50, seed=9)
+    if args.data == "speech":  # the second set: real speech, other offsets, lengths and noise; test audio held out
+        from facial_data import write_speech_facial_shards
+
+        train = write_speech_facial_shards(work / "train", clips=args.clips, span_s=(0.0, 20.0), prefix="train")
+        val = write_speech_facial_shards(work / "val", clips=8, seed=5, span_s=(0.0, 20.0), prefix="val")
+        test = write_speech_facial_shards(work / "test", clips=24, seed=9, span_s=(20.0, 30.0), prefix="test")
+        labelled = write_speech_facial_shards(work / "probe", clips=24, seed=13, span_s=(0.0, 20.0), prefix="probe")
+    else:
+        train = write_facial_shards(work / "train", clips=args.clips, frames=50)
+        val = write_facial_shards(work / "val", clips=8, frames=50, seed=5)
+        test = write_facial_shards(work / "test", clips=24, frames=50, seed=9)
+        labelled = write_facial_shards(work / "probe", clips=24, frames=50, seed=13, prefix="probe")
+    extra = list(args.set or [])
     cfg = load_facial_config("tiny", [f"data.urls={json.dumps(train)}", f"data.val_urls={json.dumps(val)}", "run.use_ray=false",
                                       f"run.storage_path={work / 'runs'}", f"train.binding_steps={args.binding_steps}",
                                       f"train.diffusion_steps={args.diffusion_steps}", f"train.val_every={args.val_every}",
-                                      f"train.checkpoint_every={args.val_every}", f"train.log_every={args.val_every}"])
+                                      f"train.checkpoint_every={args.val_every}", f"train.log_every={args.val_every}", *extra])
     tic = time.perf_counter()
     run_training(cfg)
     train_s = time.perf_counter() - tic
     run_dir = work / "runs" / cfg.run.name
-    probe, probe_report = train_probe(test, cfg.data.window_frames, steps=300)
+    # the probe is trained on other labelled clips than those it judges (eval refuses an overlap)
+    probe, probe_report = train_probe(labelled, cfg.data.window_frames, steps=300)
     save_probe(probe, probe_report, work / "probe")
     options = FacialEvalOptions(max_clips=8, samples=2, steps=10, probe=str(work / "probe"))
     reports = {"trained (best)": evaluate(run_dir / "best", test, options),
                "emotion input cut": evaluate(ablated_checkpoint(run_dir / "best", work / "no_emotion", "emotion"), test, options),
                "audio input cut": evaluate(ablated_checkpoint(run_dir / "best", work / "no_audio", "audio"), test, options)}
-    print(f"## facial tiny: {len(train)} train shards, 8 val clips, 24 test clips; training {train_s:.0f} s on CPU\n")
+    print(f"## facial tiny, {args.data} set: {len(train)} train shards, 8 val clips, 24 test clips; training {train_s:.0f} s on CPU"
+          f"{'; ' + ' '.join(extra) if extra else ''}\n")
     print("| step | val/binding_loss | val/ae_recon | val/loss (denoiser) |\n|---|---|---|---|")
     for r in _curve(run_dir):
         cells = [r.get(k) for k in ("val/binding_loss", "val/ae_recon", "val/loss")]
@@ -99,6 +112,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="paha: steps per target")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--data", choices=["synthetic", "speech"], default="synthetic",
+                   help="facial: the first set (modulated tones) or the second (real speech, tests/facial_data.py)")
+    p.add_argument("--set", action="append", help="facial: a config override (repeatable)")
     args = p.parse_args()
     import logging
 

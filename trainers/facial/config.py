@@ -49,7 +49,9 @@ class FacialModelConfig(Settings):
     grad_checkpointing: bool = Field(False, description="recompute the denoiser blocks' activations in the backward "
                                                          "pass (less memory, ~30 % more compute)")
     noise_steps: int = Field(1000, ge=10)
-    align_slope: float = Field(4.0, ge=0, description="cross-attention bias per second of motion/audio offset")
+    align_slope: float = Field(20.0, ge=0, description="cross-attention bias per second of motion/audio offset (20: −1.6 "
+                                                         "one latent frame away; at 4 the jaw followed audio smeared over "
+                                                         "±0.5 s and lost real speech's syllables, docs/BENCHMARKS.md)")
     p_drop_audio: float = Field(0.1, ge=0, le=1)
     p_drop_emotion: float = Field(0.1, ge=0, le=1)
 
@@ -67,6 +69,8 @@ class FacialTrain(ValidationSettings, OptimSettings):
     log_every: int = Field(50, ge=1)
     seed: int = 0
     velocity_weight: float = Field(1.0, ge=0, description="autoencoder: weight of the frame-difference loss")
+    jaw_weight: float = Field(10.0, ge=0, description="autoencoder: weight of the jaw dims against each expression dim "
+                                                     "in its reconstruction and frame-difference losses")
     gather_negatives: bool = Field(True, description="several workers: every worker's clips are the binding InfoNCE's "
                                                       "negatives (all-gathered, as CLIP), not only its own batch")
 

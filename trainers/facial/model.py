@@ -58,7 +58,8 @@ class BindingPhase(nn.Module):
             raise ValueError(f"unknown emotion modality {modality!r}")
         return F.normalize(e, dim=-1)
 
-    def forward(self, motion, valid, audio_feats, text, label, intensity, temperature: float, velocity_weight: float):
+    def forward(self, motion, valid, audio_feats, text, label, intensity, temperature: float, velocity_weight: float,
+                jaw_weight: float = 1.0):
         m = self.embed("motion", motion=motion, valid=valid)
         others = {"audio": self.embed("audio", audio_feats=audio_feats), "text": self.embed("text", text=text),
                   "label": self.embed("label", label=label, intensity=intensity)}
@@ -73,10 +74,15 @@ class BindingPhase(nn.Module):
         terms = {f"binding/{k}_nce": info_nce_global(m, e, m_all, gather(e)[0], offset, temperature, same.get(k))
                  for k, e in others.items()}
         recon = self.autoencoder.decode(self.autoencoder.encode(motion))
-        w = valid[..., None].to(motion.dtype)
-        terms["ae/recon"] = ((recon - motion) ** 2 * w).sum() / (w.sum() * MOTION_DIM).clamp(min=1)
-        vel_w = w[:, 1:] * w[:, :-1]
-        vel = ((recon.diff(dim=1) - motion.diff(dim=1)) ** 2 * vel_w).sum() / (vel_w.sum() * MOTION_DIM).clamp(min=1)
+        # the jaw (the last 3 dims) weighted: unweighted, 50 expression dims (and their unreconstructable
+        # frame noise) outweigh the one that speech moves most, and the latent loses the jaw
+        dims = torch.ones(MOTION_DIM, device=motion.device, dtype=motion.dtype)
+        dims[-3:] = jaw_weight
+        w = valid[..., None].to(motion.dtype) * dims
+        terms["ae/recon"] = ((recon - motion) ** 2 * w).sum() / (valid.sum() * dims.sum()).clamp(min=1)
+        vel_w = w[:, 1:] * valid[:, :-1, None].to(motion.dtype)
+        pairs = (valid[:, 1:].to(motion.dtype) * valid[:, :-1].to(motion.dtype)).sum()
+        vel = ((recon.diff(dim=1) - motion.diff(dim=1)) ** 2 * vel_w).sum() / (pairs * dims.sum()).clamp(min=1)
         terms["ae/velocity"] = vel
         loss = sum(v for k, v in terms.items() if k != "ae/velocity") + velocity_weight * vel
         with torch.no_grad():

@@ -121,7 +121,7 @@ def train_facial(config: dict[str, Any]) -> dict[str, float]:
         if phase == 1:
             model.train()
             with autocast:
-                return binding(model.normalise(motion), valid, feats, text, label, intensity, t.temperature, t.velocity_weight)
+                return binding(model.normalise(motion), valid, feats, text, label, intensity, t.temperature, t.velocity_weight, t.jaw_weight)
         model.binding.eval()
         model.diffusion.train()
         with torch.no_grad(), autocast:
@@ -188,7 +188,7 @@ def validate_phase(model: FacialModel, validator: Validator, phase: int, cfg: Fa
         feats = model.audio_features(wave, motion.shape[1])
         if phase == 1:
             loss, terms = model.binding(model.normalise(motion), valid, feats, list(batch["emotion_text"]), label, intensity,
-                                        cfg.train.temperature, cfg.train.velocity_weight)
+                                        cfg.train.temperature, cfg.train.velocity_weight, cfg.train.jaw_weight)
             return {"binding_loss": loss, "ae_recon": terms["ae/recon"]}
         z0 = model.encode_motion(motion)
         emotion = model.mixed_emotion(feats, list(batch["emotion_text"]), label, intensity)
