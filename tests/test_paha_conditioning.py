@@ -195,3 +195,39 @@ def test_eval_compare_guidance_cli_scores_each_mode_by_sync_and_mouth(runs):
     assert compared["modes"]["none"]["sync_clips"] == report["sync_clips"] == 0
     r = cnas("eval", "paha", "--checkpoint", runs["univdm"], "--data", *runs["test"], "--compare-guidance")
     assert r.returncode != 0 and "--compare-guidance needs --pce-checkpoint" in r.stderr
+
+
+def test_region_report_separates_a_mouth_that_follows_audio_from_a_frame_that_does():
+    """Control regions (forehead, torso, background) must not follow the audio: a video whose mouth
+    alone follows it passes; one whose whole frame brightens with it is reported as leaking."""
+    from paha_data import FPS, SR, draw_frames, envelope
+    from trainers.paha.evaluate import region_conditioning, region_masks
+
+    rng = np.random.default_rng(0)
+    videos, waves, boxes = [], [], []
+    for _ in range(3):
+        env = envelope(rng, 50)
+        frames, b, _ = draw_frames(env, 64, rng)
+        carrier = np.sin(2 * np.pi * 160 * np.arange(50 * SR // FPS) / SR)
+        # camera noise, independent of the audio (a constant region has no correlation at all)
+        videos.append(np.clip(frames + rng.normal(0, 3, frames.shape), 0, 255).astype(np.uint8))
+        waves.append((0.5 * np.repeat(env, SR // FPS) * carrier).astype(np.float32))
+        boxes.append(b)
+    masks = region_masks(boxes[0], 64)
+    assert set(masks) == {"mouth", "forehead", "torso", "background"} and not (masks["forehead"] & masks["mouth"]).any()
+    good = region_conditioning(videos, waves, boxes, real=videos)
+    assert good["generated"]["mouth"] < -0.8 and good["leaks"] == []  # the dark bar opens: the mouth darkens
+    # camera noise averages out over a region: under 0.5 levels of std it is still and gets no r
+    assert all(good["levels"][k] < 0.5 and k not in good["generated"] for k in ("forehead", "torso", "background")), good
+    leaky = [np.clip(v.astype(np.float32) + 60 * envelope_of(w)[:, None, None, None], 0, 255).astype(np.uint8)
+             for v, w in zip(videos, waves)]
+    bad = region_conditioning(leaky, waves, boxes, real=videos)
+    assert bad["leaks"] == ["background", "forehead", "torso"] and bad["real"] == good["real"], bad
+    assert all(bad["generated"][k] > 0.9 and bad["levels"][k] > 5 for k in bad["leaks"])
+
+
+def envelope_of(wave: np.ndarray) -> np.ndarray:
+    from trainers.conditioning import audio_envelope
+
+    e = audio_envelope(wave, len(wave) * 25 // 16000)
+    return e / e.max()

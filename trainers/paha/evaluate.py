@@ -16,6 +16,9 @@ Conditioning is measured by things that are not the model (``conditioning`` in t
   audio (*swapped*, correlated against the first clip's envelope); the real clip's own correlation
   (*ground_truth*) is the reference level, 0 is chance. ``null`` with a note when MediaPipe finds a
   face in under half the generated frames (the ``tiny`` preset's 32-px drawings have none).
+* **regions** (``region_conditioning``) — the same correlation for the mean luminance of the mouth
+  and of regions that must not follow the audio (forehead, torso away from the hands, background),
+  from the real clip's part boxes; ``leaks`` names the control regions with |r| ≥ 0.3.
 * **guidance** (``compare_guidance``, needs a PCE checkpoint) — every clip generated once per PCE
   guidance mode (none, sg, dg) from the same seed, each scored by Sync-C/Sync-D (SyncNet) and the
   mouth–envelope correlation. Never by the PCE classifiers: they guided the sampling, so their
@@ -194,6 +197,91 @@ def audio_conditioning(generated: list[np.ndarray], waves: list[np.ndarray], swa
     return report
 
 
+#: |r| at or above which a region that must not follow the audio is said to follow it
+CONTROL_LIMIT = 0.3
+#: a region whose mean luminance varies less than this (std, 0-255 levels) is still: its r would
+#: measure codec noise (the synthetic shards' still forehead gives r 0.9 from x264's rate control)
+STILL_LEVELS = 0.5
+REGION_MEASURE = ("Pearson r of each region's mean luminance per frame vs the 80-4000 Hz audio envelope; regions "
+                  "from the real clip's part boxes over the window: mouth (its box), forehead (the face box's top 30 %), "
+                  "torso (its box less the face and the hands, dilated), background (outside every part box, dilated)")
+
+
+def region_masks(boxes: np.ndarray, size: int, dilate: float = 0.06) -> dict[str, np.ndarray]:
+    """Boolean (size, size) masks of the regions ``region_conditioning`` measures, from the part
+    boxes (T, P, 4) of a window in view pixels (NaN = absent; parts in ``PARTS`` order): each part
+    is the box its boxes span over the window (a mouth box grows as the mouth opens). A region
+    whose parts are absent, or that ends up empty, is left out."""
+    import warnings
+
+    from .parts import PARTS
+
+    boxes = np.asarray(boxes, np.float64).reshape(-1, *np.shape(boxes)[-2:])
+    with warnings.catch_warnings():  # a part absent in every frame: all-NaN, left out below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boxes = np.concatenate([np.nanmin(boxes[..., :2], axis=0), np.nanmax(boxes[..., 2:], axis=0)], axis=-1)
+    yy, xx = np.mgrid[:size, :size]
+
+    def box(b, grow: float = 0.0) -> np.ndarray:
+        if b is None or np.isnan(b).any():
+            return np.zeros((size, size), bool)
+        g = grow * size
+        return (xx >= b[0] - g) & (xx < b[2] + g) & (yy >= b[1] - g) & (yy < b[3] + g)
+
+    part = {name: (boxes[i] if i < len(boxes) and not np.isnan(boxes[i]).any() else None) for i, name in enumerate(PARTS)}
+    out: dict[str, np.ndarray] = {}
+    if part.get("mouth") is not None:
+        out["mouth"] = box(part["mouth"])
+    if part.get("face") is not None:
+        f = part["face"]
+        out["forehead"] = box([f[0], f[1], f[2], f[1] + 0.3 * (f[3] - f[1])]) & ~box(part.get("mouth"), dilate)
+    hands = box(part.get("left_hand"), dilate) | box(part.get("right_hand"), dilate)
+    if part.get("torso") is not None:
+        out["torso"] = box(part["torso"]) & ~hands & ~box(part.get("face"), dilate)
+    anything = np.zeros((size, size), bool)
+    for b in part.values():
+        anything |= box(b, dilate)
+    out["background"] = ~anything
+    return {k: m for k, m in out.items() if m.any()}
+
+
+def _luminance_series(video: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    lum = video[..., 0] * 0.299 + video[..., 1] * 0.587 + video[..., 2] * 0.114  # (T, H, W)
+    return lum[:, mask].mean(axis=1).astype(np.float64)
+
+
+def region_conditioning(generated: list[np.ndarray], waves: list[np.ndarray], boxes: list[np.ndarray],
+                        real: list[np.ndarray] | None = None, limit: float = CONTROL_LIMIT,
+                        still: float = STILL_LEVELS) -> dict[str, Any]:
+    """Where the audio acts: for each region (``region_masks``) the mean over clips of Pearson r
+    between its luminance per frame in ``generated[i]`` and the envelope of ``waves[i]`` (and the
+    same for ``real[i]``, the level of the data), and the mean std of that luminance (``levels``,
+    0-255). A region that varies less than ``still`` levels in a clip gives that clip no r (its r
+    would be codec noise). The mouth should follow the audio; forehead, torso and background should
+    not: ``leaks`` lists the control regions with |r| ≥ ``limit``. Needs no face detector, so it
+    measures the tiny preset's small frames too."""
+
+    def measure(videos: list[np.ndarray]) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+        rs: dict[str, list[float]] = {}
+        levels: dict[str, list[float]] = {}
+        for video, wave, b in zip(videos, waves, boxes):
+            env = audio_envelope(np.asarray(wave, np.float32), len(video))
+            for name, mask in region_masks(np.asarray(b, np.float32), video.shape[1]).items():
+                series = _luminance_series(video, mask)
+                levels.setdefault(name, []).append(float(series.std()))
+                r = envelope_correlation(series, env) if series.std() >= still else None
+                if r is not None:
+                    rs.setdefault(name, []).append(r)
+        return ({k: float(np.mean(v)) for k, v in rs.items()}, {k: float(np.mean(v)) for k, v in levels.items()},
+                {k: len(v) for k, v in rs.items()})
+
+    regions, levels, clips = measure(generated)
+    real_r, real_levels, _ = measure(real) if real is not None else (None, None, None)
+    return {"measure": REGION_MEASURE, "generated": regions, "levels": levels, "real": real_r, "real_levels": real_levels,
+            "clips": clips, "control_limit": limit, "still_levels": still,
+            "leaks": sorted(k for k, r in regions.items() if k != "mouth" and abs(r) >= limit)}
+
+
 def _first_frame_regions(part_masks: torch.Tensor) -> dict[str, list[float]]:
     """PCE region boxes (view pixels) of a clip's first frame: the regions seen there."""
     from .parts import region_boxes
@@ -240,7 +328,8 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
         if len(clips) >= options.max_clips:
             break
         clips.append({"ref": _uint8(ex["reference"][None])[0], "wave": ex["audio"], "real": _uint8(ex["video"]),
-                      "regions": _first_frame_regions(ex["part_masks"]) if need_regions else None})
+                      "regions": _first_frame_regions(ex["part_masks"]) if need_regions else None,
+                      "boxes": ex["part_boxes"].numpy()})
     if not clips:
         raise ValueError(f"no clip in {urls!r} has a {W}-frame window with pose data")
 
@@ -316,6 +405,7 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
         if len(clips) > 1 and found >= options.min_face_share * total:
             swapped = [generate(clip, guidance, clips[(i + 1) % len(clips)]["wave"])[0] for i, clip in enumerate(clips)]
         out["conditioning"]["audio"] = audio_conditioning(mouths, waves, swapped, real, options.min_face_share)
+        out["conditioning"]["regions"] = region_conditioning(gen, waves, [c["boxes"] for c in clips], real)
     if options.compare_guidance:
         out["conditioning"]["guidance"] = _compare_guidance(gen if mouths is None else mouths, gen, unguided, clips, waves,
                                                             generate, options)
