@@ -87,7 +87,7 @@ class LoaderConfig:
     # paha view: take the reference frame from another clip of the clip's identity when the worker
     # has met one (``ReferenceBank``); it remembers this many clips per identity, of this many identities
     reference_bank_clips: int = 2  # 0: always a frame of the same clip, outside the window
-    reference_bank_identities: int = 64
+    reference_bank_identities: int = 16  # each clip is its mp4 bytes: 32 clips of 1-3 MB a loader worker at most
     # paha view: a feature store (trainers/features.py, ``cnas features paha``): the window's VAE latents
     # and audio features are read from it and no video is decoded
     features: str | None = None
@@ -647,7 +647,7 @@ class ReferenceBank:
     uses it, so a dry, resumed pass fills it the same way); ``clips`` per identity (the newest), of
     at most ``identities`` identities (the least recently met dropped first)."""
 
-    def __init__(self, clips: int = 2, identities: int = 64):
+    def __init__(self, clips: int = 2, identities: int = 16):
         self.clips, self.identities = clips, identities
         self._by_identity: dict[str, list[_BankClip]] = {}
 
