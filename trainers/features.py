@@ -55,6 +55,8 @@ class FeatureStore:
         data = json.loads(index.read_text())
         self.meta: dict[str, Any] = data["meta"]
         self.clips: dict[str, dict[str, Any]] = data["clips"]
+        # the last clips read, checked once: a reference from another clip reads that clip's file again
+        self._recent: dict[str, dict[str, np.ndarray]] = {}
 
     def check_meta(self, expected: dict[str, Any]) -> None:
         """ValueError when the store was computed by other models or at another size than ``expected``."""
@@ -75,6 +77,8 @@ class FeatureStore:
             if member in sample and sha256_bytes(sample[member]) != entry[f"{member}_sha256"]:
                 raise ValueError(f"clip {key!r}: its {member} is not the one the feature store {self.root} was computed "
                                  "from (the shards changed): run cnas features paha again")
+        if key in self._recent:
+            return self._recent[key]
         path = self.root / entry["file"]
         if path.resolve().parent != self.root:
             raise ValueError(f"feature store entry {key!r} names a file outside the store: {entry['file']!r}")
@@ -82,7 +86,11 @@ class FeatureStore:
         if sha256_bytes(data) != entry["sha256"]:
             raise ValueError(f"feature store file {path} does not match its checksum in {INDEX}")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
+        self._recent[key] = arrays
+        while len(self._recent) > 8:
+            self._recent.pop(next(iter(self._recent)))
+        return arrays
 
 
 class FeatureWriter:
