@@ -3,6 +3,11 @@ sample through the DataLoader's worker processes, samples per second, and the ti
 mid-epoch — each against the way it was done before, in the same command.
 
     .venv/bin/python benchmarks/paha_loader.py [--videos 4] [--image-size 512] [--workers 2] [--resume-at 6]
+    .venv/bin/python benchmarks/paha_loader.py --seek [--clip-s 10]
+
+``--seek``: windows decoded from the keyframe before them (clips cut with a keyframe every second,
+``clips.keyframe_every_s=1``) against clips cut as before (x264's default of one keyframe per 250
+frames, so a clip of ≤ 10 s is one GOP) decoded from frame 0: samples/s and mp4 bytes per clip-second.
 
 Before (emulated with today's code, same decode): every worker built float frames and the
 P×S×S float part masks and sent them through shared memory; a resumed run decoded every batch it
@@ -33,12 +38,44 @@ def nbytes(sample: dict) -> int:
     return sum(v.numel() * v.element_size() for v in sample.values() if torch.is_tensor(v))
 
 
-def shards_with_pose(d: str, videos: int) -> list[str]:
+def shards_with_pose(d: str, videos: int, clip_s: float = 4, extra: tuple[str, ...] = (), run: str = "run") -> list[str]:
     write_demo_sources(d, videos)
-    sets = ["speech.enabled=false", "curate.enabled=false", "normalize.max_height=720", "clips.max_clip_s=4",
-            "clips.min_face_px=0", "clips.min_clip_s=1", "shards.max_count=2"]
-    run_ingest(os.path.join(d, "s.csv"), os.path.join(d, "run"), load_config(None, sets), echo=lambda m: None)
-    return sorted(os.path.join(d, "run", "shards", s) for s in os.listdir(os.path.join(d, "run", "shards")))
+    sets = ["speech.enabled=false", "curate.enabled=false", "normalize.max_height=720", f"clips.max_clip_s={clip_s}",
+            "clips.min_face_px=0", "clips.min_clip_s=1", "shards.max_count=2", *extra]
+    run_ingest(os.path.join(d, "s.csv"), os.path.join(d, run), load_config(None, sets), echo=lambda m: None)
+    return sorted(os.path.join(d, run, "shards", s) for s in os.listdir(os.path.join(d, run, "shards")))
+
+
+def seek_comparison(d: str, args: argparse.Namespace) -> None:
+    """Samples/s of the paha loader over clips with one GOP decoded from frame 0 (before) and with a
+    keyframe a second decoded from the keyframe before the window (now); mp4 bytes per clip-second."""
+    import json
+    import tarfile
+
+    import trainers.data as data
+
+    print(f"paha view, {args.window} frames of {args.image_size}², batch 1, {args.workers} loader workers, "
+          f"clips up to {args.clip_s:g} s")
+    print("| clips | decode | mp4 bytes per clip-second | samples/s |")
+    print("|---|---|---:|---:|")
+    seeking = data.decode_frames
+    for name, every, seek in (("one GOP (x264 default, before)", 10.0, False), ("keyframe every 1 s (now)", 1.0, True)):
+        shards = shards_with_pose(d, args.videos, args.clip_s, (f"clips.keyframe_every_s={every}",), f"run{every:g}")
+        size = seconds = 0.0
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                for m in tar.getmembers():
+                    if m.name.endswith(".mp4"):
+                        size += m.size
+                    elif m.name.endswith(".json"):
+                        clip = json.loads(tar.extractfile(m).read())
+                        seconds += clip["num_frames"] / clip["fps"]
+        data.decode_frames = lambda *a, _seek=seek, **kw: seeking(*a, **{**kw, "seek": _seek})
+        cfg = LoaderConfig(urls=shards, view="paha", window_frames=args.window, image_size=args.image_size, batch_size=1,
+                           num_workers=args.workers)
+        rate = throughput(lambda: make_loader(cfg), args.repeats)[0]
+        data.decode_frames = seeking
+        print(f"| {name} | {'from the keyframe before the window' if seek else 'from frame 0'} | {size / seconds:,.0f} | {rate:.2f} |")
 
 
 class _ExpandInWorker(torch.utils.data.IterableDataset):
@@ -67,8 +104,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--resume-at", type=int, default=6, help="batches into the epoch the resumed loader starts at")
+    ap.add_argument("--seek", action="store_true", help="compare decoding from the keyframe before the window with decoding from frame 0")
+    ap.add_argument("--clip-s", type=float, default=10, help="--seek: longest clip")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="cnas-paha-loader-")
+    if args.seek:
+        return seek_comparison(d, args)
     shards = shards_with_pose(d, args.videos)
     cfg = LoaderConfig(urls=shards, view="paha", window_frames=args.window, image_size=args.image_size, batch_size=1,
                        num_workers=args.workers)

@@ -40,6 +40,9 @@ class ClipOptions(SelectOptions, AudioQualityOptions):
     crf: int = Field(20, ge=0, le=51, description="x264 quality of the cut clips")
     preset: str = "veryfast"
     encode_threads: int = Field(1, ge=1, description="one thread keeps re-cut clips byte-identical")
+    keyframe_every_s: float | None = Field(1.0, gt=0, description="longest gap between keyframes of a cut clip: a "
+                                           "trainer's loader seeks to the keyframe before its window instead of decoding "
+                                           "from frame 0; none: x264's default (250 frames), as clips were cut before")
     cuts_per_process: int = Field(8, ge=1, description="clips one ffmpeg process cuts from a single decode of the video")
     max_gap_s: float = Field(4.0, ge=0, description="a clip starting more than this after the previous clip's end starts a new ffmpeg process (a seek instead of decoding the gap)")
     timeout_s: float = runtime_field(600.0, gt=0, description="per-clip ffmpeg time limit")
@@ -234,6 +237,7 @@ def cut_videos(src: str, cuts: list[Cut], fps: float, opts: ClipOptions) -> None
             src_label = f"[s{i}]" if len(group) > 1 else "[0:v:0]"
             chains.append(f"{src_label}{chain}[o{i}]")
             outputs += ["-map", f"[o{i}]", "-an", "-c:v", "libx264", "-preset", opts.preset, "-crf", str(opts.crf),
+                        *(["-g", str(max(1, round(opts.keyframe_every_s * fps)))] if opts.keyframe_every_s else []),
                         "-pix_fmt", "yuv420p", "-r", f"{fps:g}", "-threads", str(opts.encode_threads), "-map_metadata", "-1",
                         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", tmp]
         if len(group) > 1:

@@ -204,3 +204,60 @@ def test_paha_reference_comes_from_another_clip_of_the_same_identity(tmp_path):
     for i, who in enumerate(["a", "b", "c", "a"]):
         bank.add(who, f"k{i}", b"", 10, (32, 32), random.Random(i))
     assert bank.pick("a", "k9", random.Random(0)).key == "k3" and bank.pick("b", "k9", random.Random(0)) is None
+
+
+def _numbered_clip(tmp_path, frames: int, extra: list[str]) -> bytes:
+    """An mp4 whose frame n shows the level 8 + 2n in its top half: a decoded frame names its number."""
+    import subprocess
+
+    video = np.zeros((frames, 64, 96, 3), np.uint8)
+    video[:, :32] = (8 + 2 * np.arange(frames, dtype=np.uint8))[:, None, None, None]
+    out = tmp_path / f"numbered{len(extra)}.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "96x64", "-r", "25",
+                    "-i", "-", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv444p", *extra, str(out)],
+                   input=video.tobytes(), check=True)
+    return out.read_bytes()
+
+
+def test_a_window_is_decoded_from_the_keyframe_before_it(tmp_path, monkeypatch):
+    import av
+
+    from trainers.data import decode_frames
+
+    clips = {"1 s GOP (the clip stage's)": _numbered_clip(tmp_path, 120, ["-g", "25"]),
+             "one GOP (clips cut before it)": _numbered_clip(tmp_path, 120, []),
+             "fragmented (the test shards')": _numbered_clip(tmp_path, 120, ["-g", "25", "-movflags", "frag_keyframe+empty_moov", "-f", "mp4"])}
+    decoded = []
+    real_open = av.open
+
+    class Counting:  # PyAV's container, counting the frames it decodes
+        def __init__(self, *a, **kw):
+            self.container = real_open(*a, **kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.container.close()
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def decode(self, *a, **kw):
+            for frame in self.container.decode(*a, **kw):
+                decoded.append(frame.pts)
+                yield frame
+
+    monkeypatch.setattr(av, "open", Counting)
+    for name, mp4 in clips.items():
+        for window in ([0, 1, 2], [97, 98, 99, 100], [119], [30, 110, 31]):
+            decoded.clear()
+            frames = decode_frames(mp4, window, 32)
+            seeked = len(decoded)
+            levels = frames[:, 4, 16, 0].astype(int)
+            assert np.abs(levels - (8 + 2 * np.array(window))).max() <= 2, f"{name}: frames {window} decoded as {levels}"
+            assert np.array_equal(frames, decode_frames(mp4, window, 32, seek=False)), name
+            if name.startswith("1 s") and window[0] == 97:
+                assert seeked <= 25 + 4, f"decoded {seeked} frames for a window at frame 97 of a 1-s GOP"
+    with pytest.raises(ValueError, match="no frame 130"):
+        decode_frames(clips["1 s GOP (the clip stage's)"], [118, 130], 32)

@@ -226,6 +226,11 @@ def test_recipe_runtime_and_safety_settings_are_the_consumers(built, tmp_path, m
     # the clip options, and allow_file_urls only when the consumer sets it
     _, clips, dl2, _ = rb.effective_options(rb.read_release(str(rel))[0], load_config(None, ["download.allow_file_urls=true"]))
     assert clips.timeout_s == 600.0 and clips.window_s == 1.0 and dl2.allow_file_urls is True and dl2.cookies_file is None
+    assert clips.keyframe_every_s == 1.0  # written by this version: its value
+    # a recipe from before clips.keyframe_every_s existed is cut as it was then (x264's default GOP)
+    old = {**recipe, "clips": {k: v for k, v in recipe["clips"].items() if k != "keyframe_every_s"}}
+    _write_recipe(rel, old)
+    assert rb.effective_options(rb.read_release(str(rel))[0])[1].keyframe_every_s is None
     # unknown settings or a preset that is no x264 preset: refused
     _write_recipe(rel, {**recipe, "clips": {**recipe["clips"], "preset": "veryfast -i /etc/passwd"}})
     with pytest.raises(ValueError, match="not an x264 preset"):

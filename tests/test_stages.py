@@ -1,6 +1,7 @@
 """The Ray-free stages on real generated media with real ffmpeg and yt-dlp."""
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -76,6 +77,12 @@ def test_clips_cut_on_exact_frames_and_samples(media_dir, tmp_path):
         assert c.language == "zh" and c.key == f"zh_a-{c.index:04d}"
     again = make_clips(m, "src://zh_a", str(tmp_path / "c2"), opts, {"language": "zh"})
     assert [c.clip_uid for c in again] == [c.clip_uid for c in clips]  # deterministic ids
+    # a keyframe every clips.keyframe_every_s, so a trainer's loader can seek to its window
+    long = make_clips(m, "src://zh_a", str(tmp_path / "c3"), ClipOptions(window_s=3.0, max_clips_per_video=1), {})[0]
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=key_frame", "-of", "csv=p=0",
+                            str(tmp_path / "c3" / f"{long.key}.mp4")], capture_output=True, text=True, check=True)
+    keys = [i for i, k in enumerate(probe.stdout.split()) if k.startswith("1")]
+    assert keys[0] == 0 and np.diff(keys + [long.num_frames]).max() <= 25 and long.num_frames == 75, keys
 
 
 def test_fixed_windows():

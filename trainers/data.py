@@ -607,17 +607,32 @@ def centre_square(width: int, height: int) -> tuple[int, int, int]:
     return (width - side) // 2, (height - side) // 2, side
 
 
-def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[int, int] | None = None) -> np.ndarray:
+def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[int, int] | None = None,
+                  seek: bool = True) -> np.ndarray:
     """Frames ``indices`` of an mp4 (decoded with PyAV) as size×size RGB uint8: the centred square
     of each frame (``centre_square``; a square frame is kept whole), resized — never squashed.
-    ``expect_wh``: the frame size the clip record states; a ValueError when the video differs."""
+    ``expect_wh``: the frame size the clip record states; a ValueError when the video differs.
+
+    With ``seek``, decoding starts at the last keyframe at or before the first wanted frame (clips
+    are cut with a keyframe every ``clips.keyframe_every_s``), so a window late in a clip costs about
+    a GOP, not the whole clip; frames are numbered by their timestamps (pts = start + n / fps in a
+    cut clip). A stream without timestamps is decoded from its first frame, counting frames."""
     import av
     import cv2
 
     wanted = sorted(set(indices))
     got: dict[int, np.ndarray] = {}
     with av.open(io.BytesIO(mp4)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
+        stream = container.streams.video[0]
+        rate, tb, start = stream.average_rate or stream.guessed_rate, stream.time_base, stream.start_time or 0
+        by_pts, no_pts = seek and bool(rate and tb), False
+        if by_pts and wanted[0] > 0:
+            container.seek(start + int(wanted[0] / rate / tb), stream=stream, backward=True, any_frame=False)
+        for counted, frame in enumerate(container.decode(stream)):
+            if by_pts and frame.pts is None:
+                no_pts = True
+                break
+            i = int(round(float((frame.pts - start) * tb * rate))) if by_pts else counted
             if i in wanted:
                 rgb = frame.to_ndarray(format="rgb24")
                 h, w = rgb.shape[:2]
@@ -627,6 +642,11 @@ def decode_frames(mp4: bytes, indices: list[int], size: int, expect_wh: tuple[in
                 got[i] = cv2.resize(rgb[y0: y0 + side, x0: x0 + side], (size, size), interpolation=cv2.INTER_AREA)
             if i >= wanted[-1]:
                 break
+    if no_pts:  # timestamps missing: count frames from the start instead
+        return decode_frames(mp4, indices, size, expect_wh, seek=False)
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        raise ValueError(f"the video has no frame {missing[0]} (it is shorter than its clip record says)")
     return np.stack([got[i] for i in indices])
 
 

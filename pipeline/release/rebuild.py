@@ -59,6 +59,8 @@ REPORT, SUMMARY, WORK = "rebuild_report.jsonl", "rebuild_summary.json", "work"
 SECTIONS: dict[str, type[BaseModel]] = {"download": DownloadOptions, "normalize": NormalizeOptions, "clips": ClipOptions}
 #: Output-affecting in the model, but they guard the consumer's machine: always the consumer's, never a release's.
 CONSUMER_ONLY: dict[str, tuple[str, ...]] = {"download": ("max_filesize_mb", "allow_file_urls")}
+#: Output-affecting settings added after releases were made: what a recipe without them was cut with.
+BEFORE_FIELD: dict[str, dict[str, object]] = {"clips": {"keyframe_every_s": None}}
 #: x264 presets (``normalize.preset``, ``clips.preset`` of a recipe must be one).
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
@@ -92,6 +94,7 @@ def effective_options(recipe: RebuildRecipe, consumer=None, download_overrides: 
             raise UnsafeReleaseError(f"{RECIPE}: {section} has settings this version does not know: {unknown}")
         mine = getattr(consumer, section)
         data = {k: v for k, v in given.items() if k in recipe_fields(section)}
+        data.update({k: v for k, v in BEFORE_FIELD.get(section, {}).items() if k not in given})
         data.update({k: getattr(mine, k) for k in consumer_fields(section)})
         if section == "download":
             if "allow_file_urls" not in mine.model_fields_set:
