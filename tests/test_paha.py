@@ -17,7 +17,7 @@ from trainers.data import LoaderConfig, make_loader
 from trainers.paha import metrics as M
 from trainers.paha.config import load_paha_config
 from trainers.paha.model import ClassifierModel, VideoModel
-from trainers.paha.parts import downsample_masks, mismatched_audio, par_loss, par_weights, region_boxes
+from trainers.paha.parts import audio_region_mask, downsample_masks, mismatched_audio, par_loss, par_weights, region_boxes
 from trainers.paha.sampling import sample_window
 from trainers.paha.train import run_training
 from trainers.paha.unet import UniVDM
@@ -172,7 +172,10 @@ def test_univdm_overfits_one_clip_and_sampling_reproduces_it(shards):
     model.eval()
     z = model.encode_frames(b["video"][:1])
     zr = model.encode_frames(b["reference"][:1, None])[:, 0]
-    out = sample_window(model, zr, model.audio_features(b["audio"][:1], 6), 6, steps=25, audio_scale=1.0)
+    out = sample_window(model, zr, model.audio_features(b["audio"][:1], 6), 6, steps=25, audio_scale=1.0,
+                        audio_mask=model.audio_mask(b["part_boxes"][:1], 32))
+    with pytest.raises(ValueError, match="needs its audio_mask"):
+        sample_window(model, zr, model.audio_features(b["audio"][:1], 6), 6, steps=2)
     copy_ref = ((zr[:, None].expand_as(z) - z).norm() / z.norm()).item()
     rel = ((out - z).norm() / z.norm()).item()
     assert rel < 0.25 and rel < copy_ref / 2, (rel, copy_ref)  # measured 0.04 vs 0.54 for copying the reference
@@ -189,13 +192,14 @@ def test_sg_and_dg_raise_the_classifier_score(trained_pce, trained_univdm, shard
     masks = downsample_masks(b["part_masks"], *z.shape[-2:])
     boxes = {r: region_boxes(masks, r)[0] for r in ("mouth", "hands")}
     noise = torch.randn_like(z)
+    mask = model.audio_mask(b["part_boxes"], 32)
     out = {g: sample_window(model, zr, audio, 12, steps=10, audio_scale=1.0, guidance=g, pce=trained_pce, raw_audio=raw,
-                            boxes=boxes, guidance_scale=0.2, noise=noise) for g in ("none", "sg", "dg")}
+                            boxes=boxes, guidance_scale=0.2, noise=noise, audio_mask=mask) for g in ("none", "sg", "dg")}
     score = {g: _score(trained_pce, x, raw, boxes) for g, x in out.items()}
     assert score["sg"] > score["none"] and score["dg"] > score["none"], score
     assert not torch.equal(out["sg"], out["dg"])
     with pytest.raises(ValueError, match="needs the PCE classifiers"):
-        sample_window(model, zr, audio, 12, steps=2, guidance="sg")
+        sample_window(model, zr, audio, 12, steps=2, guidance="sg", audio_mask=mask)
 
 
 def test_unet_shapes_motion_frames_and_2d_init():
@@ -214,6 +218,72 @@ def test_unet_shapes_motion_frames_and_2d_init():
     assert all(torch.count_nonzero(p) == 0 for n, p in net.named_parameters() if "temporal.out_proj" in n)
 
 
+def test_audio_region_mask_places_the_audio_and_confines_its_effect():
+    nan = float("nan")
+    boxes = torch.full((2, 3, 5, 4), nan)  # 2 samples, a 3-frame window, PARTS order
+    boxes[0, :, 0] = torch.tensor([16.0, 10, 48, 42])  # face
+    boxes[0, :, 1] = torch.tensor([24.0, 30, 40, 36])  # mouth, opening to y 38 in frame 1
+    boxes[0, 1, 1, 3] = 38.0
+    boxes[0, 2, 2] = torch.tensor([2.0, 50, 10, 58])  # a left hand in the last frame only
+    m = audio_region_mask(boxes, 64, "mouth", 0.05)  # lower face + mouth over the window, 3.2 px margin
+    ys, xs = m[0, 0].nonzero(as_tuple=True)
+    assert m.shape == (2, 1, 64, 64) and set(m.unique().tolist()) == {0.0, 1.0}
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (23, 44, 13, 50)  # face half-way (26) to 42, grown
+    assert torch.equal(m[1], torch.ones(1, 64, 64))  # no face found: the audio may act everywhere
+    hands = audio_region_mask(boxes, 64, "mouth+hands", 0.0)[0, 0]
+    assert hands[54, 5] == 1 and m[0, 0, 54, 5] == 0  # the hand's box, from the frame it was seen in
+    assert audio_region_mask(boxes[:, 0], 64, "face", 0.0)[0, 0].sum() == 32 * 32
+    assert audio_region_mask(boxes, 64, "frame", 0.05) is None
+    with pytest.raises(ValueError, match="unknown audio region"):
+        audio_region_mask(boxes, 64, "lips", 0.05)
+    # in UniVDM the mask gates the audio cross-attention: a zero mask makes the output deaf to the audio,
+    # a mask of ones is the unmasked network
+    torch.manual_seed(0)
+    net = UniVDM(latent_channels=12, channels=(16, 32), attn_levels=(0, 1), heads=2, audio_dim=8)
+    for tr in (net.mid_attn, *net.down_attn, *net.up_attn):  # audio paths start at zero: give them weights
+        torch.nn.init.normal_(tr.audio.out_proj.weight, std=0.5)
+        torch.nn.init.normal_(tr.proj_out.weight, std=0.5)
+    torch.nn.init.normal_(net.out[-1].weight, std=0.5)
+    z, t = torch.randn(2, 4, 12, 8, 8), torch.tensor([[0, 50, 50, 50]] * 2)
+    types = torch.tensor([[0, 2, 2, 2]] * 2)
+    a1, a2 = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    with torch.no_grad():
+        assert not torch.allclose(net(z, t, types, a1), net(z, t, types, a2))
+        deaf = torch.zeros(2, 1, 32, 32)
+        assert torch.allclose(net(z, t, types, a1, audio_mask=deaf), net(z, t, types, a2, audio_mask=deaf))
+        assert torch.allclose(net(z, t, types, a1, audio_mask=torch.ones(2, 1, 32, 32)), net(z, t, types, a1))
+    cfg = load_paha_config("tiny", ["model.audio_region=mouth"]).model
+    assert VideoModel(cfg).audio_mask(boxes, 64).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="audio_region"):
+        load_paha_config("tiny", ["model.audio_region=lips"])
+
+
+def test_group_norm_over_the_video_shares_one_frame_change_with_every_frame():
+    from trainers.paha.unet import VideoGroupNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2 * 3, 8, 6, 6)  # 2 samples × 3 frames
+    dark = x.clone()
+    dark[1, :, 2:4, 2:4] -= 5.0  # sample 0, frame 1: a darkening "mouth"
+    outside = torch.ones(6, 6, dtype=torch.bool)
+    outside[2:4, 2:4] = False
+    per_frame = VideoGroupNorm(4, 8)
+    reference = torch.nn.GroupNorm(4, 8)
+    per_frame.frames = 3
+    assert torch.allclose(per_frame(x), reference(x))  # SD's GroupNorm, whatever the frame count
+    moved = (per_frame(dark) - per_frame(x))[:, :, outside].abs().amax(dim=(1, 2))
+    assert moved[1] > 0.1 and moved[[0, 2, 3, 4, 5]].max() == 0  # per frame: the rest of that frame moves alone
+    video = VideoGroupNorm(4, 8)
+    video.over_video, video.frames = True, 3
+    expected = torch.nn.functional.group_norm(x.view(2, 3, 8, 6, 6).transpose(1, 2), 4).transpose(1, 2).reshape(6, 8, 6, 6)
+    assert torch.allclose(video(x), expected, atol=1e-6)
+    shift = video(dark) - video(x)  # over the video: every frame of the sample moves by the same affine map
+    mean_shift = shift[:3][:, :, outside].mean(dim=(1, 2))
+    assert mean_shift.abs().min() > 0.01 and (mean_shift.max() - mean_shift.min()) < 0.25 * mean_shift.abs().max()
+    assert shift[3:].abs().max() == 0  # the other sample's statistics are its own
+    assert set(VideoGroupNorm(4, 8).state_dict()) == set(reference.state_dict())  # SD weights load as before
+
+
 def _sets(urls, *extra):
     return [f"data.urls={json.dumps(urls)}", "run.use_ray=false", *extra]
 
@@ -224,6 +294,25 @@ def test_univdm_kill_then_resume_reaches_the_same_parameters(shards, tmp_path):
     assert a["step"] == b["step"] == 60
     assert_same_tensors(a["model"], b["model"], "model")
     assert_same_tensors(a["ema"], b["ema"], "ema")
+
+
+def test_a_checkpoint_from_before_the_audio_region_keeps_its_network(shards, tmp_path):
+    from trainers.checkpoint import load_checkpoint_file
+    from trainers.paha.generate import load_checkpoint
+
+    sets = _sets(shards["train"][:1], f"run.storage_path={tmp_path}", "train.steps=2", "train.checkpoint_every=2",
+                 "train.val_every=0", "model.audio_region=frame", "model.group_norm=frame")
+    run_training(load_paha_config("tiny", sets))
+    ckpt = tmp_path / "paha-tiny" / "checkpoints" / "step_00000002" / "model.pt"
+    state = load_checkpoint_file(ckpt)
+    for key in ("audio_region", "group_norm"):  # as a checkpoint written before these settings existed
+        del state["config"]["model"][key]
+    torch.save(state, ckpt)
+    model, cfg, _ = load_checkpoint(tmp_path / "paha-tiny", "univdm")
+    assert (cfg.model.audio_region, cfg.model.group_norm) == ("frame", "frame") and not model.unet.out[0].over_video
+    assert load_paha_config("tiny").model.audio_region != "frame"  # today's default differs: continuing with it is refused
+    with pytest.raises(ValueError, match="trained with model.audio_region=frame, model.group_norm=frame"):
+        run_training(load_paha_config("tiny", sets[:2] + [f"run.storage_path={tmp_path}", "train.steps=4", "train.val_every=0"]))
 
 
 def test_ray_train_two_workers_univdm_and_pce(shards, tmp_path, ray_session):

@@ -15,7 +15,7 @@ from schemas.settings import Settings
 from trainers.optim import OptimSettings
 from trainers.run_config import DataSection, RunSection, ValidationSettings, load_preset_config, with_overrides as _with
 
-from .parts import PARTS, REGIONS
+from .parts import AUDIO_REGIONS, PARTS, REGIONS
 
 
 class PahaData(DataSection):
@@ -52,6 +52,13 @@ class PahaModel(Settings):
                                 "folder in Stable Diffusion 1.5's layout (e.g. models/stable-diffusion-v1-5/unet, "
                                 "block_out_channels = model.channels; see trainers/paha/init2d.py) or a .pt state "
                                 "dict in UniVDM's own key names")
+    audio_region: str = Field("mouth+hands", description="where UniVDM's audio cross-attention may act (Hallo's masked audio "
+                              "attention): frame (everywhere), face, mouth (lower face + mouth box), mouth+hands, "
+                              "face+hands — from the window's part boxes in training, the reference's at sampling")
+    audio_region_margin: float = Field(0.05, ge=0, le=1, description="the audio region grown by this share of the view "
+                                       "side on every side (head motion between the reference and the frames)")
+    group_norm: str = Field("video", pattern=r"^(frame|video)$", description="UniVDM's GroupNorm statistics: per frame "
+                            "(Stable Diffusion's) or over all frames of a window (AnimateDiff's inflated GroupNorm)")
     pce_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     pce_crop: int = Field(8, ge=2)
     pce_hidden: int = 64
@@ -62,6 +69,8 @@ class PahaModel(Settings):
     def _check(self):
         if len(self.par_lambdas) != len(PARTS) or min(self.par_lambdas) < 0:
             raise ValueError(f"model.par_lambdas needs {len(PARTS)} non-negative values ({', '.join(PARTS)})")
+        if self.audio_region not in AUDIO_REGIONS:
+            raise ValueError(f"model.audio_region must be one of {', '.join(AUDIO_REGIONS)}")
         if any(i >= len(self.channels) for i in self.attn_levels):
             raise ValueError("model.attn_levels refers to a level beyond model.channels")
         return self
@@ -101,6 +110,17 @@ class PahaConfig(Settings):
         if self.data.image_size % (factor * 2 ** (len(self.model.channels) - 1)):
             raise ValueError("data.image_size must divide by the latent factor × 2^(levels-1)")
         return self
+
+
+#: Model settings added after checkpoints were written, with the value those checkpoints were trained with.
+BEFORE_SETTINGS: dict[str, Any] = {"audio_region": "frame", "group_norm": "frame"}
+
+
+def with_settings_of_before(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored config with ``BEFORE_SETTINGS`` filled in where it predates them, so an
+    older checkpoint is rebuilt as it was trained, not with today's defaults."""
+    model = config.get("model", {})
+    return {**config, "model": {**{k: v for k, v in BEFORE_SETTINGS.items() if k not in model}, **model}}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -338,7 +338,8 @@ def evaluate(checkpoint: str, urls: str | list[str], options: PahaEvalOptions = 
         the evaluation's seed; True when ``mode`` fell back to none (no region box in the first frame)."""
         used = mode if mode == "none" or clip["regions"] else "none"
         frames = generate_video(model, cfg, clip["ref"], clip["wave"] if wave is None else wave, used, pce, clip["regions"],
-                                1.0, options.steps, options.audio_scale, options.guidance_scale, options.seed)
+                                1.0, options.steps, options.audio_scale, options.guidance_scale, options.seed,
+                                part_boxes=clip["boxes"][0])  # the window's first frame stands in for the reference's boxes
         return frames, used != mode
 
     gen, real = [], [c["real"] for c in clips]

@@ -7,7 +7,8 @@ The reference image is centre-cropped to a square and resized to the model's ``i
 PCE guidance needs each region's box in the reference: found with MediaPipe (the pose stage's
 ``analyse_frame`` and part boxes), or given with ``--regions regions.json``
 (``{"mouth": [x0, y0, x1, y1], "hands": [...]}`` in reference-image pixels); a region with no box
-is left out of the guidance with a warning.
+is left out of the guidance with a warning. A model trained with an audio region
+(``model.audio_region``) places it from the reference's part boxes, found with MediaPipe.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch
 from trainers.checkpoint import find_checkpoint, load_checkpoint_file
 from trainers.media import SR, read_audio, write_video
 
-from .config import PahaConfig
+from .config import PahaConfig, with_settings_of_before
 from .model import FPS, ClassifierModel, VideoModel
-from .parts import REGIONS
+from .parts import PARTS, REGIONS
 from .sampling import sample_video
 from .train import load_state
 
@@ -42,7 +43,7 @@ def load_checkpoint(path: str | Path, kind: str, use_ema: bool = True, device: s
     second speech encoder and VAE."""
     ckpt = find_checkpoint(path)
     state = load_checkpoint_file(ckpt / "model.pt")
-    cfg = PahaConfig.model_validate(state["config"])
+    cfg = PahaConfig.model_validate(with_settings_of_before(state["config"]))
     if cfg.train.target != kind:
         raise ValueError(f"{ckpt} is a {cfg.train.target!r} checkpoint, expected {kind!r}")
     if kind == "univdm":
@@ -78,14 +79,9 @@ def load_reference(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray]
     return square, cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def reference_regions(square: np.ndarray, regions_file: str | None = None) -> dict[str, list[float]]:
-    """Boxes per PCE region in the square reference's pixels: from ``regions_file`` or MediaPipe."""
-    if regions_file:
-        given = json.loads(Path(regions_file).read_text())
-        unknown = set(given) - set(REGIONS)
-        if unknown:
-            raise ValueError(f"{regions_file}: unknown region(s) {sorted(unknown)}; known: {list(REGIONS)}")
-        return {k: [float(x) for x in v] for k, v in given.items()}
+def reference_part_boxes(square: np.ndarray) -> np.ndarray:
+    """The square reference's part boxes (P, 4) in its pixels, NaN where a part is not found: MediaPipe
+    through the pose stage's ``analyse_frame`` and ``part_arrays``."""
     from geometry.landmarks import LandmarkModels, analyse_frame, part_arrays
 
     a = analyse_frame(LandmarkModels(), square)
@@ -93,10 +89,23 @@ def reference_regions(square: np.ndarray, regions_file: str | None = None) -> di
     arrays = {k: np.asarray(v)[None] for k, v in a.items() if k not in ("face_boxes", "face_scores", "face_sharpness")}
     face_box = a["face_boxes"][a["face_scores"].argmax()] if len(a["face_scores"]) else np.full(4, np.nan, np.float32)
     face_score = a["face_scores"].max() if len(a["face_scores"]) else 0.0
-    parts = part_arrays(arrays, np.array([face_score]), face_box[None], w, h)
+    return np.asarray(part_arrays(arrays, np.array([face_score]), face_box[None], w, h)["part_boxes"][0], np.float32)
+
+
+def reference_regions(square: np.ndarray, regions_file: str | None = None,
+                      part_boxes: np.ndarray | None = None) -> dict[str, list[float]]:
+    """Boxes per PCE region in the square reference's pixels: from ``regions_file``, else from its
+    part boxes (``reference_part_boxes``, found with MediaPipe when not given)."""
+    if regions_file:
+        given = json.loads(Path(regions_file).read_text())
+        unknown = set(given) - set(REGIONS)
+        if unknown:
+            raise ValueError(f"{regions_file}: unknown region(s) {sorted(unknown)}; known: {list(REGIONS)}")
+        return {k: [float(x) for x in v] for k, v in given.items()}
+    parts = reference_part_boxes(square) if part_boxes is None else part_boxes
     out = {}
     for region, idx in REGIONS.items():
-        boxes = parts["part_boxes"][0, list(idx)]
+        boxes = parts[list(idx)]
         boxes = boxes[~np.isnan(boxes[:, 0])]
         if len(boxes):
             out[region] = [float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())]
@@ -106,8 +115,10 @@ def reference_regions(square: np.ndarray, regions_file: str | None = None) -> di
 def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave: torch.Tensor, guidance: str = "none",
                    pce: ClassifierModel | None = None, regions: dict[str, list[float]] | None = None,
                    region_scale: float = 1.0, steps: int = 25, audio_scale: float = 3.5, guidance_scale: float = 0.05,
-                   seed: int = 0) -> np.ndarray:
-    """Frames (T, S, S, 3) uint8 for the reference (S×S RGB) and 16 kHz audio, T = duration × 25."""
+                   seed: int = 0, part_boxes: np.ndarray | None = None) -> np.ndarray:
+    """Frames (T, S, S, 3) uint8 for the reference (S×S RGB) and 16 kHz audio, T = duration × 25.
+    ``part_boxes`` (P, 4): the reference's part boxes in its pixels (NaN = absent), which place the
+    audio region of a model trained with one (``model.audio_region``)."""
     S = cfg.data.image_size
     T = max(1, int(round(len(wave) / SR * FPS)))
     device = model.par_lambdas.device
@@ -131,6 +142,13 @@ def generate_video(model: VideoModel, cfg: PahaConfig, ref_rgb: np.ndarray, wave
             raise ValueError("no PCE region (mouth, hands) was found in the reference; give --regions")
         kw = {"pce": pce, "raw_audio": pce.raw_audio(wave[None], T), "boxes": boxes, "guidance": guidance,
               "guidance_scale": guidance_scale}
+    if model.cfg.audio_region != "frame":
+        if part_boxes is None:
+            log.warning("no part boxes for the reference: the audio acts on the whole frame (model.audio_region=%s)",
+                        model.cfg.audio_region)
+            part_boxes = np.full((len(PARTS), 4), np.nan, np.float32)
+        boxes = torch.as_tensor(np.asarray(part_boxes, np.float32) * region_scale, device=device)[None]
+        kw["audio_mask"] = model.audio_mask(boxes, S)
     z = sample_video(model, zr, audio, cfg.data.window_frames, seed=seed, steps=steps, audio_scale=audio_scale, **kw)
     frames = model.decode_latents(z)[0]  # (T, 3, S, S)
     return (frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
@@ -142,9 +160,10 @@ def generate_to_file(checkpoint: str, ref: str, audio: str, out: str, guidance: 
     pce = load_checkpoint(pce_checkpoint, "pce", device=device, share_with=model)[0] if pce_checkpoint else None
     square, ref_rgb = load_reference(ref, cfg.data.image_size)
     regions = None
-    region_scale = 1.0
+    region_scale = cfg.data.image_size / square.shape[0]  # square reference pixels → view pixels
+    part_boxes = reference_part_boxes(square) if cfg.model.audio_region != "frame" else None
     if guidance != "none":
-        regions = reference_regions(square, regions_file)
-        region_scale = cfg.data.image_size / square.shape[0]
-    frames = generate_video(model, cfg, ref_rgb, read_audio(audio), guidance, pce, regions, region_scale, **kw)
+        regions = reference_regions(square, regions_file, part_boxes)
+    frames = generate_video(model, cfg, ref_rgb, read_audio(audio), guidance, pce, regions, region_scale,
+                            part_boxes=part_boxes, **kw)
     return write_video(out, frames, cfg.data.image_size, FPS, audio)

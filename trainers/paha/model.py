@@ -16,7 +16,7 @@ from trainers.schedule import NoiseSchedule
 
 from .config import PahaModel
 from .latent import make_latent
-from .parts import PCE, downsample_masks, mismatched_audio, par_loss, par_weights, region_boxes
+from .parts import PCE, audio_region_mask, downsample_masks, mismatched_audio, par_loss, par_weights, region_boxes
 from .unet import FRAME_MOTION, FRAME_NOISY, FRAME_REF, UniVDM
 
 FPS = 25.0
@@ -36,7 +36,7 @@ class VideoModel(nn.Module):
         self.latent = make_latent(cfg.vae, cfg.latent_factor)
         self.audio_proj = nn.Sequential(nn.Linear(self.frontend.out_dim, cfg.audio_dim), nn.SiLU(), nn.Linear(cfg.audio_dim, cfg.audio_dim))
         self.unet = UniVDM(self.latent.channels, tuple(cfg.channels), tuple(cfg.attn_levels), cfg.heads, cfg.audio_dim,
-                           cfg.audio_context)
+                           cfg.audio_context, norm_over_video=cfg.group_norm == "video")
         self.unet.grad_checkpointing = cfg.grad_checkpointing
         self.schedule = NoiseSchedule(cfg.noise_steps)
         self.register_buffer("par_lambdas", torch.tensor(cfg.par_lambdas, dtype=torch.float32))
@@ -54,6 +54,15 @@ class VideoModel(nn.Module):
         x = self.latent.decode(z.reshape(B * T, *z.shape[2:]))
         return x.reshape(B, T, *x.shape[1:])
 
+    def audio_mask(self, part_boxes: torch.Tensor | None, size: int) -> torch.Tensor | None:
+        """(B, [T,] P, 4) part boxes in view pixels (a window's, or a reference's at sampling) → where
+        the audio may act (B, 1, size, size), or None with ``model.audio_region`` = frame."""
+        if self.cfg.audio_region == "frame":
+            return None
+        if part_boxes is None:
+            raise ValueError(f"model.audio_region={self.cfg.audio_region} needs the part boxes (the pose stage's)")
+        return audio_region_mask(part_boxes, size, self.cfg.audio_region, self.cfg.audio_region_margin)
+
     def audio_features(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B, S) 16 kHz → projected per-frame features (B, T, audio_dim)."""
         with torch.no_grad():
@@ -61,9 +70,11 @@ class VideoModel(nn.Module):
         return self.audio_proj(raw)
 
     def denoise(self, ref: torch.Tensor, motion: torch.Tensor | None, x_t: torch.Tensor, t: torch.Tensor,
-                audio: torch.Tensor, drop_audio: torch.Tensor | None = None) -> torch.Tensor:
+                audio: torch.Tensor, drop_audio: torch.Tensor | None = None,
+                audio_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The network output (``model.prediction``: ε, v or x₀) for the noisy frames ``x_t`` (B, N, C, h, w) given the reference latent (B, C, h, w), clean
-        motion frames (B, M, C, h, w) or None, timesteps (B,) and audio (B, M+N, A) for motion + noisy frames."""
+        motion frames (B, M, C, h, w) or None, timesteps (B,), audio (B, M+N, A) for motion + noisy frames
+        and where the audio may act (``audio_mask``, from ``audio_region_mask``; None: everywhere)."""
         B, N = x_t.shape[:2]
         M = 0 if motion is None else motion.shape[1]
         parts = [ref[:, None]] + ([motion] if M else []) + [x_t]
@@ -72,7 +83,7 @@ class VideoModel(nn.Module):
         types = torch.tensor([FRAME_REF] + [FRAME_MOTION] * M + [FRAME_NOISY] * N, device=dev).expand(B, -1)
         tt = torch.cat([torch.zeros(B, 1 + M, dtype=torch.long, device=dev), t[:, None].expand(B, N)], dim=1)
         audio_seq = torch.cat([torch.zeros_like(audio[:, :1]), audio], dim=1)  # the reference gets the null token
-        return self.unet(seq, tt, types, audio_seq, drop_audio)[:, 1 + M:]
+        return self.unet(seq, tt, types, audio_seq, drop_audio, audio_mask)[:, 1 + M:]
 
     def loss(self, batch: dict[str, torch.Tensor], use_motion: bool, t: torch.Tensor | None = None,
              p_drop_audio: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -92,7 +103,7 @@ class VideoModel(nn.Module):
         noise = torch.randn_like(z[:, M:])
         x_t = self.schedule.q_sample(z[:, M:], t, noise)
         drop = torch.rand(B, device=z.device) < (self.cfg.p_drop_audio if p_drop_audio is None else p_drop_audio)
-        v = self.denoise(zr, z[:, :M] if M else None, x_t, t, audio, drop)
+        v = self.denoise(zr, z[:, :M] if M else None, x_t, t, audio, drop, self.audio_mask(batch.get("part_boxes"), batch["part_masks"].shape[-1]))
         target = self.schedule.target(self.cfg.prediction, z[:, M:], noise, t)
         masks = downsample_masks(batch["part_masks"][:, M:], *z.shape[-2:])
         w = par_weights(masks, batch["part_confidences"][:, M:], self.par_lambdas)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.data import masks_from_boxes
 from trainers.schedule import timestep_embedding
 
 PARTS = ("face", "mouth", "left_hand", "right_hand", "torso")
@@ -50,6 +51,47 @@ def par_weights(masks: torch.Tensor, confidences: torch.Tensor, lambdas: torch.T
 def par_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     err = (pred - target) ** 2
     return (err if weights is None else err * weights).mean()
+
+
+# --- where the audio acts --------------------------------------------------------------------
+# ``model.audio_region``: the parts whose pixels UniVDM's audio cross-attention may change (Hallo's
+# masked audio attention). "lower_face" is the face box's lower half (mouth, jaw, cheeks) united with
+# the mouth box; anything else is one of ``PARTS``.
+AUDIO_REGIONS: dict[str, tuple[str, ...]] = {
+    "frame": (),
+    "face": ("face", "mouth"),
+    "mouth": ("lower_face",),
+    "mouth+hands": ("lower_face", "left_hand", "right_hand"),
+    "face+hands": ("face", "mouth", "left_hand", "right_hand"),
+}
+
+
+def audio_region_mask(part_boxes: torch.Tensor, size: int, region: str, margin: float) -> torch.Tensor | None:
+    """(B, P, 4) or (B, T, P, 4) part boxes in view pixels (NaN = absent; over a window, each part the
+    box its boxes span) → (B, 1, size, size) mask of ``region`` grown by ``margin`` × size on every
+    side, or None for ``frame`` (audio everywhere). A sample with none of the region's parts gets the
+    whole frame, so a missed face never silences the audio."""
+    if region not in AUDIO_REGIONS:
+        raise ValueError(f"unknown audio region {region!r}; known: {list(AUDIO_REGIONS)}")
+    if region == "frame":
+        return None
+    b = part_boxes.float()
+    if b.dim() == 4:  # a window: the box each part spans over its frames
+        b = torch.cat([torch.nan_to_num(b[..., :2], nan=float("inf")).amin(1),
+                       torch.nan_to_num(b[..., 2:], nan=float("-inf")).amax(1)], dim=-1)
+        b = torch.where(torch.isinf(b).any(-1, keepdim=True), torch.full_like(b, float("nan")), b)
+    boxes = []
+    for part in AUDIO_REGIONS[region]:
+        if part == "lower_face":
+            face = b[:, PARTS.index("face")]
+            lower = torch.stack([face[:, 0], (face[:, 1] + face[:, 3]) / 2, face[:, 2], face[:, 3]], dim=-1)
+            boxes += [lower, b[:, PARTS.index("mouth")]]
+        else:
+            boxes.append(b[:, PARTS.index(part)])
+    grown = torch.stack(boxes, dim=1) + torch.tensor([-1.0, -1.0, 1.0, 1.0], device=b.device) * margin * size
+    mask = masks_from_boxes(grown, size).amax(dim=1, keepdim=True)  # (B, 1, size, size)
+    seen = ~torch.isnan(grown[..., 0]).all(dim=1)
+    return torch.where(seen[:, None, None, None], mask, torch.ones_like(mask))
 
 
 # --- PCE ---------------------------------------------------------------------------------------

@@ -17,6 +17,13 @@ classifier.
   classifier gradients cannot pull frames off the model's manifold — quality first.
 * ``none`` — classifier-free guidance on audio only.
 
+Audio classifier-free guidance, ``v_u + s·(v_a − v_u)``, is applied inside the audio region of a model
+trained with one (``model.audio_region``; the mask pooled to latent resolution); outside it the
+prediction is the audio-conditioned one as it is (scale 1). The difference v_a − v_u outside the
+region is only what the network spreads from the region (convolutions, normalisation, attention):
+no signal the audio should drive there, and extrapolating it ×s made torso and background follow the
+loudness (issue 30 item 9).
+
 Long videos are generated window by window; each window after the first starts with the last
 ``motion_frames`` latents of the previous one as clean motion frames (as in training).
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .model import ClassifierModel, VideoModel
 
@@ -57,13 +65,18 @@ def sample_window(model: VideoModel, ref: torch.Tensor, audio: torch.Tensor, num
                   audio_scale: float = 3.5, motion: torch.Tensor | None = None, guidance: str = "none",
                   pce: ClassifierModel | None = None, raw_audio: torch.Tensor | None = None,
                   boxes: dict[str, torch.Tensor] | None = None, guidance_scale: float = 0.05, dg_max_ratio: float = 0.2,
-                  noise: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
+                  noise: torch.Tensor | None = None, clip_x0: float | None = None,
+                  audio_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Latents (B, num_frames, C, h, w) for one window. ``audio`` (B, M+num_frames, A) are the video
-    model's features, ``raw_audio`` the classifier's (B, M+num_frames, F) (guidance only)."""
+    model's features, ``raw_audio`` the classifier's (B, M+num_frames, F) (guidance only), ``audio_mask``
+    where the audio may act (``VideoModel.audio_mask`` of the reference's part boxes)."""
     if guidance not in GUIDANCE:
         raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
     if guidance != "none" and (pce is None or raw_audio is None or not boxes):
         raise ValueError(f"guidance {guidance!r} needs the PCE classifiers (a trained `train.target=pce` checkpoint)")
+    if audio_mask is None and model.cfg.audio_region != "frame":
+        raise ValueError(f"the model was trained with model.audio_region={model.cfg.audio_region}: sampling needs its "
+                         "audio_mask (VideoModel.audio_mask of the reference's part boxes)")
     B, C, h, w = ref.shape
     M = 0 if motion is None else motion.shape[1]
     x = torch.randn((B, num_frames, C, h, w), device=ref.device) if noise is None else noise.clone()
@@ -71,6 +84,8 @@ def sample_window(model: VideoModel, ref: torch.Tensor, audio: torch.Tensor, num
     ts = sched.ddim_timesteps(steps)
     keep = torch.zeros(B, dtype=torch.bool, device=ref.device)
     regions = [r for r in pce.pce.regions if r in boxes] if pce is not None and boxes else []  # regions with a box
+    # audio guidance acts where the audio may (the audio region at latent resolution; scale 1 elsewhere)
+    gain = 1.0 if audio_mask is None else 1.0 + (audio_scale - 1.0) * F.adaptive_avg_pool2d(audio_mask.float(), (h, w))[:, None]
 
     def clf_grad(region: str, t: int, audio_feats: torch.Tensor) -> torch.Tensor:
         # the classifier sees the whole window: motion frames (clean, known) + the noisy frames
@@ -79,10 +94,10 @@ def sample_window(model: VideoModel, ref: torch.Tensor, audio: torch.Tensor, num
 
     for i, t in enumerate(ts):
         tt = torch.full((B,), t, device=ref.device, dtype=torch.long)
-        v = model.denoise(ref, motion, x, tt, audio, keep)
+        v = model.denoise(ref, motion, x, tt, audio, keep, audio_mask)
         if audio_scale != 1.0:
-            v_u = model.denoise(ref, motion, x, tt, audio, ~keep)
-            v = v_u + audio_scale * (v - v_u)
+            v_u = model.denoise(ref, motion, x, tt, audio, ~keep, audio_mask)
+            v = v_u + (audio_scale if audio_mask is None else gain) * (v - v_u)
         x0, _ = sched.split(model.cfg.prediction, x, v, t)
         if guidance == "sg":
             x0 = x0 + guidance_step(clf_grad(regions[i % len(regions)], t, raw_audio), x0, guidance_scale)

@@ -21,7 +21,7 @@ from trainers.session import current_session, launch, wrap_ddp
 from trainers.validation import Validator
 from trainers.weights import EMA, load_trainable, trainable_params, trainable_state
 
-from .config import PahaConfig
+from .config import BEFORE_SETTINGS, PahaConfig, with_settings_of_before
 from .model import ClassifierModel, VideoModel
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,12 @@ def train_paha(config: dict[str, Any]) -> dict[str, float]:
     ema = EMA(model, t.ema_decay, skip_prefixes=_FROZEN_PREFIXES)  # frozen weights need no average
     seed_everything(t.seed * 1000 + session.rank)
     step, position, restored = restore_checkpoint(session, {"model": (model, load_state), "opt": opt, "ema": ema})
+    if restored and "config" in restored:
+        trained = PahaConfig.model_validate(with_settings_of_before(restored["config"])).model
+        changed = [k for k in BEFORE_SETTINGS if getattr(trained, k) != getattr(cfg.model, k)]
+        if changed:  # the same weights, another network: the run would continue as something it was not
+            raise ValueError(f"run {cfg.run.name!r} was trained with " + ", ".join(f"model.{k}={getattr(trained, k)}" for k in changed)
+                             + ": continue it with those settings (--set) or start a new run.name")
     reporter = Reporter(session, t.log_every, t.checkpoint_every, t.steps, step if restored else None,
                         info={"init_2d": getattr(model, "init_2d_record", None)})
     validator = Validator(session, loader_config(cfg, cfg.data.val_urls) if cfg.data.val_urls else None, t,

@@ -10,7 +10,10 @@ ones) and a frame-type embedding. Identity flows through attention, not a second
 * temporal attention: each spatial location attends across all frames (output projection
   zero-initialised, so a 2D-initialised network starts as the image model — AnimateDiff's rule);
 * audio cross-attention: each frame's tokens attend to the audio features of a window of frames
-  around it (EMO/Hallo); the reference frame sees a learned null audio token.
+  around it (EMO/Hallo); the reference frame sees a learned null audio token. With an audio mask
+  (``model.audio_region``) its output reaches only the tokens of the region where the audio should
+  act — mouth and jaw, and the hands — as Hallo masks its audio attention, so loudness cannot move
+  the forehead, torso or background directly.
 
 Shapes: latents (B, F, C, h, w), timesteps (B, F), audio (B, F, K, A) with K = 2·audio_context+1.
 """
@@ -33,14 +36,34 @@ def _groups(ch: int) -> int:
     return math.gcd(32, ch)
 
 
+class VideoGroupNorm(nn.GroupNorm):
+    """Stable Diffusion's GroupNorm (same parameters, so SD weights load), whose statistics are taken
+    per frame or, with ``over_video``, over all frames of a sample together (AnimateDiff's inflated
+    GroupNorm). Per frame, a mouth that darkens with the audio shifts its frame's group means, and
+    the normalised values of every other pixel of that frame move the other way: the forehead, torso
+    and background brighten with the loudness. Over the video, that shift is shared by the window's
+    frames and no longer follows the audio frame by frame. ``frames`` is set by ``UniVDM.forward``."""
+
+    over_video = False
+    frames = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B*F, C, h, w)
+        if not self.over_video or self.frames == 1:
+            return super().forward(x)
+        N, C, h, w = x.shape
+        video = x.view(N // self.frames, self.frames, C, h, w).transpose(1, 2)  # (B, C, F, h, w)
+        out = F.group_norm(video, self.num_groups, self.weight, self.bias, self.eps)
+        return out.transpose(1, 2).reshape(N, C, h, w)
+
+
 class ResBlock(nn.Module):
     """Per-frame 2D residual block with a per-frame time embedding."""
 
     def __init__(self, cin: int, cout: int, temb: int):
         super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.n1, self.c1 = VideoGroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.t = nn.Linear(temb, cout)
-        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.n2, self.c2 = VideoGroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, temb):  # x (N, C, h, w), temb (N, E)
@@ -74,7 +97,7 @@ class VideoTransformer(nn.Module):
     def __init__(self, ch: int, heads: int, audio_dim: int, max_frames: int = 64):
         super().__init__()
         self.heads = heads
-        self.norm_in = nn.GroupNorm(_groups(ch), ch, eps=1e-6)  # SD: GroupNorm(32, c, eps=1e-6)
+        self.norm_in = VideoGroupNorm(_groups(ch), ch, eps=1e-6)  # SD: GroupNorm(32, c, eps=1e-6)
         self.proj_in = nn.Linear(ch, ch)  # SD 1.5's 1×1 Conv2d, applied per token
         self.norm_s, self.norm_t, self.norm_a, self.norm_m = (nn.LayerNorm(ch) for _ in range(4))
         self.spatial = nn.MultiheadAttention(ch, heads, batch_first=True)
@@ -87,7 +110,7 @@ class VideoTransformer(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x, B: int, Fr: int, audio):  # x (B*F, C, h, w); audio (B*F, K, A)
+    def forward(self, x, B: int, Fr: int, audio, audio_mask=None):  # x (B*F, C, h, w); audio (B*F, K, A)
         N, C, h, w = x.shape
         tok = self.proj_in(self.norm_in(x).flatten(2).transpose(1, 2))  # (B*F, hw, C)
         # spatial attention over own tokens + the reference frame's tokens (frame 0 of each video); for the
@@ -101,8 +124,12 @@ class VideoTransformer(nn.Module):
         ht = self.norm_t(tt) + self.frame_pos[:Fr]
         tt = tt + self.temporal(ht, ht, ht, need_weights=False)[0]
         tok = tt.view(B, h * w, Fr, C).permute(0, 2, 1, 3).reshape(N, h * w, C)
-        # audio cross-attention to this frame's audio window (where SD attends to the text)
-        tok = tok + self.audio(self.norm_a(tok), audio, audio, need_weights=False)[0]
+        # audio cross-attention to this frame's audio window (where SD attends to the text), confined to
+        # the audio region's tokens when there is one (audio_mask (B*F, 1, h, w): Hallo's masked audio attention)
+        heard = self.audio(self.norm_a(tok), audio, audio, need_weights=False)[0]
+        if audio_mask is not None:
+            heard = heard * F.adaptive_avg_pool2d(audio_mask, (h, w)).flatten(2).transpose(1, 2)
+        tok = tok + heard
         tok = tok + self.ff(self.norm_m(tok))
         return x + self.proj_out(tok).transpose(1, 2).reshape(N, C, h, w)
 
@@ -120,7 +147,8 @@ class Upsample(nn.Conv2d):
 
 class UniVDM(nn.Module):
     def __init__(self, latent_channels: int = 4, channels: tuple[int, ...] = (32, 64), attn_levels: tuple[int, ...] = (1,),
-                 heads: int = 4, audio_dim: int = 64, audio_context: int = 2, max_frames: int = 64):
+                 heads: int = 4, audio_dim: int = 64, audio_context: int = 2, max_frames: int = 64,
+                 norm_over_video: bool = False):
         super().__init__()
         self.audio_context = audio_context
         self.grad_checkpointing = False  # model.grad_checkpointing: recompute blocks in the backward pass
@@ -150,9 +178,12 @@ class UniVDM(nn.Module):
             self.up_attn.append(VideoTransformer(c, heads, audio_dim, max_frames) if i in attn_levels else nn.Identity())
             self.upsample.append(Upsample(c) if i > 0 else nn.Identity())
             ch = c
-        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, latent_channels, 3, padding=1))
+        self.out = nn.Sequential(VideoGroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, latent_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        for norm in self.modules():
+            if isinstance(norm, VideoGroupNorm):
+                norm.over_video = norm_over_video
 
     def audio_windows(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, F, A) per-frame features → (B, F, K, A) windows of ±audio_context frames (edge-padded)."""
@@ -161,10 +192,14 @@ class UniVDM(nn.Module):
         return padded.unfold(1, 2 * k + 1, 1).permute(0, 1, 3, 2) + self.audio_pos
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, frame_type: torch.Tensor, audio: torch.Tensor,
-                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, F, C, h, w) with the reference at frame 0; t, frame_type (B, F); audio (B, F, A) per frame.
-        Returns the network output (what ``model.prediction`` names: x₀, v or ε) for every frame (B, F, C, h, w)."""
+                drop_audio: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, F, C, h, w) with the reference at frame 0; t, frame_type (B, F); audio (B, F, A) per frame;
+        audio_mask (B, 1, H, W) or None: where the audio cross-attention may act (any resolution, pooled to
+        each level's). Returns the network output (what ``model.prediction`` names: x₀, v or ε) for every frame (B, F, C, h, w)."""
         B, Fr, C, h, w = z.shape
+        for norm in self.modules():  # the frames per sample, for GroupNorm statistics over the video
+            if isinstance(norm, VideoGroupNorm):
+                norm.frames = Fr
         win = self.audio_windows(audio)
         null = self.null_audio.expand_as(win)
         is_ref = (frame_type == FRAME_REF)[:, :, None, None]
@@ -179,10 +214,14 @@ class UniVDM(nn.Module):
         skips = []
         ckpt = self.grad_checkpointing
 
+        mask = None if audio_mask is None else audio_mask.float().repeat_interleave(Fr, dim=0)  # (B*F, 1, H, W)
+
         def attend(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
             if not isinstance(attn, VideoTransformer):
                 return x
-            return checkpointed(lambda h, a: attn(h, B, Fr, a), x, win, enabled=ckpt)
+            if mask is None:
+                return checkpointed(lambda h, a: attn(h, B, Fr, a), x, win, enabled=ckpt)
+            return checkpointed(lambda h, a, m: attn(h, B, Fr, a, m), x, win, mask, enabled=ckpt)
 
         for res, attn, down in zip(self.down, self.down_attn, self.downsample):
             x = attend(attn, checkpointed(res, x, temb, enabled=ckpt))
