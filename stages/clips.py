@@ -40,7 +40,7 @@ class ClipOptions(SelectOptions, AudioQualityOptions):
     crf: int = Field(20, ge=0, le=51, description="x264 quality of the cut clips")
     preset: str = "veryfast"
     encode_threads: int = Field(1, ge=1, description="one thread keeps re-cut clips byte-identical")
-    keyframe_every_s: float | None = Field(1.0, gt=0, description="longest gap between keyframes of a cut clip: a "
+    keyframe_every_s: float | None = Field(2.0, gt=0, description="longest gap between keyframes of a cut clip: a "
                                            "trainer's loader seeks to the keyframe before its window instead of decoding "
                                            "from frame 0; none: x264's default (250 frames), as clips were cut before")
     cuts_per_process: int = Field(8, ge=1, description="clips one ffmpeg process cuts from a single decode of the video")
