@@ -30,6 +30,7 @@ from pipeline.release.validate import validate_release
 from pipeline.engine.runner import run_ingest
 from schemas import ManifestRow
 from schemas.release import RebuildResult
+from stages.clips import ClipOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray Data's own config deprecations
 RUN_SETTINGS = ["clips.mode=fixed", "clips.window_s=1", "normalize.max_height=120", "shots.enabled=false",
@@ -226,7 +227,7 @@ def test_recipe_runtime_and_safety_settings_are_the_consumers(built, tmp_path, m
     # the clip options, and allow_file_urls only when the consumer sets it
     _, clips, dl2, _ = rb.effective_options(rb.read_release(str(rel))[0], load_config(None, ["download.allow_file_urls=true"]))
     assert clips.timeout_s == 600.0 and clips.window_s == 1.0 and dl2.allow_file_urls is True and dl2.cookies_file is None
-    assert clips.keyframe_every_s == 1.0  # written by this version: its value
+    assert clips.keyframe_every_s == ClipOptions().keyframe_every_s  # written by this version: its value
     # a recipe from before clips.keyframe_every_s existed is cut as it was then (x264's default GOP)
     old = {**recipe, "clips": {k: v for k, v in recipe["clips"].items() if k != "keyframe_every_s"}}
     _write_recipe(rel, old)
