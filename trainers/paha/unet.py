@@ -214,7 +214,8 @@ class UniVDM(nn.Module):
         skips = []
         ckpt = self.grad_checkpointing
 
-        mask = None if audio_mask is None else audio_mask.float().repeat_interleave(Fr, dim=0)  # (B*F, 1, H, W)
+        # the mask at latent resolution once (each level pools it further), one copy per frame: (B*F, 1, h, w)
+        mask = None if audio_mask is None else F.adaptive_avg_pool2d(audio_mask.float(), (h, w)).repeat_interleave(Fr, dim=0)
 
         def attend(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
             if not isinstance(attn, VideoTransformer):
